@@ -1,0 +1,156 @@
+//! `vireo-vmm`: one process per virtual machine.
+//!
+//! Exit status: 0 the guest powered off; 3 the guest asked for a reboot; 4 the guest failed
+//! (triple fault, emulation failure, crash); 1 the VM could not be built or run; 2 bad usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmm::config::{parse_memory_mib, SerialConfig};
+use vmm::{RunOptions, StopReason, VmConfig};
+
+const EXIT_POWEROFF: u8 = 0;
+const EXIT_ERROR: u8 = 1;
+const EXIT_REBOOT: u8 = 3;
+const EXIT_GUEST_FAULT: u8 = 4;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vireo-vmm",
+    version,
+    about = "Run one KVM virtual machine: boot a Linux kernel with a serial console",
+    after_help = "Exit status: 0 guest powered off, 3 guest rebooted, 4 guest fault \
+                  (triple fault, emulation failure), 1 error, 2 usage.\n\
+                  Flags override the values of --config."
+)]
+struct Args {
+    /// VM configuration as JSON ({"kernel", "initrd", "cmdline", "vcpus", "memory_mib", "serial"}).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 panic=-1"].
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u8>,
+    /// Guest memory: MiB, or a size such as 512M or 16G [default: 256M].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Serial console output: stdout, none, or file:PATH [default: stdout].
+    #[arg(long, value_name = "WHERE")]
+    serial: Option<String>,
+    /// After the VM ends, write how it ended and its VM exits by reason as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    summary_json: Option<PathBuf>,
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+    match s {
+        "stdout" => Ok(SerialConfig::Stdout),
+        "none" => Ok(SerialConfig::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialConfig::File(p.into())),
+            _ => Err(format!(
+                "invalid --serial {s:?}: use stdout, none or file:PATH"
+            )),
+        },
+    }
+}
+
+fn build_config(args: &Args) -> Result<VmConfig, String> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+            let mut c: VmConfig = serde_json::from_str(&text)
+                .map_err(|e| format!("invalid config {}: {e}", path.display()))?;
+            if let Some(k) = &args.kernel {
+                c.kernel = k.clone();
+            }
+            c
+        }
+        None => match &args.kernel {
+            Some(k) => VmConfig::new(k.clone()),
+            None => return Err("no kernel: give --kernel FILE or --config FILE".into()),
+        },
+    };
+    if let Some(i) = &args.initrd {
+        config.initrd = Some(i.clone());
+    }
+    if let Some(c) = &args.cmdline {
+        config.cmdline = c.clone();
+    }
+    if let Some(n) = args.vcpus {
+        config.vcpus = n;
+    }
+    if let Some(m) = &args.memory {
+        config.memory_mib = parse_memory_mib(m).map_err(|e| e.to_string())?;
+    }
+    if let Some(s) = &args.serial {
+        config.serial = parse_serial(s)?;
+    }
+    Ok(config)
+}
+
+fn write_summary(path: &PathBuf, report: &vmm::RunReport) -> Result<(), String> {
+    let stop = match &report.reason {
+        StopReason::PowerOff => "poweroff".to_string(),
+        StopReason::Reset => "reboot".to_string(),
+        StopReason::Host => "host".to_string(),
+        StopReason::Fault(f) => format!("fault: {f}"),
+    };
+    let json = serde_json::json!({
+        "stop": stop,
+        "exits_total": report.total_exits(),
+        "exits_per_vcpu": report.exits,
+    });
+    std::fs::write(path, format!("{json}\n"))
+        .map_err(|e| format!("cannot write summary {}: {e}", path.display()))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let fail = |msg: String| {
+        eprintln!("vireo-vmm: error: {msg}");
+        ExitCode::from(EXIT_ERROR)
+    };
+    let config = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let report = match vmm::run(
+        &config,
+        RunOptions {
+            console_input: true,
+        },
+    ) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Some(path) = &args.summary_json {
+        if let Err(e) = write_summary(path, &report) {
+            return fail(e);
+        }
+    }
+    match report.reason {
+        StopReason::PowerOff | StopReason::Host => ExitCode::from(EXIT_POWEROFF),
+        StopReason::Reset => ExitCode::from(EXIT_REBOOT),
+        StopReason::Fault(f) => {
+            eprintln!("vireo-vmm: guest failed: {f}");
+            ExitCode::from(EXIT_GUEST_FAULT)
+        }
+    }
+}

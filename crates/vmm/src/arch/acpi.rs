@@ -1,0 +1,157 @@
+//! ACPI tables for a hardware-reduced platform: RSDP → XSDT → FADT (→ DSDT) and MADT.
+//!
+//! The MADT is how Linux finds every vCPU and the IOAPIC. The FADT declares a hardware-reduced
+//! machine with no 8042, no VGA and no CMOS RTC, so the guest probes none of them, and points
+//! at the sleep-control and reset registers of [`devices::power`], which is how `poweroff` and
+//! `reboot` reach the VMM. The DSDT carries only `_S5_`, the sleep type of soft-off.
+
+use acpi_tables::aml;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+use devices::power;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout::{ACPI_END, ACPI_PM_PORT, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+
+const OEM_ID: [u8; 6] = *b"VIREO ";
+const OEM_REVISION: u32 = 1;
+
+/// IAPC_BOOT_ARCH: VGA not present (bit 2), CMOS RTC not present (bit 5). Bit 1 (8042
+/// present) stays clear.
+const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    #[error("ACPI tables need {0} bytes, more than the {1} bytes reserved for them")]
+    TooLarge(u64, u64),
+    #[error("cannot write ACPI tables to guest memory: {0}")]
+    Write(#[from] vm_memory::GuestMemoryError),
+}
+
+fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    table.to_aml_bytes(&mut v);
+    v
+}
+
+fn dsdt() -> Vec<u8> {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"VIREODSD", OEM_REVISION);
+    let s5 = aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&power::S5_SLEEP_TYPE]),
+    );
+    let mut body = Vec::new();
+    s5.to_aml_bytes(&mut body);
+    dsdt.append_slice(&body);
+    dsdt.as_slice().to_vec()
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let io_byte = |port: u64| GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port);
+    let mut b = FADTBuilder::new(OEM_ID, *b"VIREOFAC", OEM_REVISION)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .dsdt_64(dsdt_addr);
+    b.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    b.sleep_control_reg = io_byte(ACPI_PM_PORT + power::SLEEP_CONTROL_OFFSET);
+    b.sleep_status_reg = io_byte(ACPI_PM_PORT + power::SLEEP_STATUS_OFFSET);
+    b.reset_reg = io_byte(ACPI_PM_PORT + power::RESET_OFFSET);
+    b.reset_value = power::RESET_VALUE;
+    b.hypervisor_vendor_identity = u64::from_le_bytes(*b"VIREOVMM").into();
+    to_bytes(&b.finalize())
+}
+
+fn madt(nr_vcpus: u8) -> Vec<u8> {
+    let mut madt = MADT::new(
+        OEM_ID,
+        *b"VIREOAPI",
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR),
+    );
+    for id in 0..nr_vcpus {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(0, IOAPIC_ADDR, 0));
+    to_bytes(&madt)
+}
+
+/// Writes the tables and returns the RSDP's address.
+pub fn setup_acpi(mem: &GuestMemoryMmap, nr_vcpus: u8) -> Result<GuestAddress, AcpiError> {
+    let align = |a: u64| (a + 15) & !15;
+    let rsdp_addr = ACPI_START;
+    let mut next = align(rsdp_addr + Rsdp::len() as u64);
+
+    let mut place = |bytes: Vec<u8>| -> Result<u64, AcpiError> {
+        let at = next;
+        let end = at + bytes.len() as u64;
+        if end > ACPI_END {
+            return Err(AcpiError::TooLarge(end - ACPI_START, ACPI_END - ACPI_START));
+        }
+        mem.write_slice(&bytes, GuestAddress(at))?;
+        next = align(end);
+        Ok(at)
+    };
+
+    let dsdt_addr = place(dsdt())?;
+    let fadt_addr = place(fadt(dsdt_addr))?;
+    let madt_addr = place(madt(nr_vcpus))?;
+    let mut xsdt = XSDT::new(OEM_ID, *b"VIREOXSD", OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt_addr = place(to_bytes(&xsdt))?;
+
+    mem.write_slice(
+        &to_bytes(&Rsdp::new(OEM_ID, xsdt_addr)),
+        GuestAddress(rsdp_addr),
+    )?;
+    Ok(GuestAddress(rsdp_addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(t: &[u8]) -> bool {
+        t.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    #[test]
+    fn tables_have_valid_checksums_and_lengths() {
+        let d = dsdt();
+        let f = fadt(0x1234);
+        let m = madt(4);
+        for t in [&d, &f, &m] {
+            assert!(checksum_ok(t), "bad checksum in {:?}", &t[..4]);
+            assert_eq!(
+                u32::from_le_bytes(t[4..8].try_into().unwrap()) as usize,
+                t.len()
+            );
+        }
+        // MADT: 44-byte header, four 8-byte local APICs, one 12-byte IOAPIC.
+        assert_eq!(m.len(), 44 + 4 * 8 + 12);
+        // The DSDT names _S5_.
+        assert!(d.windows(4).any(|w| w == b"_S5_"));
+        // FADT flags: hardware-reduced and reset register supported.
+        let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());
+        assert_ne!(flags & (1 << 20), 0);
+        assert_ne!(flags & (1 << 10), 0);
+    }
+
+    #[test]
+    fn many_vcpus_still_fit() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let rsdp = setup_acpi(&mem, 254).unwrap();
+        let mut sig = [0u8; 8];
+        mem.read_slice(&mut sig, rsdp).unwrap();
+        assert_eq!(&sig, b"RSD PTR ");
+    }
+}

@@ -1,0 +1,12 @@
+//! The engine of `vireo-vmm`: builds a KVM virtual machine from a [`config::VmConfig`], boots
+//! a Linux kernel (or any x86-64 ELF or bzImage) in it and runs it until the guest powers off,
+//! resets or faults.
+
+pub mod arch;
+pub mod config;
+pub mod machine;
+pub mod vstate;
+
+pub use config::VmConfig;
+pub use machine::{run, Error, RunOptions, RunReport};
+pub use vstate::control::{ExitCounts, GuestFault, StopReason};

@@ -1,0 +1,339 @@
+//! Builds a machine from a [`VmConfig`] and runs it until the guest powers off, resets or
+//! faults.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::legacy::{EventFdTrigger, Serial, SerialOutput, I8042};
+use devices::{power, AcpiPowerDevice, Bus, PowerAction, PowerSink};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Cap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::layout::{self, *};
+use crate::arch::{acpi, boot, cpuid, gdt};
+use crate::config::{host_memory_mib, ConfigError, SerialConfig, VmConfig};
+use crate::vstate::control::{ExitCounts, RunControl, StopReason};
+use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Everything that can keep a machine from being built or run, each with a message a user can
+/// act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("{what} {path}: {reason}")]
+    File {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("cannot allocate {mib} MiB of guest memory: {reason}")]
+    Memory { mib: u64, reason: String },
+    #[error("{0}")]
+    Host(String),
+}
+
+/// How to run a machine beyond what the guest is made of.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Feed the VMM's standard input to the serial console.
+    pub console_input: bool,
+}
+
+/// How a run ended and what the vCPUs did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub reason: StopReason,
+    /// VM exits of each vCPU, by reason.
+    pub exits: Vec<ExitCounts>,
+}
+
+impl RunReport {
+    pub fn total_exits(&self) -> ExitCounts {
+        self.exits
+            .iter()
+            .copied()
+            .fold(ExitCounts::default(), |a, b| a + b)
+    }
+}
+
+fn open_file(what: &'static str, path: &Path) -> Result<File, Error> {
+    let fail = |reason: String| Error::File {
+        what,
+        path: path.display().to_string(),
+        reason,
+    };
+    let f = File::open(path).map_err(|e| {
+        fail(match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        })
+    })?;
+    let meta = f.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".to_string()));
+    }
+    Ok(f)
+}
+
+fn serial_output(cfg: &SerialConfig) -> Result<SerialOutput, Error> {
+    match cfg {
+        SerialConfig::Stdout => std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(SerialOutput::Fd)
+            .map_err(|e| Error::Host(format!("cannot use stdout for the console: {e}"))),
+        SerialConfig::File(path) => OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(|f| SerialOutput::Fd(f.into()))
+            .map_err(|e| Error::File {
+                what: "cannot open console file",
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        SerialConfig::None => Ok(SerialOutput::Sink),
+    }
+}
+
+/// Builds the machine described by `config` and runs it to its end.
+pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
+    // Cheap checks first, so that bad input fails before anything is created.
+    let kvm = Vm::open_kvm()?;
+    let host_mib = host_memory_mib()
+        .map_err(|e| Error::Host(format!("cannot read the host's memory size: {e}")))?;
+    config.check_limits(kvm.get_max_vcpus() as u64, host_mib)?;
+    let mut kernel_file = open_file("cannot open kernel", &config.kernel)?;
+    let mut initrd_file = config
+        .initrd
+        .as_deref()
+        .map(|p| open_file("cannot open initrd", p))
+        .transpose()?;
+    let serial_out = serial_output(&config.serial)?;
+
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    let supported_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Host(format!("cannot read KVM's supported CPUID: {e}")))?;
+    let vm = Vm::new(kvm)?;
+
+    let mem_size = config.memory_bytes();
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
+        .into_iter()
+        .map(|(a, s)| (a, s as usize))
+        .collect();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| Error::Memory {
+        mib: config.memory_mib,
+        reason: e.to_string(),
+    })?;
+    vm.register_memory(&mem)?;
+
+    let kernel_path = config.kernel.display().to_string();
+    let kernel = boot::load_kernel(&mem, &mut kernel_file, &kernel_path)?;
+    let initrd = match (initrd_file.as_mut(), config.initrd.as_deref()) {
+        (Some(f), Some(p)) => Some(boot::load_initrd(
+            &mem,
+            mem_size,
+            &kernel,
+            f,
+            &p.display().to_string(),
+        )?),
+        _ => None,
+    };
+    boot::load_command_line(&mem, &config.cmdline)?;
+    let rsdp = acpi::setup_acpi(&mem, config.vcpus)?;
+    write_descriptor_tables(&mem)?;
+    boot::write_boot_structures(
+        &mem,
+        &kernel,
+        &boot::BootLayout {
+            mem_size,
+            cmdline_len: config.cmdline.len(),
+            initrd,
+            rsdp,
+        },
+    )?;
+
+    let control = Arc::new(
+        RunControl::new().map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?,
+    );
+    let sink: PowerSink = {
+        let control = control.clone();
+        Arc::new(move |action| {
+            control.request_stop(match action {
+                PowerAction::PowerOff => StopReason::PowerOff,
+                PowerAction::Reset => StopReason::Reset,
+            })
+        })
+    };
+
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?;
+    vm.fd
+        .register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(|error| VmError::Setup {
+            what: "serial irqfd",
+            error,
+        })?;
+    let serial = Arc::new(Mutex::new(Serial::new(
+        EventFdTrigger::new(serial_irq),
+        serial_out,
+    )));
+    let mut pio = Bus::new();
+    let bus_err = |e: devices::BusError| Error::Host(format!("device layout: {e}"));
+    pio.insert(SERIAL_PORT, 8, serial.clone())
+        .map_err(bus_err)?;
+    pio.insert(
+        I8042::BASE,
+        I8042::LEN,
+        Arc::new(Mutex::new(I8042::new(sink.clone()))),
+    )
+    .map_err(bus_err)?;
+    pio.insert(
+        ACPI_PM_PORT,
+        power::LEN,
+        Arc::new(Mutex::new(AcpiPowerDevice::new(sink))),
+    )
+    .map_err(bus_err)?;
+    let ctx = VcpuContext {
+        pio: Arc::new(pio),
+        mmio: Arc::new(Bus::new()),
+        control: control.clone(),
+    };
+
+    let cpuid_opts = cpuid::CpuidOptions {
+        nr_vcpus: config.vcpus,
+        tsc_deadline,
+    };
+    let mut vcpus = Vec::with_capacity(config.vcpus.into());
+    for id in 0..config.vcpus {
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(|error| VcpuError {
+                vcpu: id,
+                what: "create",
+                error,
+            })?;
+        let vcpu = Vcpu::new(id, fd, ctx.clone());
+        vcpu.configure(&supported_cpuid, cpuid_opts)?;
+        if id == 0 {
+            vcpu.set_boot_state(kernel.mode, kernel.entry.0)?;
+        }
+        vcpus.push(vcpu);
+    }
+
+    install_kick_handler()?;
+    let counters: Vec<_> = vcpus.iter().map(|v| v.counters()).collect();
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu.run());
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                control.request_stop(StopReason::Host);
+                stop_vcpus(threads);
+                return Err(Error::Host(format!("cannot start a vCPU thread: {e}")));
+            }
+        }
+    }
+    if opts.console_input {
+        spawn_console_input(serial, control.clone());
+    }
+
+    let reason = control.wait();
+    stop_vcpus(threads);
+    Ok(RunReport {
+        reason,
+        exits: counters.iter().map(|c| c.snapshot()).collect(),
+    })
+}
+
+fn write_descriptor_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
+    let gdt: Vec<u8> = gdt::boot_gdt()
+        .iter()
+        .flat_map(|e| e.to_le_bytes())
+        .collect();
+    mem.write_slice(&gdt, GuestAddress(GDT_START))
+        .and_then(|_| mem.write_obj(0u64, GuestAddress(IDT_START)))
+        .map_err(|e| Error::Host(format!("cannot write the boot GDT: {e}")))
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// vCPU threads are kicked out of KVM_RUN with a real-time signal whose handler does nothing:
+/// its only job is to make the ioctl return EINTR.
+fn install_kick_handler() -> Result<(), Error> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(SIGRTMIN(), kick_handler)
+            .map_err(|e| Error::Host(format!("cannot install the vCPU kick handler: {e}")));
+    });
+    result
+}
+
+/// Kicks every vCPU thread until it has seen the stop flag, then joins it. A kick can land just
+/// before a thread enters KVM_RUN, so it is repeated until the thread is gone.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    for t in threads {
+        while !t.is_finished() {
+            let _ = t.kill(SIGRTMIN());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = t.join();
+    }
+}
+
+/// Copies standard input to the serial console's receive FIFO. The thread ends at EOF or when
+/// the machine stops; it is detached because a read of a terminal cannot be interrupted.
+fn spawn_console_input(serial: Arc<Mutex<Serial>>, control: Arc<RunControl>) {
+    let _ = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 64];
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    if control.should_stop() {
+                        return;
+                    }
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .enqueue_input(rest);
+                    rest = &rest[taken..];
+                    if !rest.is_empty() {
+                        // The guest has not drained the FIFO yet.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        });
+}

@@ -68,8 +68,9 @@ pub fn load_kernel(
         path: path.to_string(),
         reason: e.to_string(),
     };
-    match Elf::load(mem, None, image, himem) {
-        Ok(r) => {
+    match elf_machine(image) {
+        Some(EM_X86_64) => {
+            let r = Elf::load(mem, None, image, himem).map_err(load_err)?;
             let (mode, entry) = match r.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(addr) => (EntryMode::Pvh, addr),
                 _ => (EntryMode::Long64, r.kernel_load),
@@ -81,26 +82,35 @@ pub fn load_kernel(
                 setup_header: None,
             })
         }
-        Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {
-            match BzImage::load(mem, None, image, himem) {
-                Ok(r) => {
-                    let init_size = r.setup_header.map_or(0, |h| u64::from(h.init_size));
-                    Ok(LoadedKernel {
-                        mode: EntryMode::Long64,
-                        entry: GuestAddress(r.kernel_load.0 + BZIMAGE_ENTRY_64_OFFSET),
-                        end: r.kernel_end.max(r.kernel_load.0 + init_size),
-                        setup_header: r.setup_header,
-                    })
-                }
-                Err(loader::Error::Bzimage(
-                    loader::bzimage::Error::InvalidBzImage
-                    | loader::bzimage::Error::ReadBzImageHeader,
-                )) => Err(BootError::NotAKernel(path.to_string())),
-                Err(e) => Err(load_err(e)),
+        Some(_) => Err(BootError::NotAKernel(path.to_string())),
+        None => match BzImage::load(mem, None, image, himem) {
+            Ok(r) => {
+                let init_size = r.setup_header.map_or(0, |h| u64::from(h.init_size));
+                Ok(LoadedKernel {
+                    mode: EntryMode::Long64,
+                    entry: GuestAddress(r.kernel_load.0 + BZIMAGE_ENTRY_64_OFFSET),
+                    end: r.kernel_end.max(r.kernel_load.0 + init_size),
+                    setup_header: r.setup_header,
+                })
             }
-        }
-        Err(e) => Err(load_err(e)),
+            Err(loader::Error::Bzimage(
+                loader::bzimage::Error::InvalidBzImage | loader::bzimage::Error::ReadBzImageHeader,
+            )) => Err(BootError::NotAKernel(path.to_string())),
+            Err(e) => Err(load_err(e)),
+        },
     }
+}
+
+const EM_X86_64: u16 = 62;
+
+/// The ELF machine of `image`, or None when it is not an ELF file.
+fn elf_machine(image: &mut File) -> Option<u16> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut ident = [0u8; 20];
+    image.seek(SeekFrom::Start(0)).ok()?;
+    let ok = image.read_exact(&mut ident).is_ok();
+    image.seek(SeekFrom::Start(0)).ok()?;
+    (ok && ident[..4] == *b"\x7fELF").then(|| u16::from_le_bytes([ident[18], ident[19]]))
 }
 
 /// Places the initrd at the top of low RAM (below 4 GiB, as every boot protocol accepts),

@@ -1,0 +1,108 @@
+//! Helpers shared by Vireo's end-to-end tests: where the binaries and guests are, and how to
+//! run a VM or a command in the lab and see what happened.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+/// The vireo-vmm binary under test: $VIREO_VMM_BIN, or the static release build that
+/// `make build` makes (the same binary the lab runs).
+pub fn vmm_bin() -> PathBuf {
+    let path = std::env::var_os("VIREO_VMM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/x86_64-unknown-linux-gnu/release/vireo-vmm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make build` (or set VIREO_VMM_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// A test guest assembled from tests/guests/NAME.S.
+pub fn guest(name: &str) -> PathBuf {
+    Path::new(env!("VIREO_TEST_GUESTS")).join(format!("{name}.elf"))
+}
+
+/// What a finished process did.
+#[derive(Debug)]
+pub struct Ran {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(o: Output) -> Self {
+        Ran {
+            status: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Fails the test with a one-line reason when this host cannot run KVM guests.
+pub fn require_kvm() {
+    let kvm = Path::new("/dev/kvm");
+    assert!(
+        kvm.exists(),
+        "this test needs /dev/kvm, which this host does not have"
+    );
+    assert!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(kvm)
+            .is_ok(),
+        "this test needs read/write access to /dev/kvm"
+    );
+}
+
+/// Runs vireo-vmm with `args`, stdin closed, bounded by `timeout_s` seconds.
+pub fn run_vmm(args: &[&str], timeout_s: u32) -> Ran {
+    require_kvm();
+    Command::new("timeout")
+        .arg("--kill-after=5")
+        .arg(timeout_s.to_string())
+        .arg(vmm_bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cannot run vireo-vmm")
+        .into()
+}
+
+/// Runs `command` with /bin/sh inside the lab (lab/lab), returning its output and status.
+pub fn run_in_lab(command: &str, extra: &[&str]) -> Ran {
+    let mut cmd = Command::new(repo_root().join("lab/lab"));
+    cmd.arg("run")
+        .args(extra)
+        .arg("--bin-dir")
+        .arg(vmm_bin().parent().unwrap())
+        .arg("--")
+        .arg(command)
+        .stdin(std::process::Stdio::null());
+    let ran: Ran = cmd.output().expect("cannot run lab/lab").into();
+    // 125/124: the lab itself failed or timed out, which is no verdict on the VMM.
+    assert!(
+        !matches!(ran.status, Some(124) | Some(125)),
+        "the lab failed: {}",
+        ran.stderr.lines().last().unwrap_or("(no message)")
+    );
+    ran
+}
+
+/// A unique scratch path for a test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vireo-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}

@@ -1,0 +1,98 @@
+//! Bad input gets one clear line on stderr and a non-zero exit, before any VM runs.
+
+use vireo_tests::{guest, run_vmm, scratch};
+
+fn assert_one_line_error(r: &vireo_tests::Ran, needle: &str) {
+    assert_eq!(r.status, Some(1), "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one line: {r:?}");
+    assert!(lines[0].starts_with("vireo-vmm: error: "), "{r:?}");
+    assert!(
+        lines[0].contains(needle),
+        "want {needle:?} in {:?}",
+        lines[0]
+    );
+}
+
+#[test]
+fn missing_kernel_file() {
+    let r = run_vmm(&["--kernel", "/nonexistent/vmlinux"], 10);
+    assert_one_line_error(&r, "no such file");
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel() {
+    let p = scratch("not-a-kernel.txt");
+    std::fs::write(&p, "just some text, no kernel here\n").unwrap();
+    let r = run_vmm(&["--kernel", p.to_str().unwrap()], 10);
+    assert_one_line_error(&r, "is not a kernel");
+    let r = run_vmm(&["--kernel", "/tmp"], 10);
+    assert_one_line_error(&r, "not a regular file");
+}
+
+#[test]
+fn unreadable_kernel_file() {
+    // Root reads any file regardless of its mode, so use a path that is not a file at all.
+    let r = run_vmm(&["--kernel", "/proc/self/fd/999"], 10);
+    assert_eq!(r.status, Some(1), "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+}
+
+#[test]
+fn missing_initrd() {
+    let g = guest("pio");
+    let r = run_vmm(
+        &[
+            "--kernel",
+            g.to_str().unwrap(),
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
+        10,
+    );
+    assert_one_line_error(&r, "cannot open initrd");
+}
+
+#[test]
+fn more_memory_than_the_host_has() {
+    let g = guest("pio");
+    let r = run_vmm(
+        &["--kernel", g.to_str().unwrap(), "--memory", "100000G"],
+        10,
+    );
+    assert_one_line_error(&r, "this host has only");
+    let r = run_vmm(&["--kernel", g.to_str().unwrap(), "--memory", "lots"], 10);
+    assert_one_line_error(&r, "invalid memory size");
+    let r = run_vmm(&["--kernel", g.to_str().unwrap(), "--memory", "1"], 10);
+    assert_one_line_error(&r, "at least");
+}
+
+#[test]
+fn more_vcpus_than_kvm_allows() {
+    let g = guest("pio");
+    let r = run_vmm(&["--kernel", g.to_str().unwrap(), "--vcpus", "0"], 10);
+    assert_one_line_error(&r, "at least 1");
+    let r = run_vmm(&["--kernel", g.to_str().unwrap(), "--vcpus", "255"], 10);
+    assert_one_line_error(&r, "vCPUs asked for");
+}
+
+#[test]
+fn bad_config_file() {
+    let p = scratch("bad.json");
+    std::fs::write(&p, r#"{"kernel": "/k", "vcpu": 2}"#).unwrap();
+    let r = run_vmm(&["--config", p.to_str().unwrap()], 10);
+    assert_one_line_error(&r, "unknown field");
+    let r = run_vmm(&["--serial", "tty"], 10);
+    assert_one_line_error(&r, "no kernel");
+    let g = guest("pio");
+    let r = run_vmm(&["--kernel", g.to_str().unwrap(), "--serial", "tty"], 10);
+    assert_one_line_error(&r, "invalid --serial");
+}
+
+#[test]
+fn command_line_too_long() {
+    let g = guest("pio");
+    let long = "x".repeat(5000);
+    let r = run_vmm(&["--kernel", g.to_str().unwrap(), "--cmdline", &long], 10);
+    assert_one_line_error(&r, "command line");
+}

@@ -2,6 +2,7 @@
  * Ends the VM the way the first byte of the kernel command line says:
  *   p  ACPI poweroff          r  ACPI reset register      k  i8042 CPU reset (0xFE to 0x64)
  *   t  triple fault           h  halt forever (interrupts off)
+ *   e  an instruction KVM-PVM's emulator cannot run (cmpxchg16b), then poweroff
  */
     .include "macros.S"
     .globl _start
@@ -17,6 +18,8 @@ _start:
     je triple_fault
     cmp $'h', %al
     je halt
+    cmp $'e', %al
+    je unemulated
     PUTS "poweroff\n"
     call poweroff
 acpi_reset:
@@ -39,6 +42,21 @@ halt:
     PUTS "halting\n"
     cli
     jmp halt_forever
+
+unemulated:
+    PUTS "cmpxchg16b\n"
+    xor %eax, %eax
+    xor %edx, %edx
+    xor %ebx, %ebx
+    xor %ecx, %ecx
+    lea scratch16(%rip), %rdi
+    lock cmpxchg16b (%rdi)
+    PUTS "power: survived cmpxchg16b\n"
+    call poweroff
+
+    .balign 16
+scratch16:
+    .quad 0, 0
 
 null_idt:
     .word 0

@@ -171,3 +171,21 @@ fn json_config_file_with_flag_overrides() {
     let r = run_vmm(&["--config", cfg.to_str().unwrap(), "--cmdline", "p"], 30);
     assert_eq!(r.status, Some(0), "flag overrides to poweroff: {r:?}");
 }
+
+#[test]
+fn an_instruction_kvm_cannot_emulate_is_one_clear_error() {
+    // On KVM-PVM, guest kernel mode runs in KVM's instruction emulator, which lacks
+    // cmpxchg16b; elsewhere the instruction runs natively and the guest powers off.
+    let r = power("e");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(r.status, Some(4), "{r:?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+        assert!(
+            r.stderr.contains("PVM-enabled guest kernels"),
+            "the error names PVM: {r:?}"
+        );
+    } else {
+        assert_eq!(r.status, Some(0), "{r:?}");
+        assert!(r.stdout.contains("survived cmpxchg16b"), "{r:?}");
+    }
+}

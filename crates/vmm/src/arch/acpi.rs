@@ -18,7 +18,9 @@ use acpi_tables::Aml;
 use devices::power;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{ACPI_END, ACPI_PM_PORT, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+use super::layout::{
+    ACPI_END, ACPI_PM_PORT, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, SERIAL_IRQ, SERIAL_PORT,
+};
 
 const OEM_ID: [u8; 6] = *b"VIREO ";
 const OEM_REVISION: u32 = 1;
@@ -41,6 +43,27 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
     v
 }
 
+/// COM1 as an ACPI device: on a hardware-reduced platform Linux has no legacy PIC and routes
+/// no ISA IRQ by default, so the console's interrupt must be declared for it to be wired
+/// through the IOAPIC.
+fn com1_device() -> Vec<u8> {
+    let port = SERIAL_PORT as u16;
+    let io = aml::IO::new(port, port, 1, 8);
+    let irq = aml::Interrupt::new(true, true, false, false, SERIAL_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
+    let mut out = Vec::new();
+    aml::Device::new(
+        "_SB_.COM1".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    out
+}
+
 fn dsdt() -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"VIREODSD", OEM_REVISION);
     let s5 = aml::Name::new(
@@ -49,6 +72,7 @@ fn dsdt() -> Vec<u8> {
     );
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);
+    body.extend(com1_device());
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()
 }
@@ -138,8 +162,9 @@ mod tests {
         }
         // MADT: 44-byte header, four 8-byte local APICs, one 12-byte IOAPIC.
         assert_eq!(m.len(), 44 + 4 * 8 + 12);
-        // The DSDT names _S5_.
+        // The DSDT names _S5_ and declares COM1 with its IRQ.
         assert!(d.windows(4).any(|w| w == b"_S5_"));
+        assert!(d.windows(4).any(|w| w == b"COM1"));
         // FADT flags: hardware-reduced and reset register supported.
         let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0);

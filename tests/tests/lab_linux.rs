@@ -1,0 +1,107 @@
+//! Debian's stock cloud kernel under vireo-vmm, in the lab (QEMU-TCG host with AMD SVM + NPT,
+//! where kvm-amd gives a hardware-assisted /dev/kvm). Each test boots the lab once, so they
+//! take turns: the lab gets one of the machine's cores.
+
+use std::sync::Mutex;
+
+use vireo_tests::{guest, run_in_lab, Ran};
+
+static LAB: Mutex<()> = Mutex::new(());
+
+const BOOT: &str = "--initrd /vireo/guest/initrd.cpio.gz --memory 512";
+
+/// (ready line, exit status) of each VM run by a lab script that prints `VMM-EXIT=<status>`
+/// after each one.
+fn runs(r: &Ran) -> Vec<(Option<String>, i32)> {
+    let mut out = Vec::new();
+    let mut ready = None;
+    for line in r.stdout.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with("VIREO-READY ") {
+            ready = Some(line.to_string());
+        } else if let Some(code) = line.strip_prefix("VMM-EXIT=") {
+            out.push((ready.take(), code.parse().unwrap()));
+        }
+    }
+    out
+}
+
+fn field<'a>(ready: &'a str, key: &str) -> &'a str {
+    ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {ready:?}"))
+}
+
+#[test]
+fn stock_kernel_boots_to_the_ready_line_with_1_and_2_vcpus() {
+    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let script = format!(
+        "for n in 1 2; do vireo-vmm --kernel /vireo/guest/vmlinux {BOOT} --vcpus $n \
+           --cmdline 'console=ttyS0 panic=-1 quiet'; echo VMM-EXIT=$?; done; \
+         vireo-vmm --kernel /vireo/guest/bzImage {BOOT} --vcpus 2 \
+           --cmdline 'console=ttyS0 panic=-1 quiet'; echo VMM-EXIT=$?"
+    );
+    let r = run_in_lab(&script, &[]);
+    let runs = runs(&r);
+    assert_eq!(runs.len(), 3, "three VMs ran: {r:?}");
+    for ((ready, status), want_vcpus) in runs.iter().zip(["1", "2", "2"]) {
+        let ready = ready.as_deref().unwrap_or_else(|| panic!("no ready line: {r:?}"));
+        assert_eq!(*status, 0, "powered off cleanly: {r:?}");
+        assert_eq!(field(ready, "vcpus"), want_vcpus, "{ready}");
+        let mem: u64 = field(ready, "mem_kib").parse().unwrap();
+        assert!(
+            (400_000..=512 * 1024).contains(&mem),
+            "guest sees about 512 MiB: {ready}"
+        );
+        assert!(field(ready, "kernel").ends_with("-cloud-amd64"), "{ready}");
+    }
+}
+
+#[test]
+fn guest_poweroff_and_reboot_end_the_vm_with_distinct_statuses() {
+    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let script = format!(
+        "for how in poweroff reboot; do vireo-vmm --kernel /vireo/guest/vmlinux {BOOT} \
+           --vcpus 2 --cmdline \"console=ttyS0 panic=-1 quiet vireo.exit=$how\"; \
+           echo VMM-EXIT=$?; done"
+    );
+    let r = run_in_lab(&script, &[]);
+    let runs = runs(&r);
+    assert_eq!(runs.len(), 2, "{r:?}");
+    assert!(runs.iter().all(|(ready, _)| ready.is_some()), "{r:?}");
+    assert_eq!(runs[0].1, 0, "poweroff exits 0: {r:?}");
+    assert_eq!(runs[1].1, 3, "reboot exits 3: {r:?}");
+}
+
+#[test]
+fn test_guests_behave_the_same_on_hardware_assisted_kvm() {
+    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let mut puts = Vec::new();
+    for g in ["pio", "mmio", "highmem", "smp", "power"] {
+        puts.push("--put".to_string());
+        puts.push(format!("{}:/tmp/{g}.elf", guest(g).display()));
+    }
+    // The lab host gets enough (lazily backed) memory to accept a 6 GiB guest.
+    puts.extend(["--mem".to_string(), "8192".to_string()]);
+    let extra: Vec<&str> = puts.iter().map(String::as_str).collect();
+    let script = "v() { vireo-vmm --memory 64 \"$@\"; echo VMM-EXIT=$?; }; \
+        v --kernel /tmp/pio.elf; v --kernel /tmp/mmio.elf; \
+        vireo-vmm --kernel /tmp/highmem.elf --memory 6G; echo VMM-EXIT=$?; \
+        v --kernel /tmp/smp.elf --vcpus 4; \
+        v --kernel /tmp/power.elf --cmdline t; v --kernel /tmp/power.elf --cmdline r; \
+        v --kernel /tmp/power.elf --cmdline e";
+    let r = run_in_lab(script, &extra);
+    let statuses: Vec<i32> = runs(&r).iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses, vec![0, 0, 0, 0, 4, 3, 0], "{r:?}");
+    for want in [
+        "pio: unclaimed 00000000ffffffff",
+        "mmio: read 00000000ffffffff",
+        "highmem: ok 5649524545484947",
+        "smp: online 4 of 4 apic-ids 1 2 3",
+        "power: survived cmpxchg16b",
+    ] {
+        assert!(r.stdout.contains(want), "want {want:?}: {r:?}");
+    }
+    assert!(r.stderr.contains("triple-faulted"), "{r:?}");
+}

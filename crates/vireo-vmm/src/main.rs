@@ -45,6 +45,12 @@ struct Args {
     /// Serial console output: stdout, none, or file:PATH [default: stdout].
     #[arg(long, value_name = "WHERE")]
     serial: Option<String>,
+    /// Add a virtio-rng device.
+    #[arg(long)]
+    rng: bool,
+    /// Back guest RAM with 4 KiB pages only (default: transparent huge pages where available).
+    #[arg(long)]
+    no_huge_pages: bool,
     /// After the VM ends, write how it ended and its VM exits by reason as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     summary_json: Option<PathBuf>,
@@ -91,6 +97,12 @@ fn build_config(args: &Args) -> Result<VmConfig, String> {
     }
     if let Some(m) = &args.memory {
         config.memory_mib = parse_memory_mib(m).map_err(|e| e.to_string())?;
+    }
+    if args.rng {
+        config.rng = true;
+    }
+    if args.no_huge_pages {
+        config.huge_pages = false;
     }
     if let Some(s) = &args.serial {
         config.serial = parse_serial(s)?;

@@ -38,10 +38,19 @@ pub struct VmConfig {
     pub memory_mib: u64,
     #[serde(default)]
     pub serial: SerialConfig,
+    /// A virtio-rng device fed by the host's getrandom(2).
+    #[serde(default)]
+    pub rng: bool,
+    /// Back guest RAM with transparent huge pages where the host has them.
+    #[serde(default = "default_huge_pages")]
+    pub huge_pages: bool,
 }
 
 fn default_cmdline() -> String {
     DEFAULT_CMDLINE.to_string()
+}
+fn default_huge_pages() -> bool {
+    true
 }
 fn default_vcpus() -> u8 {
     1
@@ -73,6 +82,8 @@ impl VmConfig {
             vcpus: default_vcpus(),
             memory_mib: default_memory(),
             serial: SerialConfig::default(),
+            huge_pages: default_huge_pages(),
+            rng: false,
         }
     }
 

@@ -64,7 +64,33 @@ fn com1_device() -> Vec<u8> {
     out
 }
 
-fn dsdt() -> Vec<u8> {
+/// A virtio-mmio device as Linux's virtio_mmio driver finds it through ACPI (LNRO0005).
+#[derive(Debug, Clone, Copy)]
+pub struct VirtioMmioSlot {
+    pub base: u64,
+    pub len: u64,
+    pub gsi: u32,
+}
+
+fn virtio_mmio_device(index: usize, slot: &VirtioMmioSlot) -> Vec<u8> {
+    let mem = aml::Memory32Fixed::new(true, slot.base as u32, slot.len as u32);
+    let irq = aml::Interrupt::new(true, true, false, false, slot.gsi);
+    let crs = aml::ResourceTemplate::new(vec![&mem, &irq]);
+    let uid = index as u32;
+    let mut out = Vec::new();
+    aml::Device::new(
+        format!("_SB_.V{index:03X}").as_str().into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"LNRO0005"),
+            &aml::Name::new("_UID".into(), &uid),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    out
+}
+
+fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"VIREODSD", OEM_REVISION);
     let s5 = aml::Name::new(
         "_S5_".into(),
@@ -73,6 +99,9 @@ fn dsdt() -> Vec<u8> {
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);
     body.extend(com1_device());
+    for (i, slot) in virtio.iter().enumerate() {
+        body.extend(virtio_mmio_device(i, slot));
+    }
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()
 }
@@ -109,7 +138,11 @@ fn madt(nr_vcpus: u8) -> Vec<u8> {
 }
 
 /// Writes the tables and returns the RSDP's address.
-pub fn setup_acpi(mem: &GuestMemoryMmap, nr_vcpus: u8) -> Result<GuestAddress, AcpiError> {
+pub fn setup_acpi(
+    mem: &GuestMemoryMmap,
+    nr_vcpus: u8,
+    virtio: &[VirtioMmioSlot],
+) -> Result<GuestAddress, AcpiError> {
     let align = |a: u64| (a + 15) & !15;
     let rsdp_addr = ACPI_START;
     let mut next = align(rsdp_addr + Rsdp::len() as u64);
@@ -125,7 +158,7 @@ pub fn setup_acpi(mem: &GuestMemoryMmap, nr_vcpus: u8) -> Result<GuestAddress, A
         Ok(at)
     };
 
-    let dsdt_addr = place(dsdt())?;
+    let dsdt_addr = place(dsdt(virtio))?;
     let fadt_addr = place(fadt(dsdt_addr))?;
     let madt_addr = place(madt(nr_vcpus))?;
     let mut xsdt = XSDT::new(OEM_ID, *b"VIREOXSD", OEM_REVISION);
@@ -150,7 +183,11 @@ mod tests {
 
     #[test]
     fn tables_have_valid_checksums_and_lengths() {
-        let d = dsdt();
+        let d = dsdt(&[VirtioMmioSlot {
+            base: 0xc000_0000,
+            len: 0x200,
+            gsi: 16,
+        }]);
         let f = fadt(0x1234);
         let m = madt(4);
         for t in [&d, &f, &m] {
@@ -165,6 +202,7 @@ mod tests {
         // The DSDT names _S5_ and declares COM1 with its IRQ.
         assert!(d.windows(4).any(|w| w == b"_S5_"));
         assert!(d.windows(4).any(|w| w == b"COM1"));
+        assert!(d.windows(8).any(|w| w == b"LNRO0005"));
         // FADT flags: hardware-reduced and reset register supported.
         let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0);
@@ -174,7 +212,7 @@ mod tests {
     #[test]
     fn many_vcpus_still_fit() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
-        let rsdp = setup_acpi(&mem, 254).unwrap();
+        let rsdp = setup_acpi(&mem, 254, &[]).unwrap();
         let mut sig = [0u8; 8];
         mem.read_slice(&mut sig, rsdp).unwrap();
         assert_eq!(&sig, b"RSD PTR ");

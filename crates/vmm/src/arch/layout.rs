@@ -49,6 +49,14 @@ pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 /// The smallest guest the boot structures above fit in.
 pub const MIN_MEMORY: u64 = 4 * MIB;
 
+/// virtio-mmio devices: one 4 KiB slot each from the start of the 32-bit hole, interrupts on
+/// IOAPIC pins 16 and up (above the ISA IRQs).
+pub const VIRTIO_MMIO_BASE: u64 = MMIO_HOLE_START;
+pub const VIRTIO_MMIO_SLOT: u64 = 0x1000;
+pub const VIRTIO_GSI_BASE: u32 = 16;
+/// KVM's IOAPIC has 24 pins.
+pub const MAX_VIRTIO_DEVICES: usize = 8;
+
 /// I/O port of COM1 and its IRQ line.
 pub const SERIAL_PORT: u64 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;

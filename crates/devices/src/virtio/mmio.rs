@@ -1,0 +1,274 @@
+//! The virtio-mmio transport (virtio 1.2, 4.2; version 2 register layout only).
+//!
+//! Everything here is driven by guest writes and is treated as hostile: any offset, width or
+//! value is accepted without panicking, queue set-up is honoured only in the states the
+//! specification allows, and a device that cannot start is marked DEVICE_NEEDS_RESET rather
+//! than left half-running.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{features, status, ActivateContext, GuestMemory, Interrupt, VirtioDevice};
+use crate::bus::BusDevice;
+
+/// Size of one device's register window.
+pub const MMIO_LEN: u64 = 0x200;
+/// Offset of QueueNotify, where KVM's ioeventfds listen.
+pub const QUEUE_NOTIFY: u64 = 0x50;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4f52_4956; // "VIRO"
+const CONFIG_SPACE: u64 = 0x100;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: Arc<GuestMemory>,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    status: u32,
+    config_generation: u32,
+    active: bool,
+}
+
+impl MmioTransport {
+    /// `queue_events[i]` must be the eventfd registered with KVM for notifications of queue i.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: Arc<GuestMemory>,
+        interrupt: Arc<Interrupt>,
+        queue_events: Vec<EventFd>,
+    ) -> Result<Self, virtio_queue::Error> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_events,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            status: 0,
+            config_generation: 0,
+            active: false,
+        })
+    }
+
+    fn offered_features(&self) -> u64 {
+        self.device.features() | features::VERSION_1
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue registers may change only after FEATURES_OK and before DRIVER_OK.
+    fn queue_config_allowed(&self) -> bool {
+        self.status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED)
+            == status::FEATURES_OK
+    }
+
+    fn reset(&mut self) {
+        if self.active {
+            self.device.reset();
+            self.active = false;
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+        self.status = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // Bits are only ever added, one stage at a time; anything else is a driver bug.
+        if value & self.status != self.status {
+            return;
+        }
+        let new = value & !self.status;
+        if new & status::FEATURES_OK != 0 {
+            let offered = self.offered_features();
+            let ok = self.driver_features & !offered == 0
+                && self.driver_features & features::VERSION_1 != 0;
+            if !ok {
+                // FEATURES_OK stays clear: the driver reads it back and gives up.
+                self.status = value & !status::FEATURES_OK;
+                return;
+            }
+            let event_idx = self.driver_features & features::RING_EVENT_IDX != 0;
+            for q in &mut self.queues {
+                q.set_event_idx(event_idx);
+            }
+        }
+        self.status = value;
+        if new & status::DRIVER_OK != 0 && self.status & status::FEATURES_OK != 0 {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let mem = &*self.mem;
+        let bad = self
+            .queues
+            .iter()
+            .position(|q| q.ready() && !q.is_valid(mem));
+        let events: Result<Vec<EventFd>, _> =
+            self.queue_events.iter().map(EventFd::try_clone).collect();
+        // The device gets its own copy of each queue; the transport keeps the registers.
+        let queues: Result<Vec<Queue>, _> = self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect();
+        let result = match (bad, events, queues) {
+            (Some(i), _, _) => Err(super::ActivateError::BadQueue(i)),
+            (None, Err(e), _) => Err(super::ActivateError::Handler(e.to_string())),
+            (None, _, Err(e)) => Err(super::ActivateError::Handler(e.to_string())),
+            (None, Ok(queue_events), Ok(queues)) => self.device.activate(ActivateContext {
+                mem: self.mem.clone(),
+                interrupt: self.interrupt.clone(),
+                features: self.driver_features,
+                queues,
+                queue_events,
+            }),
+        };
+        match result {
+            Ok(()) => self.active = true,
+            Err(e) => {
+                tracing::warn!(
+                    "virtio device type {} failed to start: {e}",
+                    self.device.device_type()
+                );
+                self.status |= status::DEVICE_NEEDS_RESET;
+                self.interrupt.trigger(super::InterruptKind::ConfigChange);
+            }
+        }
+    }
+
+    fn read_register(&mut self, offset: u64) -> u32 {
+        match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => self.device.device_type(),
+            0x0c => VENDOR_ID,
+            0x10 => match self.device_features_sel {
+                0 => self.offered_features() as u32,
+                1 => (self.offered_features() >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, v: u32) {
+        let config_ok = self.queue_config_allowed();
+        match offset {
+            0x14 => self.device_features_sel = v,
+            0x20 => {
+                if self.status & status::FEATURES_OK == 0 {
+                    match self.driver_features_sel {
+                        0 => {
+                            self.driver_features =
+                                (self.driver_features & !0xffff_ffff) | u64::from(v)
+                        }
+                        1 => {
+                            self.driver_features =
+                                (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            0x24 => self.driver_features_sel = v,
+            0x30 => self.queue_sel = v,
+            0x38 if config_ok => {
+                if let Some(q) = self.selected_queue() {
+                    // Sizes that are zero, too large or not a power of two are refused by
+                    // the queue; it keeps its previous size and fails validation later.
+                    let _ = q.try_set_size(v.min(u32::from(u16::MAX)) as u16);
+                }
+            }
+            0x44 if config_ok => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            0x64 => self.interrupt.ack(v),
+            0x70 => self.set_status(v),
+            0x80 if config_ok => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
+            0x84 if config_ok => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
+            0x90 if config_ok => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            0x94 if config_ok => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            0xa0 if config_ok => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
+            0xa4 if config_ok => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
+            // QueueNotify is normally served by an ioeventfd; a notification that still
+            // reaches here (no ioeventfd support) is forwarded to the same eventfd.
+            QUEUE_NOTIFY => {
+                if let Some(e) = self.queue_events.get(v as usize) {
+                    let _ = e.write(1);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.selected_queue() {
+            f(q);
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        match data.len() {
+            4 if offset % 4 == 0 => {
+                let v = self.read_register(offset);
+                data.copy_from_slice(&v.to_le_bytes());
+            }
+            _ => data.fill(0),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            self.config_generation = self.config_generation.wrapping_add(1);
+            return;
+        }
+        if let (4, 0) = (data.len(), offset % 4) {
+            let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            self.write_register(offset, v);
+        }
+    }
+}

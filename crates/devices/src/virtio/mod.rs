@@ -1,0 +1,183 @@
+//! Virtio devices, apart from their transport.
+//!
+//! A device model implements [`VirtioDevice`]: what it offers (type, features, queues, config
+//! space) and what it does once the driver is ready ([`VirtioDevice::activate`]). The transport
+//! ([`mmio::MmioTransport`]) owns everything the guest programs through registers and hands the
+//! device its queues, their notification eventfds and an [`Interrupt`] at activation. Device
+//! work then runs on the VMM's I/O thread ([`EventLoop`]): a vCPU's queue notification is an
+//! ioeventfd write that KVM completes without leaving the guest, and the device's interrupt is
+//! an irqfd write, so vCPUs never wait on a disk or a socket.
+
+pub mod mmio;
+pub mod rng;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId};
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as devices see it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// Device IDs (virtio 1.2, 5).
+pub mod device_type {
+    pub const NET: u32 = 1;
+    pub const BLOCK: u32 = 2;
+    pub const RNG: u32 = 4;
+    pub const BALLOON: u32 = 5;
+    pub const VSOCK: u32 = 19;
+}
+
+/// Feature bits common to every device.
+pub mod features {
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// Why a device raises its interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptKind {
+    UsedBuffer = 1,
+    ConfigChange = 2,
+}
+
+/// A device's interrupt line with its interrupt-status register.
+pub struct Interrupt {
+    status: AtomicU32,
+    irq: EventFd,
+}
+
+impl Interrupt {
+    pub fn new(irq: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    pub fn trigger(&self, kind: InterruptKind) {
+        self.status.fetch_or(kind as u32, Ordering::SeqCst);
+        if let Err(e) = self.irq.write(1) {
+            tracing::warn!("cannot signal a virtio interrupt: {e}");
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    pub fn eventfd(&self) -> &EventFd {
+        &self.irq
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct ActivateContext {
+    pub mem: Arc<GuestMemory>,
+    pub interrupt: Arc<Interrupt>,
+    /// The negotiated features.
+    pub features: u64,
+    /// Every queue the device declared, as the driver configured it.
+    pub queues: Vec<Queue>,
+    /// The eventfd KVM signals when the driver notifies each queue.
+    pub queue_events: Vec<EventFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("queue {0} is not ready or not valid")]
+    BadQueue(usize),
+    #[error("cannot start the device's I/O handler: {0}")]
+    Handler(String),
+}
+
+/// A virtio device model.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue the device has.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers (VERSION_1 is added by the transport).
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space; bytes beyond it read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the configuration space; the default ignores writes.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver is ready: start serving the queues.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// The driver reset the device: stop serving the queues and forget the session.
+    fn reset(&mut self);
+}
+
+/// The subscriber type the I/O thread runs.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The VMM's device I/O thread: an epoll loop that runs every active device's handler.
+pub struct EventLoop {
+    manager: EventManager<Subscriber>,
+}
+
+impl EventLoop {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            manager: EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?,
+        })
+    }
+
+    /// A handle through which other threads add and remove device handlers.
+    pub fn handle(&self) -> EventLoopHandle {
+        EventLoopHandle(self.manager.remote_endpoint())
+    }
+
+    /// Runs until `stop` returns true after a wake-up.
+    pub fn run_until(&mut self, stop: impl Fn() -> bool) {
+        while !stop() {
+            if let Err(e) = self.manager.run_with_timeout(100) {
+                tracing::error!("device I/O loop: {e:?}");
+            }
+        }
+    }
+}
+
+/// Adds and removes device handlers on the I/O thread from any other thread.
+#[derive(Clone)]
+pub struct EventLoopHandle(RemoteEndpoint<Subscriber>);
+
+impl EventLoopHandle {
+    pub fn add(&self, s: Subscriber) -> Result<SubscriberId, ActivateError> {
+        self.0
+            .call_blocking(move |ops| -> Result<SubscriberId, event_manager::Error> {
+                Ok(ops.add_subscriber(s))
+            })
+            .map_err(|e| ActivateError::Handler(format!("{e:?}")))
+    }
+
+    pub fn remove(&self, id: SubscriberId) {
+        let r = self
+            .0
+            .call_blocking(move |ops| ops.remove_subscriber(id).map(|_| ()));
+        if let Err(e) = r {
+            tracing::warn!("cannot remove a device handler: {e:?}");
+        }
+    }
+
+    pub fn kick(&self) {
+        let _ = self.0.kick();
+    }
+}

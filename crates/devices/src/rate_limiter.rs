@@ -1,0 +1,290 @@
+//! Token-bucket rate limiting of a device's operations/s and bytes/s: the basis of EBS-style
+//! IOPS and throughput limits.
+//!
+//! A bucket holds up to `size` tokens and refills at `size` tokens per `refill_time_ms`; a
+//! one-time burst adds tokens that are spent first and never refilled. A request takes one
+//! operation token and as many byte tokens as it moves. When a bucket runs dry the limiter is
+//! blocked and arms its timerfd for the moment enough tokens will be back; the device's I/O
+//! handler watches that fd and retries then. A single request larger than a bucket's size is
+//! let through when the bucket is full and leaves it in debt, so large requests are slowed, not
+//! refused forever.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::timerfd::TimerFd;
+
+/// One bucket's shape, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// Tokens the bucket holds when full (the sustained burst).
+    pub size: u64,
+    /// Extra tokens available once, at the start.
+    pub one_time_burst: u64,
+    /// Milliseconds to refill `size` tokens from empty.
+    pub refill_time_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct TokenBucket {
+    cfg: BucketConfig,
+    /// Tokens available; negative after an oversize request (debt).
+    budget: i128,
+    burst: u64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(cfg: BucketConfig, now: Instant) -> Option<Self> {
+        (cfg.size > 0 && cfg.refill_time_ms > 0).then_some(Self {
+            cfg,
+            budget: i128::from(cfg.size),
+            burst: cfg.one_time_burst,
+            last: now,
+        })
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed_ns = now.saturating_duration_since(self.last).as_nanos();
+        let full = i128::from(self.cfg.size);
+        let period_ns = u128::from(self.cfg.refill_time_ms) * 1_000_000;
+        let tokens = (elapsed_ns * u128::from(self.cfg.size) / period_ns) as i128;
+        if tokens > 0 {
+            // Only the time that produced whole tokens is used up.
+            let used_ns = (tokens as u128) * period_ns / u128::from(self.cfg.size);
+            self.last += Duration::from_nanos(used_ns.min(u128::from(u64::MAX)) as u64);
+            self.budget = (self.budget + tokens).min(full);
+        }
+        if self.budget >= full {
+            self.last = now;
+        }
+    }
+
+    /// Takes `n` tokens if it can.
+    fn consume(&mut self, n: u64, now: Instant) -> bool {
+        self.refill(now);
+        let n = u128::from(n);
+        // Spend the one-time burst first.
+        let from_burst = n.min(u128::from(self.burst));
+        let rest = (n - from_burst) as i128;
+        let full = i128::from(self.cfg.size);
+        if rest <= self.budget || (rest > full && self.budget == full) {
+            self.burst -= from_burst as u64;
+            self.budget -= rest;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Returns tokens taken for work that was then not done.
+    fn give_back(&mut self, n: u64) {
+        self.budget = (self.budget + i128::from(n)).min(i128::from(self.cfg.size));
+    }
+
+    /// How long until `n` more tokens (or a full bucket, for an oversize request) are there.
+    fn wait_for(&self, n: u64) -> Duration {
+        let want = i128::from(n.min(self.cfg.size)).max(1);
+        let missing = (want - self.budget).max(1) as u128;
+        let ns =
+            missing * u128::from(self.cfg.refill_time_ms) * 1_000_000 / u128::from(self.cfg.size);
+        Duration::from_nanos(ns.clamp(1_000_000, u128::from(u64::MAX)) as u64)
+    }
+}
+
+/// What a request costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    pub ops: u64,
+    pub bytes: u64,
+}
+
+/// Counters of how often the limiter held requests back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleStats {
+    pub throttled_requests: u64,
+}
+
+pub struct RateLimiter {
+    ops: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+    timer: TimerFd,
+    blocked: bool,
+    stats: ThrottleStats,
+}
+
+impl RateLimiter {
+    /// A limiter with the given buckets; a bucket of size 0 or refill time 0 means unlimited.
+    pub fn new(ops: Option<BucketConfig>, bytes: Option<BucketConfig>) -> std::io::Result<Self> {
+        let now = Instant::now();
+        Ok(Self {
+            ops: ops.and_then(|c| TokenBucket::new(c, now)),
+            bytes: bytes.and_then(|c| TokenBucket::new(c, now)),
+            timer: TimerFd::new()?,
+            blocked: false,
+            stats: ThrottleStats::default(),
+        })
+    }
+
+    /// Changes the buckets while the device runs; new buckets start full.
+    pub fn update(&mut self, ops: Option<BucketConfig>, bytes: Option<BucketConfig>) {
+        let now = Instant::now();
+        self.ops = ops.and_then(|c| TokenBucket::new(c, now));
+        self.bytes = bytes.and_then(|c| TokenBucket::new(c, now));
+        // Whatever was waiting may go now; the handler retries on the timer.
+        if self.blocked {
+            let _ = self.timer.reset(Duration::from_millis(1), None);
+        }
+    }
+
+    /// True while a previous request is waiting for tokens: callers must not jump the queue.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Takes the tokens for `cost`, or blocks the limiter and arms its timer.
+    pub fn consume(&mut self, cost: Cost) -> bool {
+        if self.blocked {
+            return false;
+        }
+        let now = Instant::now();
+        if let Some(b) = &mut self.ops {
+            if !b.consume(cost.ops, now) {
+                let wait = b.wait_for(cost.ops);
+                return self.block(wait);
+            }
+        }
+        if let Some(b) = &mut self.bytes {
+            if !b.consume(cost.bytes, now) {
+                let wait = b.wait_for(cost.bytes);
+                if let Some(o) = &mut self.ops {
+                    o.give_back(cost.ops);
+                }
+                return self.block(wait);
+            }
+        }
+        true
+    }
+
+    fn block(&mut self, wait: Duration) -> bool {
+        self.blocked = true;
+        self.stats.throttled_requests += 1;
+        if let Err(e) = self.timer.reset(wait, None) {
+            tracing::warn!("rate limiter timer: {e}");
+            self.blocked = false;
+        }
+        false
+    }
+
+    /// Call when the timer fd is readable: the limiter is unblocked and the caller retries.
+    pub fn on_timer(&mut self) {
+        let _ = self.timer.wait();
+        self.blocked = false;
+    }
+
+    pub fn stats(&self) -> ThrottleStats {
+        self.stats
+    }
+}
+
+impl AsRawFd for RateLimiter {
+    fn as_raw_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(size: u64, refill_ms: u64) -> Option<BucketConfig> {
+        Some(BucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time_ms: refill_ms,
+        })
+    }
+
+    #[test]
+    fn unlimited_without_buckets() {
+        let mut l = RateLimiter::new(None, bucket(0, 100)).unwrap();
+        for _ in 0..10_000 {
+            assert!(l.consume(Cost {
+                ops: 1,
+                bytes: 1 << 20
+            }));
+        }
+    }
+
+    #[test]
+    fn ops_bucket_blocks_then_refills() {
+        let mut l = RateLimiter::new(bucket(10, 100), None).unwrap();
+        for _ in 0..10 {
+            assert!(l.consume(Cost { ops: 1, bytes: 0 }));
+        }
+        assert!(!l.consume(Cost { ops: 1, bytes: 0 }));
+        assert!(l.is_blocked());
+        assert_eq!(l.stats().throttled_requests, 1);
+        // The timer fires when one token is back (10 ms for 10 tokens per 100 ms).
+        l.on_timer();
+        assert!(!l.is_blocked());
+        assert!(l.consume(Cost { ops: 1, bytes: 0 }));
+    }
+
+    #[test]
+    fn one_time_burst_is_spent_first_and_not_refilled() {
+        let mut l = RateLimiter::new(
+            Some(BucketConfig {
+                size: 2,
+                one_time_burst: 3,
+                refill_time_ms: 60_000,
+            }),
+            None,
+        )
+        .unwrap();
+        for _ in 0..5 {
+            assert!(l.consume(Cost { ops: 1, bytes: 0 }));
+        }
+        assert!(!l.consume(Cost { ops: 1, bytes: 0 }));
+    }
+
+    #[test]
+    fn oversize_request_passes_on_a_full_bucket_and_leaves_debt() {
+        let mut l = RateLimiter::new(None, bucket(1000, 60_000)).unwrap();
+        assert!(l.consume(Cost {
+            ops: 1,
+            bytes: 5000
+        }));
+        assert!(!l.consume(Cost { ops: 1, bytes: 1 }));
+    }
+
+    #[test]
+    fn byte_refusal_returns_the_op_token() {
+        let mut l = RateLimiter::new(bucket(1, 60_000), bucket(10, 10)).unwrap();
+        assert!(l.consume(Cost { ops: 0, bytes: 10 }));
+        assert!(!l.consume(Cost { ops: 1, bytes: 5 }));
+        l.on_timer();
+        // The op token was given back, so the request fits once bytes are back.
+        assert!(l.consume(Cost { ops: 1, bytes: 5 }));
+    }
+
+    #[test]
+    fn bucket_refills_at_its_rate() {
+        // 20 tokens per 100 ms: after the initial 20, 10 more every 50 ms, never above 20.
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut b = TokenBucket::new(bucket(20, 100).unwrap(), t0).unwrap();
+        assert!(b.consume(20, at(0)));
+        assert!(!b.consume(1, at(0)));
+        assert!(b.consume(10, at(50)));
+        assert!(!b.consume(1, at(50)));
+        assert!(b.consume(5, at(75)));
+        assert!(!b.consume(1, at(75)));
+        assert!(
+            b.consume(20, at(10_000)),
+            "a long idle time refills to the size"
+        );
+        assert!(!b.consume(1, at(10_000)), "never more than the size");
+        assert_eq!(b.wait_for(10), Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,49 @@
+# Vireo: `make run` (set up, build, boot the Debian guest) and `make test` (set up, all tests).
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+TARGET      := x86_64-unknown-linux-gnu
+# Static binaries: the same build runs on the host and inside the lab's initramfs.
+STATIC_ENV  := RUSTFLAGS="-C target-feature=+crt-static"
+BIN_DIR     := target/$(TARGET)/release
+VMM         := $(BIN_DIR)/vireo-vmm
+GUEST_DIR   := build/guest
+SMOKE_ARGS  := --kernel /vireo/guest/vmlinux --initrd /vireo/guest/initrd.cpio.gz \
+               --vcpus 2 --memory 512 --cmdline "console=ttyS0 panic=-1 quiet"
+
+.PHONY: run test deps build images smoke bench-boot lint fmt clippy clean
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(STATIC_ENV) cargo build --release --target $(TARGET) --workspace --bins
+
+images: deps
+	@images/build-guest.sh $(GUEST_DIR)
+
+# Boots the Debian cloud kernel under vireo-vmm with 2 vCPUs and 512 MiB and shows its console:
+# directly where the host has VT-x/AMD-V, otherwise inside the lab.
+smoke: build images
+	@scripts/smoke.sh $(VMM) $(GUEST_DIR)
+
+run: smoke
+
+test: build images
+	VIREO_VMM_BIN=$(CURDIR)/$(VMM) cargo test --workspace --no-fail-fast
+
+bench-boot: build images
+	@benches/boot.sh
+
+fmt:
+	cargo fmt --all
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+lint: clippy
+	cargo fmt --all -- --check
+
+clean:
+	cargo clean
+	rm -rf build

@@ -1,0 +1,97 @@
+#!/bin/sh
+# /init of the Vireo test guest (busybox). Installed by images/build-guest.sh.
+# Prints exactly one line "VIREO-READY vcpus=N mem_kib=N kernel=RELEASE" on the console, then runs
+# /etc/vireo/<name>.sh if the command line has vireo.run=<name>, then acts on vireo.exit=
+# (poweroff (default) | reboot | shell | wait). Problems are reported as "VIREO-ERROR ..." lines;
+# this script never returns (PID 1 returning would panic the kernel).
+PATH=/bin
+export PATH
+set -f
+
+halt_now() {
+    poweroff -f
+    sleep 1
+    echo "VIREO-ERROR poweroff -f failed; halting"
+    while :; do sleep 3600; done
+}
+die() {
+    echo "VIREO-ERROR $*"
+    halt_now
+}
+
+main() {
+    mount -t proc proc /proc 2>/dev/null
+    [ -r /proc/cmdline ] || die "cannot mount /proc"
+    mount -t sysfs sysfs /sys 2>/dev/null
+    [ -d /sys/devices/system/cpu ] || die "cannot mount /sys"
+    mount -t devtmpfs devtmpfs /dev 2>/dev/null
+    [ -c /dev/null ] || die "cannot mount /dev"
+
+    # virtio drivers (and their dependencies through modules.dep); failures are ignored.
+    modprobe -qa virtio_pci virtio_mmio virtio_blk virtio_net vmw_vsock_virtio_transport \
+        virtio_rng virtio_balloon >/dev/null 2>&1
+
+    read -r online </sys/devices/system/cpu/online
+    vcpus=0
+    IFS=,
+    for r in $online; do
+        case $r in
+        *-*) vcpus=$((vcpus + ${r#*-} - ${r%-*} + 1)) ;;
+        [0-9]*) vcpus=$((vcpus + 1)) ;;
+        esac
+    done
+    unset IFS
+    mem=
+    while read -r k v _; do
+        [ "$k" = MemTotal: ] && { mem=$v; break; }
+    done </proc/meminfo
+    read -r kver </proc/sys/kernel/osrelease
+    if [ "$vcpus" -eq 0 ] || [ -z "$mem" ] || [ -z "$kver" ]; then
+        die "cannot read vcpus/memory/kernel (online='$online' mem='$mem' kernel='$kver')"
+    fi
+    echo "VIREO-READY vcpus=$vcpus mem_kib=$mem kernel=$kver"
+
+    action=poweroff
+    run=
+    read -r cmdline </proc/cmdline
+    for w in $cmdline; do
+        case $w in
+        vireo.exit=*) action=${w#vireo.exit=} ;;
+        vireo.run=*) run=${w#vireo.run=} ;;
+        esac
+    done
+
+    if [ -n "$run" ]; then
+        case $run in
+        *[!A-Za-z0-9_.-]* | .*) echo "VIREO-ERROR bad vireo.run=$run" ;;
+        *)
+            if [ -f "/etc/vireo/$run.sh" ]; then
+                sh "/etc/vireo/$run.sh"
+                rc=$?
+                [ $rc -eq 0 ] || echo "VIREO-ERROR vireo.run=$run exited with status $rc"
+            else
+                echo "VIREO-ERROR vireo.run=$run: /etc/vireo/$run.sh not found"
+            fi
+            ;;
+        esac
+    fi
+
+    case $action in
+    poweroff) halt_now ;;
+    reboot)
+        # The kernel picks the platform's reset (vireo-vmm: the ACPI reset register);
+        # reboot= on the command line overrides it.
+        reboot -f
+        die "reboot -f failed"
+        ;;
+    shell)
+        setsid cttyhack sh -l
+        halt_now
+        ;;
+    wait) while :; do sleep 3600; done ;;
+    *) die "unknown vireo.exit=$action; powering off" ;;
+    esac
+}
+
+main
+die "init fell through"

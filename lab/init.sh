@@ -1,0 +1,104 @@
+#!/bin/bash
+# /init of the lab's L1 host, installed by lab/lab (/bin/bash is bash-static's static bash).
+# It talks to lab/lab through serial ports:
+#   ttyS0  kernel console and this script's diagnostics (saved to build/lab/last/console.log)
+#   ttyS1  COMMAND's stdout          ttyS2  COMMAND's stderr
+#   ttyS3  control lines: "BOOTED <uptime>", "EXIT <status>" or "FAIL <reason>"
+PATH=/vireo/bin:/bin:/usr/bin:/usr/sbin:/sbin
+HOME=/root
+export PATH HOME
+CTL=/dev/ttyS3
+
+# stty sets the line with TCSADRAIN, so it also waits until the port has sent what it holds.
+drain() { for t in "$@"; do stty -F "$t" raw -echo 2>/dev/null; done; }
+halt_now() {
+    drain /dev/ttyS1 /dev/ttyS2 $CTL
+    poweroff -f
+    while :; do sleep 3600; done
+}
+fail() {
+    echo "lab-init: $*"
+    echo "FAIL $*" >$CTL
+    halt_now
+}
+
+# mount_disk NAME DIR: mount lab/lab's read-only disk NAME (NVMe serial vireo-NAME) on DIR.
+mount_disk() {
+    local want="vireo-$1" i=0 d s
+    while :; do
+        for d in /sys/block/nvme*; do
+            [ -r "$d/device/serial" ] || continue
+            read -r s <"$d/device/serial"
+            if [ "$s" = "$want" ]; then
+                mount -t ext4 -o ro,noatime "/dev/${d##*/}" "$2" || fail "cannot mount the $1 disk"
+                return 0
+            fi
+        done
+        i=$((i + 1))
+        [ $i -lt 1000 ] || fail "the $1 disk (NVMe serial $want) did not appear"
+        usleep 10000
+    done
+}
+
+# link_tree SRC DST: make SRC's files appear under DST through symlinks (whole directories where
+# DST has none yet).
+link_tree() {
+    local e t
+    for e in "$1"/*; do
+        if [ ! -e "$e" ] || [ "${e##*/}" = lost+found ]; then continue; fi
+        t="$2/${e##*/}"
+        if [ ! -e "$t" ] && [ ! -L "$t" ]; then
+            ln -s "$e" "$t"
+        elif [ -d "$t" ] && [ -d "$e" ] && [ ! -L "$e" ]; then
+            link_tree "$e" "$t"
+        fi
+    done
+}
+
+main() {
+    mount -t proc proc /proc
+    read -r t_init _ </proc/uptime
+    mount -t sysfs sysfs /sys
+    mount -t devtmpfs devtmpfs /dev
+    [ -c $CTL ] || { echo "lab-init: no $CTL"; poweroff -f; }
+    drain /dev/ttyS1 /dev/ttyS2 $CTL
+    mkdir -p /dev/shm /dev/pts /run /tmp /var/tmp /root
+    mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+    mount -t devpts devpts /dev/pts 2>/dev/null
+    chmod 1777 /tmp /var/tmp
+
+    read -r kver </proc/sys/kernel/osrelease
+    read -r t_mods _ </proc/uptime
+    while read -r m; do
+        if ! err=$(insmod "/lib/modules/$kver/$m" 2>&1); then
+            hint=
+            case $m in *kvm-amd*) hint=" (no AMD SVM in the L1 CPU?)" ;; esac
+            fail "insmod ${m##*/} failed: ${err##*: }$hint"
+        fi
+    done </etc/lab/modules
+    [ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm-amd (no SVM in the L1 CPU?)"
+    read -r t_kvm _ </proc/uptime
+    read -r disks </vireo/.lab/disks
+    for d in $disks; do
+        case $d in
+        guest) mount_disk guest /vireo/guest ;;
+        qemu)
+            mount_disk qemu /lab/qemu
+            link_tree /lab/qemu ""
+            ;;
+        esac
+    done
+    [ -f /vireo/.lab/cmd ] || fail "no command in the lab initramfs"
+
+    read -r up _ </proc/uptime
+    echo "BOOTED $up init=$t_init modules=$t_mods kvm=$t_kvm" >$CTL
+    cd /vireo || fail "no /vireo"
+    sh -c "$(cat /vireo/.lab/cmd)" </dev/null >/dev/ttyS1 2>/dev/ttyS2
+    rc=$?
+    drain /dev/ttyS1 /dev/ttyS2
+    echo "EXIT $rc" >$CTL
+    halt_now
+}
+
+main
+fail "init fell through"

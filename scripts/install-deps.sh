@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the build, the guest artifacts and the lab need from Debian's packages, if it is
+# missing. Quiet and quick when everything is already there.
+set -euo pipefail
+
+need=()
+want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || need+=("$1"); }
+for p in qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs binutils libc6-dev; do want "$p"; done
+command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is missing; install rustup's stable toolchain" >&2; exit 1; }
+
+if [ ${#need[@]} -gt 0 ]; then
+    echo "install-deps: installing ${need[*]}"
+    SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    # The package index may be missing on a fresh machine; update once if so.
+    if ! $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; then
+        $SUDO apt-get update -qq >/dev/null
+        $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+fi

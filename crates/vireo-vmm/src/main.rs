@@ -45,12 +45,18 @@ struct Args {
     /// Serial console output: stdout, none, or file:PATH [default: stdout].
     #[arg(long, value_name = "WHERE")]
     serial: Option<String>,
+    /// Add a virtio-balloon: target=MIB[,stats=SECONDS][,deflate-on-oom].
+    #[arg(long, value_name = "SPEC")]
+    balloon: Option<String>,
     /// Add a virtio-rng device.
     #[arg(long)]
     rng: bool,
     /// Back guest RAM with 4 KiB pages only (default: transparent huge pages where available).
     #[arg(long)]
     no_huge_pages: bool,
+    /// Serve the control API (HTTP/JSON) on this Unix socket; see docs/api.md.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
     /// After the VM ends, write how it ended and its VM exits by reason as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     summary_json: Option<PathBuf>,
@@ -97,6 +103,9 @@ fn build_config(args: &Args) -> Result<VmConfig, String> {
     }
     if let Some(m) = &args.memory {
         config.memory_mib = parse_memory_mib(m).map_err(|e| e.to_string())?;
+    }
+    if let Some(b) = &args.balloon {
+        config.balloon = Some(vmm::config::BalloonConfig::parse(b)?);
     }
     if args.rng {
         config.rng = true;
@@ -147,6 +156,7 @@ fn main() -> ExitCode {
         &config,
         RunOptions {
             console_input: true,
+            api_socket: args.api_sock.clone(),
         },
     ) {
         Ok(r) => r,

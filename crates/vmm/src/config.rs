@@ -41,9 +41,51 @@ pub struct VmConfig {
     /// A virtio-rng device fed by the host's getrandom(2).
     #[serde(default)]
     pub rng: bool,
+    /// A virtio-balloon device.
+    #[serde(default)]
+    pub balloon: Option<BalloonConfig>,
     /// Back guest RAM with transparent huge pages where the host has them.
     #[serde(default = "default_huge_pages")]
     pub huge_pages: bool,
+}
+
+/// The balloon: how much memory the guest is asked to give back at start, and how often it
+/// reports its memory statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    #[serde(default)]
+    pub target_mib: u32,
+    /// Let the guest take pages back from the balloon when it runs out of memory.
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics requests; 0 turns statistics off.
+    #[serde(default)]
+    pub stats_interval_s: u32,
+}
+
+impl BalloonConfig {
+    /// Parses `target=MIB[,deflate-on-oom][,stats=SECONDS]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut c = BalloonConfig::default();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let num = |v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("invalid --balloon {part:?}: not a number"))
+            };
+            match part.split_once('=') {
+                Some(("target", v)) => c.target_mib = num(v)?,
+                Some(("stats", v)) => c.stats_interval_s = num(v)?,
+                None if part == "deflate-on-oom" => c.deflate_on_oom = true,
+                _ => {
+                    return Err(format!(
+                        "invalid --balloon {part:?}: use target=MIB,stats=SECONDS,deflate-on-oom"
+                    ))
+                }
+            }
+        }
+        Ok(c)
+    }
 }
 
 fn default_cmdline() -> String {
@@ -84,6 +126,7 @@ impl VmConfig {
             serial: SerialConfig::default(),
             huge_pages: default_huge_pages(),
             rng: false,
+            balloon: None,
         }
     }
 

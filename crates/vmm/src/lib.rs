@@ -2,6 +2,7 @@
 //! a Linux kernel (or any x86-64 ELF or bzImage) in it and runs it until the guest powers off,
 //! resets or faults.
 
+pub mod api;
 pub mod arch;
 pub mod config;
 pub mod machine;

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::legacy::{EventFdTrigger, Serial, SerialOutput, I8042};
+use devices::virtio::balloon::{Balloon, BalloonControl};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::rng::Rng;
 use devices::virtio::{self, EventLoop, EventLoopHandle, Interrupt, VirtioDevice};
@@ -20,6 +21,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::api;
 use crate::arch::layout::{self, *};
 use crate::arch::{acpi, boot, cpuid, gdt};
 use crate::config::{host_memory_mib, ConfigError, SerialConfig, VmConfig};
@@ -54,10 +56,12 @@ pub enum Error {
 }
 
 /// How to run a machine beyond what the guest is made of.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Feed the VMM's standard input to the serial console.
     pub console_input: bool,
+    /// Serve the control API (crate::api) on this Unix socket.
+    pub api_socket: Option<std::path::PathBuf>,
 }
 
 /// How a run ended and what the vCPUs did.
@@ -171,10 +175,11 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     let mut event_loop = EventLoop::new()
         .map_err(|e| Error::Host(format!("cannot create the device I/O loop: {e}")))?;
     let mut mmio = Bus::new();
+    let mut controls = DeviceControls::default();
     let virtio_slots = attach_virtio_devices(
         &vm,
         &mem,
-        virtio_devices(config, &event_loop.handle()),
+        virtio_devices(config, &event_loop.handle(), &mut controls),
         &mut mmio,
     )?;
     let rsdp = acpi::setup_acpi(&mem, config.vcpus, &virtio_slots)?;
@@ -287,8 +292,38 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     if opts.console_input {
         spawn_console_input(serial, control.clone());
     }
+    let api_thread = match &opts.api_socket {
+        Some(path) => {
+            let ctx = api::ApiContext {
+                control: control.clone(),
+                kick_vcpus: vcpu_kicker(&threads),
+                nr_vcpus: threads.len(),
+                memory_mib: config.memory_mib,
+                devices: controls.clone(),
+                exit_counters: counters.clone(),
+            };
+            match api::spawn(path, ctx) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    control.request_stop(StopReason::Host);
+                    stop_vcpus(threads);
+                    io_handle.kick();
+                    let _ = io_thread.join();
+                    return Err(Error::Host(format!(
+                        "cannot serve the API on {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        None => None,
+    };
 
     let reason = control.wait();
+    // The API thread may kick vCPU threads, so it ends before they are joined.
+    if let Some(t) = api_thread {
+        let _ = t.join();
+    }
     stop_vcpus(threads);
     io_handle.kick();
     let _ = io_thread.join();
@@ -319,11 +354,31 @@ fn advise_huge_pages(mem: &GuestMemoryMmap) {
     }
 }
 
+/// Handles through which a running machine's devices are changed (the control API).
+#[derive(Default, Clone)]
+pub struct DeviceControls {
+    pub balloon: Option<BalloonControl>,
+}
+
 /// The virtio devices `config` asks for, in the order they get MMIO slots.
-fn virtio_devices(config: &VmConfig, io: &EventLoopHandle) -> Vec<Box<dyn VirtioDevice>> {
+fn virtio_devices(
+    config: &VmConfig,
+    io: &EventLoopHandle,
+    controls: &mut DeviceControls,
+) -> Vec<Box<dyn VirtioDevice>> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     if config.rng {
         devices.push(Box::new(Rng::new(io.clone())));
+    }
+    if let Some(b) = &config.balloon {
+        let balloon = Balloon::new(
+            io.clone(),
+            b.target_mib,
+            b.deflate_on_oom,
+            b.stats_interval_s,
+        );
+        controls.balloon = Some(balloon.control());
+        devices.push(Box::new(balloon));
     }
     devices
 }
@@ -416,6 +471,19 @@ fn install_kick_handler() -> Result<(), Error> {
             .map_err(|e| Error::Host(format!("cannot install the vCPU kick handler: {e}")));
     });
     result
+}
+
+/// Interrupts KVM_RUN on every vCPU thread (for pause).
+fn vcpu_kicker(threads: &[JoinHandle<()>]) -> api::Kicker {
+    use std::os::unix::thread::JoinHandleExt;
+    let ids: Vec<libc::pthread_t> = threads.iter().map(|t| t.as_pthread_t()).collect();
+    Arc::new(move || {
+        for &id in &ids {
+            // SAFETY: the vCPU threads are joined only after the API thread (the only user of
+            // this closure) has ended, so every id names a live thread.
+            unsafe { libc::pthread_kill(id, SIGRTMIN()) };
+        }
+    })
 }
 
 /// Kicks every vCPU thread until it has seen the stop flag, then joins it. A kick can land just

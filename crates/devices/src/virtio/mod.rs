@@ -8,6 +8,7 @@
 //! ioeventfd write that KVM completes without leaving the guest, and the device's interrupt is
 //! an irqfd write, so vCPUs never wait on a disk or a socket.
 
+pub mod balloon;
 pub mod mmio;
 pub mod rng;
 

@@ -1,7 +1,8 @@
 //! How a machine's run ends: the first stop request wins, every vCPU thread sees it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -46,6 +47,15 @@ pub struct RunControl {
     stop: AtomicBool,
     reason: Mutex<Option<StopReason>>,
     stopped: EventFd,
+    pause: Mutex<PauseState>,
+    pause_changed: Condvar,
+}
+
+#[derive(Default)]
+struct PauseState {
+    requested: bool,
+    /// vCPU threads currently parked outside KVM_RUN.
+    parked: usize,
 }
 
 impl RunControl {
@@ -54,7 +64,60 @@ impl RunControl {
             stop: AtomicBool::new(false),
             reason: Mutex::new(None),
             stopped: EventFd::new(libc::EFD_CLOEXEC)?,
+            pause: Mutex::new(PauseState::default()),
+            pause_changed: Condvar::new(),
         })
+    }
+
+    fn pause_state(&self) -> std::sync::MutexGuard<'_, PauseState> {
+        self.pause.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pause_requested(&self) -> bool {
+        self.pause_state().requested
+    }
+
+    /// Called by a vCPU thread that saw a pause request: waits outside KVM_RUN until resumed
+    /// or stopped.
+    pub fn park(&self) {
+        let mut s = self.pause_state();
+        s.parked += 1;
+        self.pause_changed.notify_all();
+        while s.requested && !self.should_stop() {
+            s = self
+                .pause_changed
+                .wait_timeout(s, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        s.parked -= 1;
+        self.pause_changed.notify_all();
+    }
+
+    /// Asks every vCPU to park and waits until `nr_vcpus` have, calling `kick` (which must
+    /// interrupt KVM_RUN on every vCPU thread) until they do. False if the machine stopped.
+    pub fn pause(&self, nr_vcpus: usize, kick: impl Fn()) -> bool {
+        let mut s = self.pause_state();
+        s.requested = true;
+        while s.parked < nr_vcpus {
+            if self.should_stop() {
+                return false;
+            }
+            drop(s);
+            kick();
+            s = self.pause_state();
+            s = self
+                .pause_changed
+                .wait_timeout(s, Duration::from_millis(2))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    pub fn resume(&self) {
+        self.pause_state().requested = false;
+        self.pause_changed.notify_all();
     }
 
     /// Records `reason` unless another stop came first, and wakes [`RunControl::wait`].
@@ -64,6 +127,7 @@ impl RunControl {
             *r = Some(reason);
         }
         self.stop.store(true, Ordering::SeqCst);
+        self.pause_changed.notify_all();
         // An eventfd write only fails when the counter would overflow, which cannot happen
         // with one write per stop request.
         let _ = self.stopped.write(1);

@@ -93,6 +93,10 @@ impl Vcpu {
     /// Runs the vCPU until the machine stops. A guest-caused failure stops the whole machine.
     pub fn run(mut self) {
         while !self.ctx.control.should_stop() {
+            if self.ctx.control.pause_requested() {
+                self.ctx.control.park();
+                continue;
+            }
             if let Some(reason) = self.run_once() {
                 self.ctx.control.request_stop(reason);
             }

@@ -1,0 +1,351 @@
+//! The VMM's control API: HTTP/1.1 with JSON bodies on a Unix socket, served by one thread.
+//!
+//! | request | effect |
+//! |---|---|
+//! | `GET /vm` | state, vCPUs, memory |
+//! | `PUT /vm/pause`, `PUT /vm/resume` | stop / restart every vCPU (devices keep running) |
+//! | `PUT /vm/stop` | end the VM now (the process exits with status 0) |
+//! | `GET /balloon` | the balloon's target, actual size and the guest's statistics |
+//! | `PATCH /balloon` `{"target_mib": N}` | ask the guest to give back N MiB |
+//! | `GET /metrics` | Prometheus text: VM exits by vCPU and reason, balloon |
+//!
+//! Requests are bounded (64 KiB of headers and body); anything malformed gets a 400 with a
+//! JSON `{"error": "..."}` and changes nothing.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::machine::DeviceControls;
+use crate::vstate::control::{ExitCounters, RunControl, StopReason};
+
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Interrupts KVM_RUN on every vCPU thread.
+pub type Kicker = Arc<dyn Fn() + Send + Sync>;
+
+/// What the API acts on.
+pub struct ApiContext {
+    pub control: Arc<RunControl>,
+    pub kick_vcpus: Kicker,
+    pub nr_vcpus: usize,
+    pub memory_mib: u64,
+    pub devices: DeviceControls,
+    pub exit_counters: Vec<Arc<ExitCounters>>,
+}
+
+struct Api {
+    ctx: ApiContext,
+    paused: AtomicBool,
+}
+
+struct Response {
+    code: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn json(code: u16, v: Value) -> Self {
+        Self {
+            code,
+            content_type: "application/json",
+            body: v.to_string(),
+        }
+    }
+    fn error(code: u16, msg: impl Into<String>) -> Self {
+        Self::json(code, json!({ "error": msg.into() }))
+    }
+    fn no_content() -> Self {
+        Self {
+            code: 204,
+            content_type: "application/json",
+            body: String::new(),
+        }
+    }
+}
+
+/// Binds `path` and serves the API on a thread until the machine stops. A stale socket file
+/// (nothing listening) is replaced; a live one is an error.
+pub fn spawn(path: &Path, ctx: ApiContext) -> std::io::Result<JoinHandle<()>> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another process", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    let api = Api {
+        ctx,
+        paused: AtomicBool::new(false),
+    };
+    let path: PathBuf = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            api.serve(&listener);
+            let _ = std::fs::remove_file(&path);
+        })
+}
+
+impl Api {
+    fn serve(&self, listener: &UnixListener) {
+        while !self.ctx.control.should_stop() {
+            let mut pfd = libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+            if n <= 0 {
+                continue;
+            }
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = self.serve_connection(stream) {
+                        tracing::debug!("api connection: {e}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => tracing::warn!("api accept: {e}"),
+            }
+        }
+    }
+
+    fn serve_connection(&self, mut stream: UnixStream) -> std::io::Result<()> {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            let (request, used) = match read_request(&mut stream, &mut buf)? {
+                Some(r) => r,
+                None => return Ok(()),
+            };
+            let response = match request {
+                Ok((method, path, body)) => self.route(&method, &path, &body),
+                Err(msg) => Response::error(400, msg),
+            };
+            write_response(&mut stream, &response)?;
+            buf.drain(..used);
+        }
+    }
+
+    fn route(&self, method: &str, path: &str, body: &[u8]) -> Response {
+        match (method, path) {
+            ("GET", "/vm") => Response::json(
+                200,
+                json!({
+                    "state": if self.paused.load(Ordering::SeqCst) { "paused" } else { "running" },
+                    "vcpus": self.ctx.nr_vcpus,
+                    "memory_mib": self.ctx.memory_mib,
+                }),
+            ),
+            ("PUT", "/vm/pause") => {
+                let kick = self.ctx.kick_vcpus.clone();
+                if self.ctx.control.pause(self.ctx.nr_vcpus, || kick()) {
+                    self.paused.store(true, Ordering::SeqCst);
+                    Response::no_content()
+                } else {
+                    Response::error(409, "the VM has stopped")
+                }
+            }
+            ("PUT", "/vm/resume") => {
+                self.ctx.control.resume();
+                self.paused.store(false, Ordering::SeqCst);
+                Response::no_content()
+            }
+            ("PUT", "/vm/stop") => {
+                self.ctx.control.request_stop(StopReason::Host);
+                Response::no_content()
+            }
+            ("GET", "/balloon") => match &self.ctx.devices.balloon {
+                Some(b) => {
+                    let s = b.status();
+                    Response::json(
+                        200,
+                        json!({
+                            "target_mib": u64::from(s.target_pages) * 4096 >> 20,
+                            "actual_mib": u64::from(s.actual_pages) * 4096 >> 20,
+                            "inflated_pages": s.inflated_pages,
+                            "deflated_pages": s.deflated_pages,
+                            "invalid_pfns": s.invalid_pfns,
+                            "stats": s.stats.map(|st| json!({
+                                "swap_in": st.swap_in, "swap_out": st.swap_out,
+                                "major_faults": st.major_faults, "minor_faults": st.minor_faults,
+                                "free_memory": st.free_memory, "total_memory": st.total_memory,
+                                "available_memory": st.available_memory,
+                                "disk_caches": st.disk_caches,
+                            })),
+                        }),
+                    )
+                }
+                None => Response::error(404, "this VM has no balloon"),
+            },
+            ("PATCH", "/balloon") => {
+                let Some(b) = &self.ctx.devices.balloon else {
+                    return Response::error(404, "this VM has no balloon");
+                };
+                let target = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("target_mib").and_then(Value::as_u64));
+                match target {
+                    Some(mib) if mib <= self.ctx.memory_mib => {
+                        b.set_target_mib(mib as u32);
+                        Response::no_content()
+                    }
+                    Some(mib) => Response::error(
+                        400,
+                        format!(
+                            "target_mib {mib} is more than the VM's {} MiB",
+                            self.ctx.memory_mib
+                        ),
+                    ),
+                    None => Response::error(400, "body must be {\"target_mib\": N}"),
+                }
+            }
+            ("GET", "/metrics") => Response {
+                code: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: self.metrics(),
+            },
+            (_, "/vm" | "/vm/pause" | "/vm/resume" | "/vm/stop" | "/balloon" | "/metrics") => {
+                Response::error(405, format!("{method} is not allowed on {path}"))
+            }
+            _ => Response::error(404, format!("no such resource: {path}")),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP vireo_vcpu_exits_total VM exits by vCPU and reason.\n");
+        out.push_str("# TYPE vireo_vcpu_exits_total counter\n");
+        for (i, c) in self.ctx.exit_counters.iter().enumerate() {
+            let s = c.snapshot();
+            for (reason, n) in [
+                ("io_in", s.io_in),
+                ("io_out", s.io_out),
+                ("mmio_read", s.mmio_read),
+                ("mmio_write", s.mmio_write),
+                ("hlt", s.hlt),
+                ("interrupted", s.interrupted),
+                ("other", s.other),
+            ] {
+                out.push_str(&format!(
+                    "vireo_vcpu_exits_total{{vcpu=\"{i}\",reason=\"{reason}\"}} {n}\n"
+                ));
+            }
+        }
+        out.push_str(
+            "# HELP vireo_memory_bytes Guest memory size.\n# TYPE vireo_memory_bytes gauge\n",
+        );
+        out.push_str(&format!(
+            "vireo_memory_bytes {}\n",
+            self.ctx.memory_mib << 20
+        ));
+        if let Some(b) = &self.ctx.devices.balloon {
+            let s = b.status();
+            out.push_str("# TYPE vireo_balloon_target_bytes gauge\n");
+            out.push_str(&format!(
+                "vireo_balloon_target_bytes {}\n",
+                u64::from(s.target_pages) * 4096
+            ));
+            out.push_str("# TYPE vireo_balloon_actual_bytes gauge\n");
+            out.push_str(&format!(
+                "vireo_balloon_actual_bytes {}\n",
+                u64::from(s.actual_pages) * 4096
+            ));
+            if let Some(free) = s.stats.and_then(|st| st.free_memory) {
+                out.push_str("# TYPE vireo_guest_free_memory_bytes gauge\n");
+                out.push_str(&format!("vireo_guest_free_memory_bytes {free}\n"));
+            }
+        }
+        out
+    }
+}
+
+type Parsed = Result<(String, String, Vec<u8>), String>;
+
+/// Reads one request into `buf`; returns it and how many bytes of `buf` it used, or None at
+/// end of stream.
+fn read_request(
+    stream: &mut UnixStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(Parsed, usize)>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(header_len)) => {
+                let method = req.method.unwrap_or("").to_string();
+                let path = req.path.unwrap_or("").to_string();
+                let len = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                    });
+                let len = match len {
+                    None => 0,
+                    Some(Some(n)) if header_len + n <= MAX_REQUEST => n,
+                    Some(Some(_)) => return Ok(Some((Err("request too large".into()), buf.len()))),
+                    Some(None) => return Ok(Some((Err("bad Content-Length".into()), buf.len()))),
+                };
+                while buf.len() < header_len + len {
+                    let n = stream.read(&mut chunk)?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = buf[header_len..header_len + len].to_vec();
+                return Ok(Some((Ok((method, path, body)), header_len + len)));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Ok(Some((Err(format!("malformed request: {e}")), buf.len()))),
+        }
+        if buf.len() >= MAX_REQUEST {
+            return Ok(Some((Err("request too large".into()), buf.len())));
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn write_response(stream: &mut UnixStream, r: &Response) -> std::io::Result<()> {
+    let reason = match r.code {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        r.code,
+        r.content_type,
+        r.body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(r.body.as_bytes())
+}

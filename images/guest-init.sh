@@ -2,7 +2,9 @@
 # /init of the Vireo test guest (busybox). Installed by images/build-guest.sh.
 # Prints exactly one line "VIREO-READY vcpus=N mem_kib=N kernel=RELEASE" on the console, then runs
 # /etc/vireo/<name>.sh if the command line has vireo.run=<name>, then acts on vireo.exit=
-# (poweroff (default) | reboot | shell | wait). Problems are reported as "VIREO-ERROR ..." lines;
+# (poweroff (default) | reboot | shell | wait). With vireo.root=/dev/vdX it first mounts that
+# ext4 disk (images/build-guest.sh makes build/guest/rootfs.ext4) and runs its /init, this same
+# script, as the root. Problems are reported as "VIREO-ERROR ..." lines;
 # this script never returns (PID 1 returning would panic the kernel).
 PATH=/bin
 export PATH
@@ -18,6 +20,23 @@ die() {
     echo "VIREO-ERROR $*"
     halt_now
 }
+# switch_to_disk DEV: mount DEV and carry on from its /init (this script) as the root.
+switch_to_disk() {
+    i=0
+    while [ ! -b "$1" ] && [ $i -lt 50 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    mkdir -p /newroot
+    mount -t ext4 "$1" /newroot || die "cannot mount vireo.root=$1"
+    [ -x /newroot/init ] || die "vireo.root=$1 has no /init"
+    for m in dev proc sys; do
+        mount --move "/$m" "/newroot/$m" || die "cannot move /$m to vireo.root=$1"
+    done
+    VIREO_SWITCHED=1
+    export VIREO_SWITCHED
+    exec switch_root /newroot /init
+}
 
 main() {
     mount -t proc proc /proc 2>/dev/null
@@ -30,6 +49,12 @@ main() {
     # virtio drivers (and their dependencies through modules.dep); failures are ignored.
     modprobe -qa virtio_pci virtio_mmio virtio_blk virtio_net vmw_vsock_virtio_transport \
         virtio_rng virtio_balloon >/dev/null 2>&1
+    if [ -z "${VIREO_SWITCHED:-}" ]; then
+        read -r cmdline </proc/cmdline
+        for w in $cmdline; do
+            case $w in vireo.root=*) switch_to_disk "${w#vireo.root=}" ;; esac
+        done
+    fi
 
     read -r online </sys/devices/system/cpu/online
     vcpus=0

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use devices::legacy::{EventFdTrigger, Serial, SerialOutput, I8042};
 use devices::virtio::balloon::{Balloon, BalloonControl};
+use devices::virtio::block::{Block, BlockOptions, Drive};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::{Vsock, VsockHost};
+use devices::virtio::net::{Limits as NetLimits, MacAddr, Net, Tap};
 use devices::virtio::{self, EventLoop, EventLoopHandle, Interrupt, VirtioDevice};
 use devices::{power, AcpiPowerDevice, Bus, PowerAction, PowerSink};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -101,6 +104,93 @@ fn open_file(what: &'static str, path: &Path) -> Result<File, Error> {
     Ok(f)
 }
 
+/// Opens every drive's file, so that a missing or unreadable one fails before the VM is built.
+fn open_drives(config: &VmConfig) -> Result<Vec<Drive>, Error> {
+    let bucket = |b: &crate::config::TokenBucketConfig| devices::rate_limiter::BucketConfig {
+        size: b.size,
+        one_time_burst: b.one_time_burst,
+        refill_time_ms: b.refill_time_ms,
+    };
+    config
+        .drives
+        .iter()
+        .map(|d| {
+            let limits = d.rate_limiter.clone().unwrap_or_default();
+            Drive::open(BlockOptions {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                serial: d.serial.clone(),
+                ops_limit: limits.ops.as_ref().map(bucket),
+                bytes_limit: limits.bytes.as_ref().map(bucket),
+            })
+            .map_err(|e| Error::Host(e.to_string()))
+        })
+        .collect()
+}
+
+/// A TAP opened for a virtio-net device, with the device's settings.
+struct OpenTap {
+    tap: Arc<Tap>,
+    mac: Option<MacAddr>,
+    rx: NetLimits,
+    tx: NetLimits,
+}
+
+/// Opens every net device's TAP, so that a missing, busy or forbidden one fails before the VM
+/// is built, with a message naming it.
+fn open_taps(config: &VmConfig) -> Result<Vec<OpenTap>, Error> {
+    let limits = |l: &Option<crate::config::RateLimiterConfig>| {
+        let bucket = |b: &crate::config::TokenBucketConfig| devices::rate_limiter::BucketConfig {
+            size: b.size,
+            one_time_burst: b.one_time_burst,
+            refill_time_ms: b.refill_time_ms,
+        };
+        let l = l.clone().unwrap_or_default();
+        NetLimits {
+            ops: l.ops.as_ref().map(bucket),
+            bytes: l.bytes.as_ref().map(bucket),
+        }
+    };
+    config
+        .net
+        .iter()
+        .map(|n| {
+            n.check().map_err(Error::Host)?;
+            let mac = n
+                .mac
+                .as_deref()
+                .map(str::parse::<MacAddr>)
+                .transpose()
+                .map_err(|e| Error::Host(format!("net {}: {e}", n.tap)))?;
+            let tap = Tap::open(&n.tap).map_err(|e| Error::Host(e.to_string()))?;
+            Ok(OpenTap {
+                tap: Arc::new(tap),
+                mac,
+                rx: limits(&n.rx_rate_limiter),
+                tx: limits(&n.tx_rate_limiter),
+            })
+        })
+        .collect()
+}
+
+/// Checks the vsock CID and listens on its Unix socket, before the VM is built.
+fn open_vsock(config: &VmConfig) -> Result<Option<VsockHost>, Error> {
+    config
+        .vsock
+        .as_ref()
+        .map(|v| VsockHost::bind(v.guest_cid, &v.uds_path))
+        .transpose()
+        .map_err(|e| Error::Host(e.to_string()))
+}
+
+fn net_devices(io: &EventLoopHandle, taps: Vec<OpenTap>) -> Vec<Box<dyn VirtioDevice>> {
+    taps.into_iter()
+        .map(|t| -> Box<dyn VirtioDevice> {
+            Box::new(Net::new(io.clone(), t.tap, t.mac, t.rx, t.tx))
+        })
+        .collect()
+}
+
 fn serial_output(cfg: &SerialConfig) -> Result<SerialOutput, Error> {
     match cfg {
         SerialConfig::Stdout => std::io::stdout()
@@ -136,6 +226,9 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         .map(|p| open_file("cannot open initrd", p))
         .transpose()?;
     let serial_out = serial_output(&config.serial)?;
+    let drives = open_drives(config)?;
+    let taps = open_taps(config)?;
+    let vsock = open_vsock(config)?;
 
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     let supported_cpuid = kvm
@@ -179,11 +272,18 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     let virtio_slots = attach_virtio_devices(
         &vm,
         &mem,
-        virtio_devices(config, &event_loop.handle(), &mut controls),
+        virtio_devices(config, &event_loop.handle(), &mut controls, drives)
+            .into_iter()
+            .chain(net_devices(&event_loop.handle(), taps))
+            .chain(vsock.map(|v| -> Box<dyn VirtioDevice> {
+                Box::new(Vsock::new(v, event_loop.handle()))
+            }))
+            .collect(),
         &mut mmio,
     )?;
     let rsdp = acpi::setup_acpi(&mem, config.vcpus, &virtio_slots)?;
     write_descriptor_tables(&mem)?;
+    boot::write_reset_vector(&mem)?;
     boot::write_boot_structures(
         &mem,
         &kernel,
@@ -365,8 +465,12 @@ fn virtio_devices(
     config: &VmConfig,
     io: &EventLoopHandle,
     controls: &mut DeviceControls,
+    drives: Vec<Drive>,
 ) -> Vec<Box<dyn VirtioDevice>> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for d in drives {
+        devices.push(Box::new(Block::new(io.clone(), d)));
+    }
     if config.rng {
         devices.push(Box::new(Rng::new(io.clone())));
     }

@@ -159,6 +159,31 @@ pub fn load_command_line(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), Boo
         .map_err(|e| BootError::BootParams(e.to_string()))
 }
 
+/// Real-mode code at the reset vector that does what firmware does there on a warm reset:
+/// reset the machine. Linux on a hardware-reduced ACPI platform without EFI reboots by
+/// jumping here (its BOOT_EFI reboot falls back to the BIOS), so without it `reboot` hangs.
+///
+/// ```text
+/// mov al, RESET_VALUE ; mov dx, ACPI reset register ; out dx, al ; hlt ; jmp hlt
+/// ```
+pub fn write_reset_vector(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    let port = (ACPI_PM_PORT + devices::power::RESET_OFFSET) as u16;
+    let [lo, hi] = port.to_le_bytes();
+    let code = [
+        0xb0,
+        devices::power::RESET_VALUE,
+        0xba,
+        lo,
+        hi,
+        0xee,
+        0xf4,
+        0xeb,
+        0xfd,
+    ];
+    mem.write_slice(&code, GuestAddress(RESET_VECTOR))?;
+    Ok(())
+}
+
 /// Everything the boot structures describe.
 pub struct BootLayout {
     pub mem_size: u64,
@@ -364,6 +389,15 @@ mod tests {
             load_command_line(&m, &long),
             Err(BootError::CmdlineTooLong { .. })
         ));
+    }
+
+    #[test]
+    fn reset_vector_writes_the_acpi_reset_register() {
+        let m = mem(8 * MIB);
+        write_reset_vector(&m).unwrap();
+        let mut code = [0u8; 9];
+        m.read_slice(&mut code, GuestAddress(RESET_VECTOR)).unwrap();
+        assert_eq!(code, [0xb0, 0x01, 0xba, 0x02, 0x06, 0xee, 0xf4, 0xeb, 0xfd]);
     }
 
     #[test]

@@ -1,0 +1,308 @@
+//! virtio-blk on a raw image file (virtio 1.2, 5.2): one request queue served on the I/O
+//! thread, with read, write, flush (fdatasync), GET_ID (the drive's serial), discard (hole
+//! punching) and write-zeroes, read-only drives, and ops/s and bytes/s rate limiting.
+
+pub mod io;
+pub mod request;
+
+use std::mem::offset_of;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
+use virtio_bindings::virtio_blk::*;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
+use vmm_sys_util::eventfd::EventFd;
+
+use self::io::{DiskFile, SECTOR_SIZE};
+use self::request::{Request, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SEG_MAX, SIZE_MAX};
+use super::{
+    device_type, features, ActivateContext, ActivateError, EventLoopHandle, GuestMemory, Interrupt,
+    InterruptKind, VirtioDevice,
+};
+use crate::rate_limiter::{BucketConfig, RateLimiter};
+
+const QUEUE_SIZES: &[u16] = &[256];
+/// Bytes of the config space this device fills (up to and including write_zeroes_may_unmap).
+const CONFIG_LEN: usize = offset_of!(virtio_blk_config, unused1);
+
+/// A drive as the VMM configures it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockOptions {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Returned by GET_ID; at most 20 bytes.
+    pub serial: Option<String>,
+    pub ops_limit: Option<BucketConfig>,
+    pub bytes_limit: Option<BucketConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot open drive {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("drive {path}: serial {serial:?} is longer than 20 bytes")]
+    Serial { path: String, serial: String },
+}
+
+pub struct Block {
+    io: EventLoopHandle,
+    disk: Arc<DiskFile>,
+    opts: BlockOptions,
+    config: [u8; CONFIG_LEN],
+    handler: Option<SubscriberId>,
+}
+
+/// A drive whose file is open, ready to become a [`Block`] device.
+#[derive(Debug)]
+pub struct Drive {
+    disk: DiskFile,
+    opts: BlockOptions,
+}
+
+impl Drive {
+    /// Checks the options and opens the file (read-only for a read-only drive).
+    pub fn open(opts: BlockOptions) -> Result<Self, BlockError> {
+        let path = opts.path.display().to_string();
+        if let Some(s) = &opts.serial {
+            if s.len() > VIRTIO_BLK_ID_BYTES as usize {
+                return Err(BlockError::Serial {
+                    path,
+                    serial: s.clone(),
+                });
+            }
+        }
+        let disk = DiskFile::open(&opts.path, opts.read_only).map_err(|e| BlockError::Open {
+            path,
+            reason: match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_string(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                _ => e.to_string(),
+            },
+        })?;
+        Ok(Self { disk, opts })
+    }
+}
+
+impl Block {
+    pub fn new(io: EventLoopHandle, drive: Drive) -> Self {
+        Self {
+            io,
+            config: config_space(drive.disk.sectors()),
+            disk: Arc::new(drive.disk),
+            opts: drive.opts,
+            handler: None,
+        }
+    }
+}
+
+fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
+    put(
+        offset_of!(virtio_blk_config, capacity),
+        &sectors.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, size_max),
+        &SIZE_MAX.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, seg_max),
+        &SEG_MAX.to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, blk_size),
+        &(SECTOR_SIZE as u32).to_le_bytes(),
+    );
+    put(
+        offset_of!(virtio_blk_config, num_queues),
+        &1u16.to_le_bytes(),
+    );
+    for (off, v) in [
+        (
+            offset_of!(virtio_blk_config, max_discard_sectors),
+            MAX_DISCARD_SECTORS,
+        ),
+        (
+            offset_of!(virtio_blk_config, max_discard_seg),
+            MAX_DISCARD_SEG,
+        ),
+        (offset_of!(virtio_blk_config, discard_sector_alignment), 1),
+        (
+            offset_of!(virtio_blk_config, max_write_zeroes_sectors),
+            MAX_DISCARD_SECTORS,
+        ),
+        (
+            offset_of!(virtio_blk_config, max_write_zeroes_seg),
+            MAX_DISCARD_SEG,
+        ),
+    ] {
+        put(off, &v.to_le_bytes());
+    }
+    put(offset_of!(virtio_blk_config, write_zeroes_may_unmap), &[1]);
+    c
+}
+
+fn bit(b: u32) -> u64 {
+    1u64 << b
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = features::RING_EVENT_IDX
+            | bit(VIRTIO_BLK_F_SIZE_MAX)
+            | bit(VIRTIO_BLK_F_SEG_MAX)
+            | bit(VIRTIO_BLK_F_BLK_SIZE)
+            | bit(VIRTIO_BLK_F_FLUSH);
+        if self.disk.read_only() {
+            f |= bit(VIRTIO_BLK_F_RO);
+        } else {
+            f |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= self.config.len() {
+            return;
+        }
+        let n = data.len().min(self.config.len() - start);
+        data[..n].copy_from_slice(&self.config[start..start + n]);
+    }
+
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
+        let (Some(queue), Some(event)) = (ctx.queues.pop(), ctx.queue_events.pop()) else {
+            return Err(ActivateError::BadQueue(0));
+        };
+        let limiter = RateLimiter::new(self.opts.ops_limit, self.opts.bytes_limit)
+            .map_err(|e| ActivateError::Handler(format!("rate limiter: {e}")))?;
+        let handler = BlockHandler {
+            mem: ctx.mem,
+            interrupt: ctx.interrupt,
+            queue,
+            event,
+            disk: self.disk.clone(),
+            serial: self.opts.serial.clone().unwrap_or_default().into_bytes(),
+            limiter,
+            broken: false,
+        };
+        self.handler = Some(self.io.add(Arc::new(Mutex::new(handler)))?);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(id) = self.handler.take() {
+            self.io.remove(id);
+        }
+    }
+}
+
+struct BlockHandler {
+    mem: Arc<GuestMemory>,
+    interrupt: Arc<Interrupt>,
+    queue: Queue,
+    event: EventFd,
+    disk: Arc<DiskFile>,
+    serial: Vec<u8>,
+    limiter: RateLimiter,
+    /// The queue itself is unusable (its rings point outside guest memory): stop serving it.
+    broken: bool,
+}
+
+impl BlockHandler {
+    /// Serves every available request the rate limiter lets through.
+    fn process_queue(&mut self) -> Result<(), virtio_queue::Error> {
+        let mem = &*self.mem;
+        let mut used = false;
+        let mut throttled = false;
+        'outer: loop {
+            self.queue.disable_notification(mem)?;
+            while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let (status, len) = match Request::parse(chain, mem) {
+                    Ok(req) => {
+                        if let Some(cost) = req.cost() {
+                            if !self.limiter.consume(cost) {
+                                // Keep the request for when the limiter's timer fires.
+                                self.queue.go_to_previous_position();
+                                throttled = true;
+                                break 'outer;
+                            }
+                        }
+                        let (status, len) = req.execute(mem, &self.disk, &self.serial);
+                        (Some((req.status, status)), len)
+                    }
+                    Err(r) => {
+                        tracing::debug!("virtio-blk: bad request: {}", r.error);
+                        (r.status.map(|a| (a, VIRTIO_BLK_S_IOERR as u8)), 0)
+                    }
+                };
+                // The status address was checked to be in guest memory while parsing.
+                let written = match status {
+                    Some((addr, s)) if mem.write_obj(s, addr).is_ok() => len + 1,
+                    _ => 0,
+                };
+                self.queue.add_used(mem, head, written)?;
+                used = true;
+            }
+            if !self.queue.enable_notification(mem)? {
+                break;
+            }
+        }
+        if throttled {
+            tracing::trace!("virtio-blk: throttled");
+        }
+        if used && self.queue.needs_notification(mem)? {
+            self.interrupt.trigger(InterruptKind::UsedBuffer);
+        }
+        Ok(())
+    }
+
+    fn run(&mut self) {
+        if self.broken || self.limiter.is_blocked() {
+            return;
+        }
+        if let Err(e) = self.process_queue() {
+            tracing::warn!("virtio-blk: the guest broke its queue ({e}); it is no longer served");
+            self.broken = true;
+        }
+    }
+}
+
+impl MutEventSubscriber for BlockHandler {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.event, EventSet::IN)) {
+            tracing::error!("virtio-blk: cannot watch its queue: {e:?}");
+        }
+        if let Err(e) = ops.add(Events::new(&self.limiter, EventSet::IN)) {
+            tracing::error!("virtio-blk: cannot watch its rate limiter: {e:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.limiter.as_raw_fd() {
+            self.limiter.on_timer();
+        } else {
+            let _ = self.event.read();
+        }
+        self.run();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,585 @@
+//! virtio-blk against crafted queues: what a well-behaved driver asks for, and what a hostile
+//! one can put in the ring.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::tempfile::TempFile;
+
+use super::io::DiskFile;
+use super::request::MAX_DATA;
+use super::*;
+use crate::rate_limiter::{BucketConfig, RateLimiter};
+
+const MEM_SIZE: usize = 32 << 20;
+const HDR: u64 = 0x10_0000;
+const DATA: u64 = 0x20_0000;
+const STATUS: u64 = 0x30_0000;
+/// Sectors in the test disk (1 MiB).
+const DISK_SECTORS: u64 = 2048;
+const W: u16 = VRING_DESC_F_WRITE as u16;
+
+fn pattern(i: usize) -> u8 {
+    (i * 7 % 251) as u8
+}
+
+struct Fixture {
+    mem: Arc<GuestMemory>,
+    file: TempFile,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let mem =
+            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let file = TempFile::new().unwrap();
+        let bytes: Vec<u8> = (0..(DISK_SECTORS * 512) as usize).map(pattern).collect();
+        std::fs::write(file.as_path(), bytes).unwrap();
+        Self { mem, file }
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        std::fs::read(self.file.as_path()).unwrap()
+    }
+
+    fn handler(&self, read_only: bool, limits: Option<BucketConfig>) -> BlockHandler {
+        self.handler_with_queue(read_only, limits, &MockSplitQueue::new(&*self.mem, 16))
+    }
+
+    fn handler_with_queue(
+        &self,
+        read_only: bool,
+        limits: Option<BucketConfig>,
+        vq: &MockSplitQueue<'_, GuestMemory>,
+    ) -> BlockHandler {
+        BlockHandler {
+            mem: self.mem.clone(),
+            interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+            queue: vq.create_queue::<Queue>().unwrap(),
+            event: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            disk: Arc::new(DiskFile::open(self.file.as_path(), read_only).unwrap()),
+            serial: b"vireo-serial-1".to_vec(),
+            limiter: RateLimiter::new(limits, None).unwrap(),
+            broken: false,
+        }
+    }
+
+    fn header(&self, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        self.mem.write_slice(&h, GuestAddress(HDR)).unwrap();
+    }
+
+    fn status(&self) -> u8 {
+        self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+    }
+}
+
+fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+}
+
+fn hdr_desc() -> RawDescriptor {
+    desc(HDR, 16, 0)
+}
+
+fn status_desc() -> RawDescriptor {
+    desc(STATUS, 1, W)
+}
+
+/// The used ring's entries so far as (head, len).
+fn used(vq: &MockSplitQueue<'_, GuestMemory>) -> Vec<(u32, u32)> {
+    let n = vq.used().idx().load();
+    (0..n)
+        .map(|i| {
+            let e = vq.used().ring().ref_at(i as usize).unwrap().load();
+            (e.id(), e.len())
+        })
+        .collect()
+}
+
+/// Runs one chain of `descs` (linked in order) through a fresh handler; returns the used length.
+fn run_chain(f: &Fixture, read_only: bool, descs: &[RawDescriptor]) -> u32 {
+    let vq = MockSplitQueue::new(&*f.mem, 16);
+    vq.build_desc_chain(descs).unwrap();
+    let mut h = f.handler_with_queue(read_only, None, &vq);
+    f.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    h.run();
+    assert!(!h.broken);
+    let u = used(&vq);
+    assert_eq!(u.len(), 1, "the request was completed");
+    u[0].1
+}
+
+#[test]
+fn read_fills_the_guest_buffers_from_the_file() {
+    let f = Fixture::new();
+    f.header(VIRTIO_BLK_T_IN, 3);
+    // Data split over two descriptors of odd sizes.
+    let len = run_chain(
+        &f,
+        false,
+        &[
+            hdr_desc(),
+            desc(DATA, 700, W),
+            desc(DATA + 4096, 324, W),
+            status_desc(),
+        ],
+    );
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(len, 1024 + 1);
+    let mut got = vec![0u8; 1024];
+    f.mem
+        .read_slice(&mut got[..700], GuestAddress(DATA))
+        .unwrap();
+    f.mem
+        .read_slice(&mut got[700..], GuestAddress(DATA + 4096))
+        .unwrap();
+    let want: Vec<u8> = (3 * 512..5 * 512).map(pattern).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn write_then_flush_lands_in_the_file() {
+    let f = Fixture::new();
+    f.header(VIRTIO_BLK_T_OUT, 10);
+    f.mem.write_slice(&[0x5a; 512], GuestAddress(DATA)).unwrap();
+    f.mem
+        .write_slice(&[0xa5; 512], GuestAddress(DATA + 8192))
+        .unwrap();
+    let len = run_chain(
+        &f,
+        false,
+        &[
+            hdr_desc(),
+            desc(DATA, 512, 0),
+            desc(DATA + 8192, 512, 0),
+            status_desc(),
+        ],
+    );
+    assert_eq!((f.status(), len), (VIRTIO_BLK_S_OK as u8, 1));
+    f.header(VIRTIO_BLK_T_FLUSH, 0);
+    let len = run_chain(&f, false, &[hdr_desc(), status_desc()]);
+    assert_eq!((f.status(), len), (VIRTIO_BLK_S_OK as u8, 1));
+    let c = f.contents();
+    assert!(c[10 * 512..11 * 512].iter().all(|&b| b == 0x5a));
+    assert!(c[11 * 512..12 * 512].iter().all(|&b| b == 0xa5));
+    assert_eq!(c[10 * 512 - 1], pattern(10 * 512 - 1), "nothing before");
+    assert_eq!(c[12 * 512], pattern(12 * 512), "nothing after");
+    assert_eq!(c.len() as u64, DISK_SECTORS * 512, "the size is unchanged");
+}
+
+#[test]
+fn header_and_data_may_share_a_descriptor() {
+    let f = Fixture::new();
+    // ANY_LAYOUT: header and 512 bytes of data in one readable descriptor.
+    f.header(VIRTIO_BLK_T_OUT, 1);
+    f.mem
+        .write_slice(&[0x11; 512], GuestAddress(HDR + 16))
+        .unwrap();
+    let len = run_chain(&f, false, &[desc(HDR, 16 + 512, 0), status_desc()]);
+    assert_eq!((f.status(), len), (VIRTIO_BLK_S_OK as u8, 1));
+    assert!(f.contents()[512..1024].iter().all(|&b| b == 0x11));
+}
+
+#[test]
+fn get_id_returns_the_serial_padded_to_20_bytes() {
+    let f = Fixture::new();
+    f.mem.write_slice(&[0xee; 32], GuestAddress(DATA)).unwrap();
+    f.header(VIRTIO_BLK_T_GET_ID, 0);
+    let len = run_chain(&f, false, &[hdr_desc(), desc(DATA, 32, W), status_desc()]);
+    assert_eq!((f.status(), len), (VIRTIO_BLK_S_OK as u8, 21));
+    let mut id = [0u8; 32];
+    f.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    let mut want = [0u8; 20].to_vec();
+    want[..14].copy_from_slice(b"vireo-serial-1");
+    assert_eq!(&id[..20], &want[..]);
+    assert!(id[20..].iter().all(|&b| b == 0xee), "nothing past 20 bytes");
+}
+
+fn discard_req(f: &Fixture, kind: u32, sector: u64, num: u32, flags: u32) -> u32 {
+    let mut s = [0u8; 16];
+    s[0..8].copy_from_slice(&sector.to_le_bytes());
+    s[8..12].copy_from_slice(&num.to_le_bytes());
+    s[12..16].copy_from_slice(&flags.to_le_bytes());
+    f.mem.write_slice(&s, GuestAddress(DATA)).unwrap();
+    f.header(kind, 0);
+    run_chain(f, false, &[hdr_desc(), desc(DATA, 16, 0), status_desc()])
+}
+
+#[test]
+fn discard_and_write_zeroes_zero_the_range_only() {
+    let f = Fixture::new();
+    let len = discard_req(&f, VIRTIO_BLK_T_DISCARD, 64, 64, 0);
+    assert_eq!((f.status(), len), (VIRTIO_BLK_S_OK as u8, 1));
+    let c = f.contents();
+    assert!(c[64 * 512..128 * 512].iter().all(|&b| b == 0));
+    assert_eq!(c[64 * 512 - 1], pattern(64 * 512 - 1));
+    assert_eq!(c[128 * 512], pattern(128 * 512));
+    assert_eq!(c.len() as u64, DISK_SECTORS * 512, "KEEP_SIZE");
+
+    for flags in [0, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP] {
+        let len = discard_req(&f, VIRTIO_BLK_T_WRITE_ZEROES, 300, 3, flags);
+        assert_eq!((f.status(), len), (VIRTIO_BLK_S_OK as u8, 1));
+    }
+    let c = f.contents();
+    assert!(c[300 * 512..303 * 512].iter().all(|&b| b == 0));
+    assert_eq!(c[303 * 512], pattern(303 * 512));
+
+    // Past the end, or reserved flags: refused, nothing touched.
+    let before = f.contents();
+    discard_req(&f, VIRTIO_BLK_T_DISCARD, DISK_SECTORS - 1, 2, 0);
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+    discard_req(&f, VIRTIO_BLK_T_DISCARD, u64::MAX, 2, 0);
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+    discard_req(&f, VIRTIO_BLK_T_WRITE_ZEROES, 0, 2, 0x8);
+    assert_eq!(f.status(), VIRTIO_BLK_S_UNSUPP as u8);
+    assert_eq!(f.contents(), before);
+}
+
+#[test]
+fn read_only_drive_refuses_writes_and_never_opens_the_file_writable() {
+    let f = Fixture::new();
+    let before = f.contents();
+    f.header(VIRTIO_BLK_T_OUT, 0);
+    f.mem.write_slice(&[0x77; 512], GuestAddress(DATA)).unwrap();
+    run_chain(&f, true, &[hdr_desc(), desc(DATA, 512, 0), status_desc()]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+    for kind in [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES] {
+        f.header(kind, 0);
+        let mut s = [0u8; 16];
+        s[8..12].copy_from_slice(&8u32.to_le_bytes());
+        f.mem.write_slice(&s, GuestAddress(DATA)).unwrap();
+        run_chain(&f, true, &[hdr_desc(), desc(DATA, 16, 0), status_desc()]);
+        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+    }
+    assert_eq!(f.contents(), before);
+    // Reads still work.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    run_chain(&f, true, &[hdr_desc(), desc(DATA, 512, W), status_desc()]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8);
+
+    let disk = DiskFile::open(f.file.as_path(), true).unwrap();
+    assert!(disk.read_only());
+    let h = f.handler(true, None);
+    // SAFETY: fcntl(F_GETFL) on a descriptor the handler owns.
+    let fl = unsafe { libc::fcntl(h.disk.as_raw_fd(), libc::F_GETFL) };
+    assert_eq!(fl & libc::O_ACCMODE, libc::O_RDONLY);
+
+    let dev = Block::new(
+        handle(),
+        Drive {
+            disk,
+            opts: opts(true),
+        },
+    );
+    let feats = dev.features();
+    assert_ne!(feats & (1 << VIRTIO_BLK_F_RO), 0);
+    assert_eq!(feats & (1 << VIRTIO_BLK_F_DISCARD), 0);
+    assert_eq!(feats & (1 << VIRTIO_BLK_F_WRITE_ZEROES), 0);
+}
+
+fn handle() -> EventLoopHandle {
+    crate::virtio::EventLoop::new().unwrap().handle()
+}
+
+fn opts(read_only: bool) -> BlockOptions {
+    BlockOptions {
+        path: "/unused".into(),
+        read_only,
+        serial: None,
+        ops_limit: None,
+        bytes_limit: None,
+    }
+}
+
+#[test]
+fn sector_ranges_past_the_end_fail() {
+    let f = Fixture::new();
+    for (sector, len) in [
+        (DISK_SECTORS, 512),
+        (DISK_SECTORS - 1, 1024),
+        (u64::MAX, 512),
+        (u64::MAX / 512 + 1, 512),
+    ] {
+        f.header(VIRTIO_BLK_T_IN, sector);
+        let used = run_chain(&f, false, &[hdr_desc(), desc(DATA, len, W), status_desc()]);
+        assert_eq!(
+            (f.status(), used),
+            (VIRTIO_BLK_S_IOERR as u8, 1),
+            "sector {sector}"
+        );
+        f.header(VIRTIO_BLK_T_OUT, sector);
+        run_chain(&f, false, &[hdr_desc(), desc(DATA, len, 0), status_desc()]);
+        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8, "sector {sector}");
+    }
+    // The last sector itself is fine; a length that is not whole sectors is not.
+    f.header(VIRTIO_BLK_T_IN, DISK_SECTORS - 1);
+    run_chain(&f, false, &[hdr_desc(), desc(DATA, 512, W), status_desc()]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    run_chain(&f, false, &[hdr_desc(), desc(DATA, 100, W), status_desc()]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+}
+
+#[test]
+fn oversize_requests_fail_without_io() {
+    let f = Fixture::new();
+    // A sparse disk big enough that only the size bound can refuse the request.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(f.file.as_path())
+        .unwrap();
+    file.set_len(1 << 30).unwrap();
+    // Three aliased 6 MiB buffers: 18 MiB > MAX_DATA.
+    let chunk = 6 << 20;
+    assert!(3 * chunk as u64 > MAX_DATA);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    let len = run_chain(
+        &f,
+        false,
+        &[
+            hdr_desc(),
+            desc(DATA, chunk, W),
+            desc(DATA, chunk, W),
+            desc(DATA, chunk, W),
+            status_desc(),
+        ],
+    );
+    assert_eq!((f.status(), len), (VIRTIO_BLK_S_IOERR as u8, 1));
+}
+
+#[test]
+fn unknown_request_types_are_unsupported() {
+    let f = Fixture::new();
+    f.header(VIRTIO_BLK_T_SCSI_CMD, 0);
+    run_chain(&f, false, &[hdr_desc(), status_desc()]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_UNSUPP as u8);
+}
+
+#[test]
+fn malformed_chains_fail_the_request_only() {
+    let f = Fixture::new();
+    f.header(VIRTIO_BLK_T_IN, 0);
+    // Write-only header: nothing readable to parse.
+    run_chain(
+        &f,
+        false,
+        &[desc(HDR, 16, W), desc(DATA, 512, W), status_desc()],
+    );
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+    // Short header.
+    run_chain(
+        &f,
+        false,
+        &[desc(HDR, 8, 0), desc(DATA, 512, W), status_desc()],
+    );
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+    // Header outside guest memory.
+    run_chain(
+        &f,
+        false,
+        &[desc(MEM_SIZE as u64 + 4096, 16, 0), status_desc()],
+    );
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+    // Data outside guest memory, or straddling its end: IOERR, and nothing read into it.
+    for addr in [MEM_SIZE as u64 + 4096, MEM_SIZE as u64 - 256, u64::MAX - 10] {
+        run_chain(&f, false, &[hdr_desc(), desc(addr, 512, W), status_desc()]);
+        assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8, "{addr:#x}");
+    }
+    // A readable descriptor after a writable one.
+    f.header(VIRTIO_BLK_T_OUT, 0);
+    run_chain(
+        &f,
+        false,
+        &[
+            hdr_desc(),
+            desc(DATA, 512, W),
+            desc(DATA, 512, 0),
+            status_desc(),
+        ],
+    );
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+    // Data in the wrong direction: an IN with readable data, an OUT with writable data.
+    run_chain(&f, false, &[hdr_desc(), desc(DATA, 512, W), status_desc()]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    run_chain(&f, false, &[hdr_desc(), desc(DATA, 512, 0), status_desc()]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_IOERR as u8);
+}
+
+#[test]
+fn chains_without_a_usable_status_byte_complete_with_nothing_written() {
+    let f = Fixture::new();
+    f.header(VIRTIO_BLK_T_IN, 0);
+    let before = f.contents();
+    // Last descriptor readable: no status byte.
+    assert_eq!(run_chain(&f, false, &[hdr_desc(), desc(STATUS, 1, 0)]), 0);
+    assert_eq!(f.status(), 0xff, "status untouched");
+    // Status byte outside guest memory.
+    assert_eq!(
+        run_chain(&f, false, &[hdr_desc(), desc(MEM_SIZE as u64, 1, W)]),
+        0
+    );
+    // A zero-length last descriptor.
+    assert_eq!(run_chain(&f, false, &[hdr_desc(), desc(STATUS, 0, W)]), 0);
+    // Only a header.
+    assert_eq!(run_chain(&f, false, &[hdr_desc()]), 0);
+    f.header(VIRTIO_BLK_T_OUT, 0);
+    assert_eq!(run_chain(&f, false, &[hdr_desc(), desc(DATA, 512, 0)]), 0);
+    assert_eq!(f.contents(), before, "no write without a status byte");
+}
+
+#[test]
+fn looping_chains_fail_and_the_queue_goes_on() {
+    let f = Fixture::new();
+    let vq = MockSplitQueue::new(&*f.mem, 16);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    let n = VRING_DESC_F_NEXT as u16;
+    // 0 -> 1 -> 2 -> 1 -> ...: the status descriptor points back.
+    let looped = [
+        RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 1)),
+        RawDescriptor::from(SplitDescriptor::new(DATA, 512, W | n, 2)),
+        RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W | n, 1)),
+    ];
+    vq.add_desc_chains(&looped, 0).unwrap();
+    // A next index outside the table.
+    let wild = [RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 200))];
+    vq.add_desc_chains(&wild, 3).unwrap();
+    // Then a good request.
+    let good = [
+        RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 5)),
+        RawDescriptor::from(SplitDescriptor::new(DATA + 4096, 512, W | n, 6)),
+        RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W, 0)),
+    ];
+    vq.add_desc_chains(&good, 4).unwrap();
+    let mut h = f.handler_with_queue(false, None, &vq);
+    f.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    h.run();
+    assert!(!h.broken);
+    assert_eq!(used(&vq), vec![(0, 0), (3, 0), (4, 513)]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8);
+    let mut got = [0u8; 512];
+    f.mem
+        .read_slice(&mut got, GuestAddress(DATA + 4096))
+        .unwrap();
+    assert_eq!(got[..], (0..512).map(pattern).collect::<Vec<_>>()[..]);
+}
+
+#[test]
+fn broken_rings_stop_the_device_without_panicking() {
+    let f = Fixture::new();
+    let vq = MockSplitQueue::new(&*f.mem, 16);
+    let mut h = f.handler_with_queue(false, None, &vq);
+    // Move the used ring outside guest memory once a request is there to complete.
+    f.header(VIRTIO_BLK_T_FLUSH, 0);
+    vq.build_desc_chain(&[hdr_desc(), status_desc()]).unwrap();
+    h.queue
+        .set_used_ring_address(Some(MEM_SIZE as u32 + 0x1000), Some(0));
+    h.run();
+    assert!(h.broken);
+    h.run();
+}
+
+#[test]
+fn the_ops_limit_holds_requests_until_tokens_return() {
+    let f = Fixture::new();
+    let vq = MockSplitQueue::new(&*f.mem, 16);
+    f.header(VIRTIO_BLK_T_IN, 0);
+    for i in 0..3u16 {
+        let n = VRING_DESC_F_NEXT as u16;
+        let chain = [
+            RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 3 * i + 1)),
+            RawDescriptor::from(SplitDescriptor::new(DATA, 512, W | n, 3 * i + 2)),
+            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W, 0)),
+        ];
+        vq.add_desc_chains(&chain, 3 * i).unwrap();
+    }
+    let limit = BucketConfig {
+        size: 2,
+        one_time_burst: 0,
+        refill_time_ms: 3_600_000,
+    };
+    let mut h = f.handler_with_queue(false, Some(limit), &vq);
+    h.run();
+    assert_eq!(used(&vq).len(), 2, "two tokens, two requests");
+    assert!(h.limiter.is_blocked());
+    // A queue notification while blocked serves nothing.
+    h.run();
+    assert_eq!(used(&vq).len(), 2);
+    // Lifting the limit lets the held request through on the timer.
+    h.limiter.update(None, None);
+    h.limiter.on_timer();
+    h.run();
+    assert_eq!(used(&vq), vec![(0, 513), (3, 513), (6, 513)]);
+}
+
+#[test]
+fn config_space_reports_capacity_and_limits() {
+    let f = Fixture::new();
+    let disk = DiskFile::open(f.file.as_path(), false).unwrap();
+    let dev = Block::new(
+        handle(),
+        Drive {
+            disk,
+            opts: opts(false),
+        },
+    );
+    let mut cap = [0u8; 8];
+    dev.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), DISK_SECTORS);
+    let mut b = [0u8; 4];
+    dev.read_config(offset_of!(virtio_blk_config, seg_max) as u64, &mut b);
+    assert_eq!(u32::from_le_bytes(b), request::SEG_MAX);
+    dev.read_config(offset_of!(virtio_blk_config, blk_size) as u64, &mut b);
+    assert_eq!(u32::from_le_bytes(b), 512);
+    dev.read_config(
+        offset_of!(virtio_blk_config, max_discard_seg) as u64,
+        &mut b,
+    );
+    assert_eq!(u32::from_le_bytes(b), 1);
+    let mut far = [0xffu8; 8];
+    dev.read_config(4096, &mut far);
+    assert_eq!(far, [0; 8]);
+    dev.read_config(u64::MAX, &mut far);
+    assert_eq!(far, [0; 8]);
+    let feats = dev.features();
+    for b in [
+        VIRTIO_BLK_F_FLUSH,
+        VIRTIO_BLK_F_DISCARD,
+        VIRTIO_BLK_F_WRITE_ZEROES,
+        VIRTIO_BLK_F_SEG_MAX,
+        VIRTIO_BLK_F_SIZE_MAX,
+        VIRTIO_BLK_F_BLK_SIZE,
+    ] {
+        assert_ne!(feats & (1 << b), 0, "feature {b}");
+    }
+    assert_eq!(feats & (1 << VIRTIO_BLK_F_RO), 0);
+    assert_ne!(feats & features::RING_EVENT_IDX, 0);
+}
+
+#[test]
+fn missing_files_and_long_serials_are_refused() {
+    let mut o = opts(false);
+    o.path = "/nonexistent/vireo-disk.img".into();
+    let e = Drive::open(o.clone()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cannot open drive /nonexistent/vireo-disk.img: no such file"
+    );
+    let f = Fixture::new();
+    o.path = f.file.as_path().to_path_buf();
+    o.serial = Some("x".repeat(21));
+    assert!(Drive::open(o.clone()).is_err());
+    o.serial = Some("x".repeat(20));
+    assert!(Drive::open(o).is_ok());
+}

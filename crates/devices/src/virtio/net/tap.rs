@@ -1,0 +1,137 @@
+//! An existing host TAP interface, opened through /dev/net/tun with the virtio-net header.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use super::{Backend, HDR_LEN};
+
+/// Why a TAP could not be opened; the message names the interface.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("invalid TAP name {0:?}: 1 to 15 characters, no '/', ':' or white space")]
+    BadName(String),
+    #[error("TAP {0}: no such interface (create it first, e.g. `ip tuntap add dev {0} mode tap`)")]
+    Missing(String),
+    #[error("TAP {0}: busy (another process has it open)")]
+    Busy(String),
+    #[error("TAP {0}: permission denied (needs CAP_NET_ADMIN or to be the TAP's owner)")]
+    Permission(String),
+    #[error("TAP {0}: not a TAP interface (a TUN, or not made by tun/tap)")]
+    NotTap(String),
+    #[error("TAP {name}: {what}: {err}")]
+    Io {
+        name: String,
+        what: &'static str,
+        err: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+impl Tap {
+    /// Attaches to the existing TAP `name`: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, a 12-byte
+    /// virtio-net header, non-blocking, no offloads until the guest accepts some.
+    pub fn open(name: &str) -> Result<Self, TapError> {
+        if name.is_empty()
+            || name.len() >= libc::IFNAMSIZ
+            || name
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+        {
+            return Err(TapError::BadName(name.to_string()));
+        }
+        let cname = CString::new(name).map_err(|_| TapError::BadName(name.to_string()))?;
+        // TUNSETIFF would create a missing interface: the TAP must exist in this network
+        // namespace already.
+        // SAFETY: `cname` is a valid NUL-terminated string.
+        if unsafe { libc::if_nametoindex(cname.as_ptr()) } == 0 {
+            return Err(TapError::Missing(name.to_string()));
+        }
+        let io = |what, err| TapError::Io {
+            name: name.to_string(),
+            what,
+            err,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EACCES) | Some(libc::EPERM) => TapError::Permission(name.to_string()),
+                _ => io("cannot open /dev/net/tun", e),
+            })?;
+
+        // SAFETY: ifreq is plain data; all zeroes is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one ifreq, which `ifr` is; the fd is ours.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EBUSY) => TapError::Busy(name.to_string()),
+                Some(libc::EPERM) | Some(libc::EACCES) => TapError::Permission(name.to_string()),
+                Some(libc::EINVAL) => TapError::NotTap(name.to_string()),
+                _ => io("TUNSETIFF", e),
+            });
+        }
+        let hdr_len = HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is valid.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+            return Err(io("TUNSETVNETHDRSZ", std::io::Error::last_os_error()));
+        }
+        let tap = Tap {
+            file,
+            name: name.to_string(),
+        };
+        tap.set_offload(0).map_err(|e| io("TUNSETOFFLOAD", e))?;
+        Ok(tap)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl Backend for Tap {
+    fn read_frame(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&self.file).read(buf)
+    }
+
+    fn write_frame(&self, frame: &[u8]) -> std::io::Result<usize> {
+        (&self.file).write(frame)
+    }
+
+    fn set_offload(&self, flags: u32) -> std::io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; the fd is ours.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}

@@ -3,6 +3,7 @@
 #   OUTDIR/bzImage         Debian's cloud kernel (linux-image-cloud-amd64), as shipped
 #   OUTDIR/vmlinux         the same kernel as an uncompressed ELF (boots through its PVH note)
 #   OUTDIR/initrd.cpio.gz  busybox initramfs with the virtio modules; /init is images/guest-init.sh
+#   OUTDIR/rootfs.ext4     the same tree as a 32 MiB ext4 image (mkfs.ext4 -d), for vireo.root=/dev/vda
 # Usage: images/build-guest.sh [OUTDIR]   (default: build/guest in the repository)
 # Cached: does nothing (quickly) when the packages and these scripts did not change.
 set -euo pipefail
@@ -22,7 +23,7 @@ GUEST_MODULES="virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_le
 COMPRESS="gzip -9 -n"
 
 print_outputs() {
-    printf '%s\n' "$OUTDIR/bzImage" "$OUTDIR/vmlinux" "$OUTDIR/initrd.cpio.gz"
+    printf '%s\n' "$OUTDIR/bzImage" "$OUTDIR/vmlinux" "$OUTDIR/initrd.cpio.gz" "$OUTDIR/rootfs.ext4"
 }
 
 mkdir -p "$VIREO_BUILD"
@@ -37,7 +38,7 @@ SCRIPTS_KEY=$(cat "$HERE/build-guest.sh" "$HERE/guest-init.sh" "$HERE/lib.sh" | 
 STAMP="kernel=$KPKG=$KPKGVER busybox=$BBVER scripts=$SCRIPTS_KEY"
 
 if [ -f "$OUTDIR/.stamp" ] && [ "$(cat "$OUTDIR/.stamp")" = "$STAMP" ] &&
-    [ -s "$OUTDIR/bzImage" ] && [ -s "$OUTDIR/vmlinux" ] && [ -s "$OUTDIR/initrd.cpio.gz" ]; then
+    [ -s "$OUTDIR/bzImage" ] && [ -s "$OUTDIR/vmlinux" ] && [ -s "$OUTDIR/initrd.cpio.gz" ] && [ -s "$OUTDIR/rootfs.ext4" ]; then
     print_outputs
     exit 0
 fi
@@ -109,9 +110,14 @@ find "$R" -exec touch -h -d @0 {} +
 (cd "$R" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible) >"$WORK/initrd.cpio" ||
     die "cpio failed"
 $COMPRESS <"$WORK/initrd.cpio" >"$WORK/initrd.cpio.gz"
+# The same tree as a root disk, without a loop mount. Fixed UUID and hash seed, like the cpio above.
+MKE2FS=$(PATH=$PATH:/sbin:/usr/sbin command -v mke2fs) || die "mke2fs not found (apt-get install e2fsprogs)"
+"$MKE2FS" -q -F -t ext4 -d "$R" -L vireo-root -U 6a1b0b5e-7c1e-4e0a-9d5b-0d1f1a1e2b3c \
+    -E root_owner=0:0,hash_seed=6a1b0b5e-7c1e-4e0a-9d5b-0d1f1a1e2b3c -m 0 "$WORK/rootfs.ext4" 32M >/dev/null ||
+    die "mke2fs of the root disk failed"
 
 # --- install atomically ----------------------------------------------------------------------
-for f in bzImage vmlinux initrd.cpio.gz; do
+for f in bzImage vmlinux initrd.cpio.gz rootfs.ext4; do
     mv -f "$WORK/$f" "$OUTDIR/$f"
 done
 echo "$STAMP" >"$OUTDIR/.stamp"

@@ -46,7 +46,9 @@ fn stock_kernel_boots_to_the_ready_line_with_1_and_2_vcpus() {
     let runs = runs(&r);
     assert_eq!(runs.len(), 3, "three VMs ran: {r:?}");
     for ((ready, status), want_vcpus) in runs.iter().zip(["1", "2", "2"]) {
-        let ready = ready.as_deref().unwrap_or_else(|| panic!("no ready line: {r:?}"));
+        let ready = ready
+            .as_deref()
+            .unwrap_or_else(|| panic!("no ready line: {r:?}"));
         assert_eq!(*status, 0, "powered off cleanly: {r:?}");
         assert_eq!(field(ready, "vcpus"), want_vcpus, "{ready}");
         let mem: u64 = field(ready, "mem_kib").parse().unwrap();

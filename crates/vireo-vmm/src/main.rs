@@ -45,12 +45,24 @@ struct Args {
     /// Serial console output: stdout, none, or file:PATH [default: stdout].
     #[arg(long, value_name = "WHERE")]
     serial: Option<String>,
+    /// Add a virtio-blk drive (repeatable; /dev/vda, /dev/vdb, ... in order, after those of
+    /// --config): path=FILE[,ro][,serial=S][,iops=N][,bps=N].
+    #[arg(long, value_name = "SPEC")]
+    drive: Vec<String>,
+    /// Add a virtio-net device on an existing TAP (repeatable; after those of --config):
+    /// tap=NAME[,mac=MAC][,rx_pps=N][,rx_bps=N][,tx_pps=N][,tx_bps=N].
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<String>,
     /// Add a virtio-balloon: target=MIB[,stats=SECONDS][,deflate-on-oom].
     #[arg(long, value_name = "SPEC")]
     balloon: Option<String>,
     /// Add a virtio-rng device.
     #[arg(long)]
     rng: bool,
+    /// Add a virtio-vsock device: cid=N,uds=PATH (host processes connect to PATH and write
+    /// "CONNECT <port>\n"; guest connections to host port P go to PATH_P).
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<String>,
     /// Back guest RAM with 4 KiB pages only (default: transparent huge pages where available).
     #[arg(long)]
     no_huge_pages: bool,
@@ -104,11 +116,20 @@ fn build_config(args: &Args) -> Result<VmConfig, String> {
     if let Some(m) = &args.memory {
         config.memory_mib = parse_memory_mib(m).map_err(|e| e.to_string())?;
     }
+    for d in &args.drive {
+        config.drives.push(vmm::config::DriveConfig::parse(d)?);
+    }
+    for n in &args.net {
+        config.net.push(vmm::config::NetConfig::parse(n)?);
+    }
     if let Some(b) = &args.balloon {
         config.balloon = Some(vmm::config::BalloonConfig::parse(b)?);
     }
     if args.rng {
         config.rng = true;
+    }
+    if let Some(v) = &args.vsock {
+        config.vsock = Some(vmm::config::VsockConfig::parse(v)?);
     }
     if args.no_huge_pages {
         config.huge_pages = false;

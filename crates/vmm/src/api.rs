@@ -176,8 +176,8 @@ impl Api {
                     Response::json(
                         200,
                         json!({
-                            "target_mib": u64::from(s.target_pages) * 4096 >> 20,
-                            "actual_mib": u64::from(s.actual_pages) * 4096 >> 20,
+                            "target_mib": (u64::from(s.target_pages) * 4096) >> 20,
+                            "actual_mib": (u64::from(s.actual_pages) * 4096) >> 20,
                             "inflated_pages": s.inflated_pages,
                             "deflated_pages": s.deflated_pages,
                             "invalid_pfns": s.invalid_pfns,

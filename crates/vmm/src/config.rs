@@ -44,9 +44,53 @@ pub struct VmConfig {
     /// A virtio-balloon device.
     #[serde(default)]
     pub balloon: Option<BalloonConfig>,
+    /// virtio-blk drives on raw image files, in order: /dev/vda, /dev/vdb, ...
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    /// virtio-net devices on existing TAP interfaces, in order: eth0, eth1, ...
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+    /// A virtio-vsock device whose host side is Unix sockets.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// Back guest RAM with transparent huge pages where the host has them.
     #[serde(default = "default_huge_pages")]
     pub huge_pages: bool,
+}
+
+/// virtio-vsock: the guest's CID and the Unix socket the VMM listens on for host processes
+/// (`CONNECT <port>\n`); guest connections to host port P go to `<uds_path>_<P>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// At least 3 (0-2 are reserved), below 2^32-1.
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+impl VsockConfig {
+    /// Parses `cid=N,uds=PATH`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (mut cid, mut uds) = (None, None);
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("cid", v)) => {
+                    cid = Some(v.parse::<u64>().map_err(|_| {
+                        format!("invalid --vsock {part:?}: the CID must be a number")
+                    })?)
+                }
+                Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+                _ => return Err(format!("invalid --vsock {part:?}: use cid=N,uds=PATH")),
+            }
+        }
+        match (cid, uds) {
+            (Some(guest_cid), Some(uds_path)) => Ok(VsockConfig {
+                guest_cid,
+                uds_path,
+            }),
+            _ => Err(format!("invalid --vsock {s:?}: use cid=N,uds=PATH")),
+        }
+    }
 }
 
 /// The balloon: how much memory the guest is asked to give back at start, and how often it
@@ -85,6 +129,176 @@ impl BalloonConfig {
             }
         }
         Ok(c)
+    }
+}
+
+/// A virtio-blk drive: a raw image file (or block device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveConfig {
+    pub path: PathBuf,
+    /// Guest writes fail and the file is opened read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// What the guest reads as the drive's serial (GET_ID), at most 20 bytes.
+    #[serde(default)]
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Limits on a device's operations/s and bytes/s (token buckets).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    #[serde(default)]
+    pub ops: Option<TokenBucketConfig>,
+    #[serde(default)]
+    pub bytes: Option<TokenBucketConfig>,
+}
+
+/// A token bucket: `size` tokens, refilled every `refill_time_ms`, plus a one-time burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucketConfig {
+    pub size: u64,
+    #[serde(default)]
+    pub one_time_burst: u64,
+    pub refill_time_ms: u64,
+}
+
+impl DriveConfig {
+    /// Parses `path=FILE[,ro][,serial=S][,iops=N][,bps=N]` (iops/bps: buckets of that size
+    /// refilled every second).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut path = None;
+        let mut d = DriveConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            serial: None,
+            rate_limiter: None,
+        };
+        let per_second = |part: &str, v: &str| match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(TokenBucketConfig {
+                size: n,
+                one_time_burst: 0,
+                refill_time_ms: 1000,
+            }),
+            _ => Err(format!("invalid --drive {part:?}: want a positive number")),
+        };
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some(("path", v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
+                Some(("serial", v)) => d.serial = Some(v.to_string()),
+                Some(("iops", v)) => {
+                    d.rate_limiter.get_or_insert_with(Default::default).ops =
+                        Some(per_second(part, v)?)
+                }
+                Some(("bps", v)) => {
+                    d.rate_limiter.get_or_insert_with(Default::default).bytes =
+                        Some(per_second(part, v)?)
+                }
+                None if part == "ro" => d.read_only = true,
+                _ => {
+                    return Err(format!(
+                        "invalid --drive {part:?}: use path=FILE[,ro][,serial=S][,iops=N][,bps=N]"
+                    ))
+                }
+            }
+        }
+        d.path = path.ok_or_else(|| format!("invalid --drive {s:?}: no path=FILE"))?;
+        d.check()?;
+        Ok(d)
+    }
+
+    /// Checks what can be checked without opening the file.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.serial {
+            Some(s) if s.len() > 20 => Err(format!(
+                "drive {}: serial {s:?} is longer than 20 bytes",
+                self.path.display()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A virtio-net device on an existing host TAP interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The TAP's name; it must exist in the VMM's network namespace.
+    pub tap: String,
+    /// The guest's MAC address; a random locally administered one when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Limits on what the guest receives (TAP to guest).
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on what the guest sends (guest to TAP).
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl NetConfig {
+    /// Parses `tap=NAME[,mac=MAC][,rx_pps=N][,rx_bps=N][,tx_pps=N][,tx_bps=N]` (pps/bps:
+    /// buckets of that size refilled every second).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut n = NetConfig {
+            tap: String::new(),
+            mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        };
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let per_second = |v: &str| match v.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(TokenBucketConfig {
+                    size: n,
+                    one_time_burst: 0,
+                    refill_time_ms: 1000,
+                }),
+                _ => Err(format!("invalid --net {part:?}: want a positive number")),
+            };
+            match part.split_once('=') {
+                Some(("tap", v)) => n.tap = v.to_string(),
+                Some(("mac", v)) => n.mac = Some(v.to_string()),
+                Some(("rx_pps", v)) => {
+                    n.rx_rate_limiter.get_or_insert_with(Default::default).ops =
+                        Some(per_second(v)?)
+                }
+                Some(("rx_bps", v)) => {
+                    n.rx_rate_limiter.get_or_insert_with(Default::default).bytes =
+                        Some(per_second(v)?)
+                }
+                Some(("tx_pps", v)) => {
+                    n.tx_rate_limiter.get_or_insert_with(Default::default).ops =
+                        Some(per_second(v)?)
+                }
+                Some(("tx_bps", v)) => {
+                    n.tx_rate_limiter.get_or_insert_with(Default::default).bytes =
+                        Some(per_second(v)?)
+                }
+                _ => {
+                    return Err(format!(
+                        "invalid --net {part:?}: use tap=NAME[,mac=MAC][,rx_pps=N][,rx_bps=N][,tx_pps=N][,tx_bps=N]"
+                    ))
+                }
+            }
+        }
+        if n.tap.is_empty() {
+            return Err(format!("invalid --net {s:?}: no tap=NAME"));
+        }
+        n.check()?;
+        Ok(n)
+    }
+
+    /// Checks what can be checked without opening the TAP.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(mac) = &self.mac {
+            mac.parse::<devices::virtio::net::MacAddr>()
+                .map_err(|e| format!("net {}: {e}", self.tap))?;
+        }
+        Ok(())
     }
 }
 
@@ -127,6 +341,9 @@ impl VmConfig {
             huge_pages: default_huge_pages(),
             rng: false,
             balloon: None,
+            drives: Vec::new(),
+            net: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -214,6 +431,52 @@ mod tests {
     }
 
     #[test]
+    fn drives_from_json_and_flags() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","drives":[{"path":"/a.img"},
+                {"path":"/b.img","read_only":true,"serial":"disk-b",
+                 "rate_limiter":{"ops":{"size":100,"refill_time_ms":1000},
+                                 "bytes":{"size":1048576,"one_time_burst":5,"refill_time_ms":500}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.drives.len(), 2);
+        assert_eq!(c.drives[0], DriveConfig::parse("path=/a.img").unwrap());
+        let b = &c.drives[1];
+        assert!(b.read_only);
+        assert_eq!(b.serial.as_deref(), Some("disk-b"));
+        let rl = b.rate_limiter.as_ref().unwrap();
+        assert_eq!(rl.ops.unwrap().size, 100);
+        assert_eq!(rl.bytes.unwrap().one_time_burst, 5);
+        assert!(serde_json::from_str::<VmConfig>(
+            r#"{"kernel":"/k","drives":[{"path":"/a","readonly":true}]}"#
+        )
+        .is_err());
+
+        let d = DriveConfig::parse("path=/x.img,ro,serial=s1,iops=50,bps=4096").unwrap();
+        assert_eq!(d.path, PathBuf::from("/x.img"));
+        assert!(d.read_only);
+        assert_eq!(d.serial.as_deref(), Some("s1"));
+        let rl = d.rate_limiter.unwrap();
+        let per_s = |n| TokenBucketConfig {
+            size: n,
+            one_time_burst: 0,
+            refill_time_ms: 1000,
+        };
+        assert_eq!((rl.ops, rl.bytes), (Some(per_s(50)), Some(per_s(4096))));
+        for bad in [
+            "ro",
+            "path=",
+            "path=/x,rw",
+            "path=/x,iops=0",
+            "path=/x,iops=many",
+        ] {
+            assert!(DriveConfig::parse(bad).is_err(), "{bad}");
+        }
+        let long = format!("path=/x,serial={}", "s".repeat(21));
+        assert!(DriveConfig::parse(&long).is_err());
+    }
+
+    #[test]
     fn limits() {
         let mut c = VmConfig::new("/k".into());
         c.check_limits(8, 1024).unwrap();
@@ -246,5 +509,70 @@ mod tests {
         assert!(parse_memory_mib("lots").is_err());
         assert!(parse_memory_mib("-1").is_err());
         assert!(parse_memory_mib("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn vsock_flag_and_json() {
+        let v = VsockConfig::parse("cid=3,uds=/tmp/v.sock").unwrap();
+        assert_eq!((v.guest_cid, v.uds_path.to_str()), (3, Some("/tmp/v.sock")));
+        assert_eq!(VsockConfig::parse("uds=/x,cid=7").unwrap().guest_cid, 7);
+        for bad in [
+            "",
+            "cid=3",
+            "uds=/x",
+            "cid=x,uds=/x",
+            "cid=3,uds=",
+            "cid=3,uds=/x,y=1",
+        ] {
+            assert!(VsockConfig::parse(bad).is_err(), "{bad}");
+        }
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","vsock":{"guest_cid":5,"uds_path":"/run/v.sock"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.vsock.unwrap().guest_cid, 5);
+        assert!(serde_json::from_str::<VmConfig>(
+            r#"{"kernel":"/k","vsock":{"guest_cid":5,"uds_path":"/v","port":1}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn net_flag_and_json() {
+        let n = NetConfig::parse("tap=vtap0,mac=02:00:00:00:00:02,rx_bps=1000,tx_pps=10").unwrap();
+        assert_eq!(n.tap, "vtap0");
+        assert_eq!(n.mac.as_deref(), Some("02:00:00:00:00:02"));
+        assert_eq!(
+            n.rx_rate_limiter.as_ref().unwrap().bytes.unwrap().size,
+            1000
+        );
+        assert_eq!(n.tx_rate_limiter.as_ref().unwrap().ops.unwrap().size, 10);
+        assert!(NetConfig::parse("mac=02:00:00:00:00:02").is_err(), "no tap");
+        assert!(
+            NetConfig::parse("tap=t,mac=01:00:00:00:00:02").is_err(),
+            "multicast"
+        );
+        assert!(NetConfig::parse("tap=t,speed=9").is_err());
+        assert!(NetConfig::parse("tap=t,rx_pps=0").is_err());
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","net":[{"tap":"t0","tx_rate_limiter":
+                {"bytes":{"size":100,"one_time_burst":5,"refill_time_ms":10}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.net[0].tap, "t0");
+        assert_eq!(
+            c.net[0]
+                .tx_rate_limiter
+                .as_ref()
+                .unwrap()
+                .bytes
+                .unwrap()
+                .one_time_burst,
+            5
+        );
+        assert!(
+            serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","net":[{"tap":"t","x":1}]}"#)
+                .is_err()
+        );
     }
 }

@@ -13,9 +13,9 @@ use devices::legacy::{EventFdTrigger, Serial, SerialOutput, I8042};
 use devices::virtio::balloon::{Balloon, BalloonControl};
 use devices::virtio::block::{Block, BlockOptions, Drive};
 use devices::virtio::mmio::MmioTransport;
+use devices::virtio::net::{Limits as NetLimits, MacAddr, Net, Tap};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockHost};
-use devices::virtio::net::{Limits as NetLimits, MacAddr, Net, Tap};
 use devices::virtio::{self, EventLoop, EventLoopHandle, Interrupt, VirtioDevice};
 use devices::{power, AcpiPowerDevice, Bus, PowerAction, PowerSink};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -183,6 +183,10 @@ fn open_vsock(config: &VmConfig) -> Result<Option<VsockHost>, Error> {
         .map_err(|e| Error::Host(e.to_string()))
 }
 
+fn vsock_device(io: &EventLoopHandle, host: Option<VsockHost>) -> Option<Box<dyn VirtioDevice>> {
+    host.map(|h| -> Box<dyn VirtioDevice> { Box::new(Vsock::new(h, io.clone())) })
+}
+
 fn net_devices(io: &EventLoopHandle, taps: Vec<OpenTap>) -> Vec<Box<dyn VirtioDevice>> {
     taps.into_iter()
         .map(|t| -> Box<dyn VirtioDevice> {
@@ -275,9 +279,7 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         virtio_devices(config, &event_loop.handle(), &mut controls, drives)
             .into_iter()
             .chain(net_devices(&event_loop.handle(), taps))
-            .chain(vsock.map(|v| -> Box<dyn VirtioDevice> {
-                Box::new(Vsock::new(v, event_loop.handle()))
-            }))
+            .chain(vsock_device(&event_loop.handle(), vsock))
             .collect(),
         &mut mmio,
     )?;

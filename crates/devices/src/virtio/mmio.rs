@@ -190,21 +190,14 @@ impl MmioTransport {
         let config_ok = self.queue_config_allowed();
         match offset {
             0x14 => self.device_features_sel = v,
-            0x20 => {
-                if self.status & status::FEATURES_OK == 0 {
-                    match self.driver_features_sel {
-                        0 => {
-                            self.driver_features =
-                                (self.driver_features & !0xffff_ffff) | u64::from(v)
-                        }
-                        1 => {
-                            self.driver_features =
-                                (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
-                        }
-                        _ => {}
-                    }
+            0x20 if self.status & status::FEATURES_OK == 0 => match self.driver_features_sel {
+                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                1 => {
+                    self.driver_features =
+                        (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
                 }
-            }
+                _ => {}
+            },
             0x24 => self.driver_features_sel = v,
             0x30 => self.queue_sel = v,
             0x38 if config_ok => {
@@ -252,7 +245,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match data.len() {
-            4 if offset % 4 == 0 => {
+            4 if offset.is_multiple_of(4) => {
                 let v = self.read_register(offset);
                 data.copy_from_slice(&v.to_le_bytes());
             }
@@ -266,7 +259,7 @@ impl BusDevice for MmioTransport {
             self.config_generation = self.config_generation.wrapping_add(1);
             return;
         }
-        if let (4, 0) = (data.len(), offset % 4) {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             self.write_register(offset, v);
         }

@@ -9,8 +9,11 @@
 //! an irqfd write, so vCPUs never wait on a disk or a socket.
 
 pub mod balloon;
+pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -9,7 +9,9 @@
 //! let through when the bucket is full and leaves it in debt, so large requests are slowed, not
 //! refused forever.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::timerfd::TimerFd;
@@ -111,6 +113,77 @@ pub struct RateLimiter {
     timer: TimerFd,
     blocked: bool,
     stats: ThrottleStats,
+    /// Where changed limits come from, and the generation last applied.
+    control: Option<(LimiterHandle, u64)>,
+}
+
+/// A device's limits as the control API sees them: changing them wakes the device's limiter
+/// through its own timer, so the I/O handler applies them without any other plumbing.
+#[derive(Clone)]
+pub struct LimiterHandle(Arc<HandleShared>);
+
+struct HandleShared {
+    generation: AtomicU64,
+    state: Mutex<HandleState>,
+}
+
+struct HandleState {
+    ops: Option<BucketConfig>,
+    bytes: Option<BucketConfig>,
+    /// A duplicate of the live limiter's timer.
+    timer: Option<TimerFd>,
+}
+
+impl LimiterHandle {
+    pub fn new(ops: Option<BucketConfig>, bytes: Option<BucketConfig>) -> Self {
+        Self(Arc::new(HandleShared {
+            generation: AtomicU64::new(0),
+            state: Mutex::new(HandleState {
+                ops,
+                bytes,
+                timer: None,
+            }),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HandleState> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The limits in force (or in force once the device starts).
+    pub fn limits(&self) -> (Option<BucketConfig>, Option<BucketConfig>) {
+        let s = self.state();
+        (s.ops, s.bytes)
+    }
+
+    /// Replaces the limits; a running device applies them within a millisecond.
+    pub fn set(&self, ops: Option<BucketConfig>, bytes: Option<BucketConfig>) {
+        let mut s = self.state();
+        s.ops = ops;
+        s.bytes = bytes;
+        self.0.generation.fetch_add(1, Ordering::SeqCst);
+        if let Some(t) = &mut s.timer {
+            if let Err(e) = t.reset(Duration::from_millis(1), None) {
+                tracing::warn!("rate limiter: cannot wake the device: {e}");
+            }
+        }
+    }
+
+    /// A limiter for a device that is starting, following this handle from now on.
+    pub fn limiter(&self) -> std::io::Result<RateLimiter> {
+        let mut s = self.state();
+        let generation = self.0.generation.load(Ordering::SeqCst);
+        let mut limiter = RateLimiter::new(s.ops, s.bytes)?;
+        // SAFETY: dup returns a new descriptor (checked below) that nothing else owns.
+        let dup = unsafe { libc::dup(limiter.timer.as_raw_fd()) };
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is a valid, owned duplicate of a timerfd.
+        s.timer = Some(unsafe { TimerFd::from_raw_fd(dup) });
+        limiter.control = Some((self.clone(), generation));
+        Ok(limiter)
+    }
 }
 
 impl RateLimiter {
@@ -123,7 +196,22 @@ impl RateLimiter {
             timer: TimerFd::new()?,
             blocked: false,
             stats: ThrottleStats::default(),
+            control: None,
         })
+    }
+
+    /// Applies limits changed through the handle since the last call.
+    fn follow_handle(&mut self) {
+        let Some((handle, applied)) = &self.control else {
+            return;
+        };
+        let current = handle.0.generation.load(Ordering::SeqCst);
+        if current != *applied {
+            let (ops, bytes) = handle.limits();
+            let handle = handle.clone();
+            self.update(ops, bytes);
+            self.control = Some((handle, current));
+        }
     }
 
     /// Changes the buckets while the device runs; new buckets start full.
@@ -144,6 +232,7 @@ impl RateLimiter {
 
     /// Takes the tokens for `cost`, or blocks the limiter and arms its timer.
     pub fn consume(&mut self, cost: Cost) -> bool {
+        self.follow_handle();
         if self.blocked {
             return false;
         }
@@ -203,6 +292,24 @@ mod tests {
             one_time_burst: 0,
             refill_time_ms: refill_ms,
         })
+    }
+
+    #[test]
+    fn limits_changed_through_the_handle_apply_and_wake_the_limiter() {
+        let h = LimiterHandle::new(bucket(1, 60_000), None);
+        let mut l = h.limiter().unwrap();
+        assert!(l.consume(Cost { ops: 1, bytes: 0 }));
+        assert!(
+            !l.consume(Cost { ops: 1, bytes: 0 }),
+            "blocked for a minute"
+        );
+        h.set(None, None);
+        // The timer fires within a millisecond instead of a minute.
+        l.on_timer();
+        for _ in 0..1000 {
+            assert!(l.consume(Cost { ops: 1, bytes: 0 }));
+        }
+        assert_eq!(h.limits(), (None, None));
     }
 
     #[test]

@@ -7,7 +7,12 @@
 //! | `PUT /vm/stop` | end the VM now (the process exits with status 0) |
 //! | `GET /balloon` | the balloon's target, actual size and the guest's statistics |
 //! | `PATCH /balloon` `{"target_mib": N}` | ask the guest to give back N MiB |
+//! | `GET /drives/{i}`, `PATCH /drives/{i}` `{"rate_limiter": {"ops": B, "bytes": B}}` | drive i's limits |
+//! | `GET /net/{i}`, `PATCH /net/{i}` `{"rx_rate_limiter": L, "tx_rate_limiter": L}` | net device i's limits |
 //! | `GET /metrics` | Prometheus text: VM exits by vCPU and reason, balloon |
+//!
+//! A bucket `B` is `{"size": N, "one_time_burst": N, "refill_time_ms": N}` or `null`
+//! (unlimited); changed limits apply to a running device within a millisecond.
 //!
 //! Requests are bounded (64 KiB of headers and body); anything malformed gets a 400 with a
 //! JSON `{"error": "..."}` and changes nothing.
@@ -23,6 +28,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use devices::rate_limiter::LimiterHandle;
+
+use crate::config::RateLimiterConfig;
 use crate::machine::DeviceControls;
 use crate::vstate::control::{ExitCounters, RunControl, StopReason};
 
@@ -133,11 +141,15 @@ impl Api {
                 Some(r) => r,
                 None => return Ok(()),
             };
-            let response = match request {
-                Ok((method, path, body)) => self.route(&method, &path, &body),
-                Err(msg) => Response::error(400, msg),
-            };
-            write_response(&mut stream, &response)?;
+            match request {
+                Ok((method, path, body)) => {
+                    write_response(&mut stream, &self.route(&method, &path, &body))?;
+                }
+                Err(msg) => {
+                    // The stream cannot be resynchronised after a malformed request.
+                    return write_response(&mut stream, &Response::error(400, msg));
+                }
+            }
             buf.drain(..used);
         }
     }
@@ -220,10 +232,78 @@ impl Api {
                 content_type: "text/plain; version=0.0.4",
                 body: self.metrics(),
             },
+            (_, p) if p.starts_with("/drives/") || p.starts_with("/net/") => {
+                self.route_limits(method, p, body)
+            }
             (_, "/vm" | "/vm/pause" | "/vm/resume" | "/vm/stop" | "/balloon" | "/metrics") => {
                 Response::error(405, format!("{method} is not allowed on {path}"))
             }
             _ => Response::error(404, format!("no such resource: {path}")),
+        }
+    }
+
+    /// `/drives/{i}` and `/net/{i}`: read or change a device's rate limits.
+    fn route_limits(&self, method: &str, path: &str, body: &[u8]) -> Response {
+        let (kind, index) = match path.trim_start_matches('/').split_once('/') {
+            Some((kind, i)) => (kind, i.parse::<usize>().ok()),
+            None => return Response::error(404, format!("no such resource: {path}")),
+        };
+        let limits: Vec<(&str, &LimiterHandle)> = match (kind, index) {
+            ("drives", Some(i)) if i < self.ctx.devices.drives.len() => {
+                vec![("rate_limiter", &self.ctx.devices.drives[i])]
+            }
+            ("net", Some(i)) if i < self.ctx.devices.net.len() => {
+                let (rx, tx) = &self.ctx.devices.net[i];
+                vec![("rx_rate_limiter", rx), ("tx_rate_limiter", tx)]
+            }
+            _ => return Response::error(404, format!("no such device: {path}")),
+        };
+        match method {
+            "GET" => {
+                let mut out = serde_json::Map::new();
+                for (key, h) in &limits {
+                    let (ops, bytes) = h.limits();
+                    out.insert(
+                        key.to_string(),
+                        json!(RateLimiterConfig::from_buckets(ops, bytes)),
+                    );
+                }
+                Response::json(200, Value::Object(out))
+            }
+            "PATCH" => {
+                let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+                    return Response::error(400, "body must be a JSON object");
+                };
+                let mut changes = Vec::new();
+                for (key, value) in fields {
+                    let Some((_, handle)) = limits.iter().find(|(k, _)| *k == key) else {
+                        return Response::error(400, format!("unknown field {key:?}"));
+                    };
+                    let cfg = match serde_json::from_value::<RateLimiterConfig>(value) {
+                        Ok(c) => c,
+                        Err(e) => return Response::error(400, format!("{key}: {e}")),
+                    };
+                    let zero = [cfg.ops, cfg.bytes]
+                        .iter()
+                        .flatten()
+                        .any(|b| b.size == 0 || b.refill_time_ms == 0);
+                    if zero {
+                        return Response::error(
+                            400,
+                            format!(
+                                "{key}: size and refill_time_ms must be positive (null: unlimited)"
+                            ),
+                        );
+                    }
+                    changes.push((*handle, cfg.buckets()));
+                }
+                // All fields were valid: apply them together.
+                for (handle, (ops, bytes)) in changes {
+                    handle.set(ops, bytes);
+                }
+                Response::no_content()
+            }
+            _ => Response::error(405, format!("{method} is not allowed on {path}")),
         }
     }
 

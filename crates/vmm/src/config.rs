@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use devices::rate_limiter::BucketConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::arch::layout::{MIB, MIN_MEMORY};
@@ -165,6 +166,34 @@ pub struct TokenBucketConfig {
     #[serde(default)]
     pub one_time_burst: u64,
     pub refill_time_ms: u64,
+}
+
+impl RateLimiterConfig {
+    /// The (ops, bytes) buckets the device's limiter is built from.
+    pub fn buckets(&self) -> (Option<BucketConfig>, Option<BucketConfig>) {
+        let bucket = |b: &TokenBucketConfig| BucketConfig {
+            size: b.size,
+            one_time_burst: b.one_time_burst,
+            refill_time_ms: b.refill_time_ms,
+        };
+        (
+            self.ops.as_ref().map(bucket),
+            self.bytes.as_ref().map(bucket),
+        )
+    }
+
+    /// The configuration a limiter's current buckets correspond to.
+    pub fn from_buckets(ops: Option<BucketConfig>, bytes: Option<BucketConfig>) -> Self {
+        let cfg = |b: BucketConfig| TokenBucketConfig {
+            size: b.size,
+            one_time_burst: b.one_time_burst,
+            refill_time_ms: b.refill_time_ms,
+        };
+        Self {
+            ops: ops.map(cfg),
+            bytes: bytes.map(cfg),
+        }
+    }
 }
 
 impl DriveConfig {

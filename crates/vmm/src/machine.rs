@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use devices::legacy::{EventFdTrigger, Serial, SerialOutput, I8042};
+use devices::rate_limiter::LimiterHandle;
 use devices::virtio::balloon::{Balloon, BalloonControl};
 use devices::virtio::block::{Block, BlockOptions, Drive};
 use devices::virtio::mmio::MmioTransport;
@@ -106,22 +107,17 @@ fn open_file(what: &'static str, path: &Path) -> Result<File, Error> {
 
 /// Opens every drive's file, so that a missing or unreadable one fails before the VM is built.
 fn open_drives(config: &VmConfig) -> Result<Vec<Drive>, Error> {
-    let bucket = |b: &crate::config::TokenBucketConfig| devices::rate_limiter::BucketConfig {
-        size: b.size,
-        one_time_burst: b.one_time_burst,
-        refill_time_ms: b.refill_time_ms,
-    };
     config
         .drives
         .iter()
         .map(|d| {
-            let limits = d.rate_limiter.clone().unwrap_or_default();
+            let (ops_limit, bytes_limit) = d.rate_limiter.clone().unwrap_or_default().buckets();
             Drive::open(BlockOptions {
                 path: d.path.clone(),
                 read_only: d.read_only,
                 serial: d.serial.clone(),
-                ops_limit: limits.ops.as_ref().map(bucket),
-                bytes_limit: limits.bytes.as_ref().map(bucket),
+                ops_limit,
+                bytes_limit,
             })
             .map_err(|e| Error::Host(e.to_string()))
         })
@@ -140,16 +136,8 @@ struct OpenTap {
 /// is built, with a message naming it.
 fn open_taps(config: &VmConfig) -> Result<Vec<OpenTap>, Error> {
     let limits = |l: &Option<crate::config::RateLimiterConfig>| {
-        let bucket = |b: &crate::config::TokenBucketConfig| devices::rate_limiter::BucketConfig {
-            size: b.size,
-            one_time_burst: b.one_time_burst,
-            refill_time_ms: b.refill_time_ms,
-        };
-        let l = l.clone().unwrap_or_default();
-        NetLimits {
-            ops: l.ops.as_ref().map(bucket),
-            bytes: l.bytes.as_ref().map(bucket),
-        }
+        let (ops, bytes) = l.clone().unwrap_or_default().buckets();
+        NetLimits { ops, bytes }
     };
     config
         .net
@@ -187,10 +175,16 @@ fn vsock_device(io: &EventLoopHandle, host: Option<VsockHost>) -> Option<Box<dyn
     host.map(|h| -> Box<dyn VirtioDevice> { Box::new(Vsock::new(h, io.clone())) })
 }
 
-fn net_devices(io: &EventLoopHandle, taps: Vec<OpenTap>) -> Vec<Box<dyn VirtioDevice>> {
+fn net_devices(
+    io: &EventLoopHandle,
+    taps: Vec<OpenTap>,
+    controls: &mut DeviceControls,
+) -> Vec<Box<dyn VirtioDevice>> {
     taps.into_iter()
         .map(|t| -> Box<dyn VirtioDevice> {
-            Box::new(Net::new(io.clone(), t.tap, t.mac, t.rx, t.tx))
+            let net = Net::new(io.clone(), t.tap, t.mac, t.rx, t.tx);
+            controls.net.push(net.limits());
+            Box::new(net)
         })
         .collect()
 }
@@ -273,16 +267,11 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         .map_err(|e| Error::Host(format!("cannot create the device I/O loop: {e}")))?;
     let mut mmio = Bus::new();
     let mut controls = DeviceControls::default();
-    let virtio_slots = attach_virtio_devices(
-        &vm,
-        &mem,
-        virtio_devices(config, &event_loop.handle(), &mut controls, drives)
-            .into_iter()
-            .chain(net_devices(&event_loop.handle(), taps))
-            .chain(vsock_device(&event_loop.handle(), vsock))
-            .collect(),
-        &mut mmio,
-    )?;
+    let io = event_loop.handle();
+    let mut devices = virtio_devices(config, &io, &mut controls, drives);
+    devices.extend(net_devices(&io, taps, &mut controls));
+    devices.extend(vsock_device(&io, vsock));
+    let virtio_slots = attach_virtio_devices(&vm, &mem, devices, &mut mmio)?;
     let rsdp = acpi::setup_acpi(&mem, config.vcpus, &virtio_slots)?;
     write_descriptor_tables(&mem)?;
     boot::write_reset_vector(&mem)?;
@@ -460,6 +449,10 @@ fn advise_huge_pages(mem: &GuestMemoryMmap) {
 #[derive(Default, Clone)]
 pub struct DeviceControls {
     pub balloon: Option<BalloonControl>,
+    /// Each drive's rate limits, in drive order.
+    pub drives: Vec<LimiterHandle>,
+    /// Each net device's (rx, tx) rate limits, in device order.
+    pub net: Vec<(LimiterHandle, LimiterHandle)>,
 }
 
 /// The virtio devices `config` asks for, in the order they get MMIO slots.
@@ -471,7 +464,9 @@ fn virtio_devices(
 ) -> Vec<Box<dyn VirtioDevice>> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for d in drives {
-        devices.push(Box::new(Block::new(io.clone(), d)));
+        let block = Block::new(io.clone(), d);
+        controls.drives.push(block.limits());
+        devices.push(Box::new(block));
     }
     if config.rng {
         devices.push(Box::new(Rng::new(io.clone())));

@@ -4,6 +4,9 @@
 
 pub mod io;
 pub mod request;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 
 use std::mem::offset_of;
 use std::os::fd::AsRawFd;
@@ -22,7 +25,7 @@ use super::{
     device_type, features, ActivateContext, ActivateError, EventLoopHandle, GuestMemory, Interrupt,
     InterruptKind, VirtioDevice,
 };
-use crate::rate_limiter::{BucketConfig, RateLimiter};
+use crate::rate_limiter::{BucketConfig, LimiterHandle, RateLimiter};
 
 const QUEUE_SIZES: &[u16] = &[256];
 /// Bytes of the config space this device fills (up to and including write_zeroes_may_unmap).
@@ -53,6 +56,7 @@ pub struct Block {
     opts: BlockOptions,
     config: [u8; CONFIG_LEN],
     handler: Option<SubscriberId>,
+    limits: LimiterHandle,
 }
 
 /// A drive whose file is open, ready to become a [`Block`] device.
@@ -91,10 +95,16 @@ impl Block {
         Self {
             io,
             config: config_space(drive.disk.sectors()),
+            limits: LimiterHandle::new(drive.opts.ops_limit, drive.opts.bytes_limit),
             disk: Arc::new(drive.disk),
             opts: drive.opts,
             handler: None,
         }
+    }
+
+    /// The drive's rate limits, changeable while it runs.
+    pub fn limits(&self) -> LimiterHandle {
+        self.limits.clone()
     }
 }
 
@@ -189,7 +199,9 @@ impl VirtioDevice for Block {
         let (Some(queue), Some(event)) = (ctx.queues.pop(), ctx.queue_events.pop()) else {
             return Err(ActivateError::BadQueue(0));
         };
-        let limiter = RateLimiter::new(self.opts.ops_limit, self.opts.bytes_limit)
+        let limiter = self
+            .limits
+            .limiter()
             .map_err(|e| ActivateError::Handler(format!("rate limiter: {e}")))?;
         let handler = BlockHandler {
             mem: ctx.mem,

@@ -12,6 +12,9 @@
 //! TAP), each with its own optional [`RateLimiter`](crate::rate_limiter::RateLimiter).
 
 mod handler;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod tap;
 
 #[cfg(test)]
@@ -27,7 +30,7 @@ use event_manager::SubscriberId;
 use virtio_bindings::virtio_net as vn;
 
 use super::{device_type, ActivateContext, ActivateError, EventLoopHandle, VirtioDevice};
-use crate::rate_limiter::{BucketConfig, RateLimiter};
+use crate::rate_limiter::{BucketConfig, LimiterHandle, RateLimiter};
 use handler::NetHandler;
 
 pub use tap::{Tap, TapError};
@@ -160,11 +163,10 @@ pub struct Limits {
     pub bytes: Option<BucketConfig>,
 }
 
-impl Limits {
-    fn limiter(&self) -> Result<RateLimiter, ActivateError> {
-        RateLimiter::new(self.ops, self.bytes)
-            .map_err(|e| ActivateError::Handler(format!("rate limiter: {e}")))
-    }
+fn limiter(handle: &LimiterHandle) -> Result<RateLimiter, ActivateError> {
+    handle
+        .limiter()
+        .map_err(|e| ActivateError::Handler(format!("rate limiter: {e}")))
 }
 
 /// What the device counts; the guest's frames that could not be delivered are never silent.
@@ -195,8 +197,8 @@ pub struct Net {
     io: EventLoopHandle,
     backend: Arc<dyn Backend>,
     mac: MacAddr,
-    rx_limits: Limits,
-    tx_limits: Limits,
+    rx_limits: LimiterHandle,
+    tx_limits: LimiterHandle,
     counters: Arc<NetCounters>,
     handler: Option<SubscriberId>,
 }
@@ -213,11 +215,16 @@ impl Net {
             io,
             backend,
             mac: mac.unwrap_or_else(MacAddr::random_local),
-            rx_limits,
-            tx_limits,
+            rx_limits: LimiterHandle::new(rx_limits.ops, rx_limits.bytes),
+            tx_limits: LimiterHandle::new(tx_limits.ops, tx_limits.bytes),
             counters: Arc::default(),
             handler: None,
         }
+    }
+
+    /// The (rx, tx) rate limits, changeable while the device runs.
+    pub fn limits(&self) -> (LimiterHandle, LimiterHandle) {
+        (self.rx_limits.clone(), self.tx_limits.clone())
     }
 
     pub fn mac(&self) -> MacAddr {
@@ -264,8 +271,8 @@ impl VirtioDevice for Net {
         let handler = NetHandler::new(
             ctx,
             self.backend.clone(),
-            self.rx_limits.limiter()?,
-            self.tx_limits.limiter()?,
+            limiter(&self.rx_limits)?,
+            limiter(&self.tx_limits)?,
             self.counters.clone(),
         )?;
         self.handler = Some(self.io.add(Arc::new(Mutex::new(handler)))?);

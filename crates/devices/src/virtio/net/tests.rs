@@ -114,8 +114,8 @@ impl Rig {
         let handler = NetHandler::new(
             ctx,
             backend.clone(),
-            rx.limiter().unwrap(),
-            tx.limiter().unwrap(),
+            limiter(&LimiterHandle::new(rx.ops, rx.bytes)).unwrap(),
+            limiter(&LimiterHandle::new(tx.ops, tx.bytes)).unwrap(),
             counters.clone(),
         )
         .unwrap();

@@ -1,0 +1,147 @@
+//! The control API on a running VM (host KVM, a test guest that halts): state, pause/resume,
+//! balloon target, drive rate limits, metrics, errors, stop.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vireo_tests::{guest, require_kvm, scratch, vmm_bin};
+
+/// One HTTP request; returns (status, body).
+fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).expect("connect to the API socket");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: vm\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+#[test]
+fn control_api_drives_a_running_vm() {
+    require_kvm();
+    let sock = scratch("api.sock");
+    let disk = scratch("api-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut vm = Command::new(vmm_bin())
+        .args(["--kernel", guest("power").to_str().unwrap()])
+        .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
+        .args(["--balloon", "target=8"])
+        .arg("--drive")
+        .arg(format!("path={},iops=100", disk.display()))
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the API socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let (code, body) = call(&sock, "GET", "/vm", None);
+    assert_eq!(code, 200);
+    assert_eq!(json_of(&body)["state"], "running");
+    assert_eq!(call(&sock, "PUT", "/vm/pause", None).0, 204);
+    assert_eq!(
+        json_of(&call(&sock, "GET", "/vm", None).1)["state"],
+        "paused"
+    );
+    assert_eq!(call(&sock, "PUT", "/vm/resume", None).0, 204);
+    assert_eq!(
+        json_of(&call(&sock, "GET", "/vm", None).1)["state"],
+        "running"
+    );
+
+    // Balloon target: valid, too large, malformed.
+    assert_eq!(
+        call(&sock, "PATCH", "/balloon", Some(json!({"target_mib": 16}))).0,
+        204
+    );
+    assert_eq!(
+        json_of(&call(&sock, "GET", "/balloon", None).1)["target_mib"],
+        16
+    );
+    assert_eq!(
+        call(&sock, "PATCH", "/balloon", Some(json!({"target_mib": 65}))).0,
+        400
+    );
+    assert_eq!(call(&sock, "PATCH", "/balloon", Some(json!("x"))).0, 400);
+    assert_eq!(
+        json_of(&call(&sock, "GET", "/balloon", None).1)["target_mib"],
+        16
+    );
+
+    // Drive rate limits: read, change, reject bad changes without applying them.
+    let limits = json_of(&call(&sock, "GET", "/drives/0", None).1);
+    assert_eq!(limits["rate_limiter"]["ops"]["size"], 100);
+    let new = json!({"rate_limiter": {"ops": {"size": 500, "refill_time_ms": 1000},
+                                       "bytes": {"size": 1048576, "refill_time_ms": 1000}}});
+    assert_eq!(call(&sock, "PATCH", "/drives/0", Some(new)).0, 204);
+    let limits = json_of(&call(&sock, "GET", "/drives/0", None).1);
+    assert_eq!(limits["rate_limiter"]["ops"]["size"], 500);
+    assert_eq!(limits["rate_limiter"]["bytes"]["size"], 1048576);
+    let zero = json!({"rate_limiter": {"ops": {"size": 0, "refill_time_ms": 1000}}});
+    assert_eq!(call(&sock, "PATCH", "/drives/0", Some(zero)).0, 400);
+    let unknown = json!({"rx_rate_limiter": {"ops": null}});
+    assert_eq!(call(&sock, "PATCH", "/drives/0", Some(unknown)).0, 400);
+    assert_eq!(
+        json_of(&call(&sock, "GET", "/drives/0", None).1)["rate_limiter"]["ops"]["size"],
+        500
+    );
+    assert_eq!(
+        call(
+            &sock,
+            "PATCH",
+            "/drives/0",
+            Some(json!({"rate_limiter": {}}))
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        json_of(&call(&sock, "GET", "/drives/0", None).1)["rate_limiter"]["ops"],
+        Value::Null
+    );
+    assert_eq!(call(&sock, "GET", "/drives/1", None).0, 404);
+    assert_eq!(call(&sock, "GET", "/net/0", None).0, 404);
+
+    // Metrics, unknown resources and methods.
+    let (code, metrics) = call(&sock, "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    assert!(metrics.contains("vireo_vcpu_exits_total{vcpu=\"1\",reason=\"io_out\"}"));
+    assert!(metrics.contains("vireo_balloon_target_bytes 16777216"));
+    assert_eq!(call(&sock, "GET", "/nope", None).0, 404);
+    assert_eq!(call(&sock, "DELETE", "/vm", None).0, 405);
+    let mut raw = UnixStream::connect(&sock).unwrap();
+    raw.write_all(b"NOT HTTP\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    let _ = raw.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
+
+    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    let status = vm.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!sock.exists(), "the socket is removed when the VMM exits");
+}

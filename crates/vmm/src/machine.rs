@@ -262,7 +262,8 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         )?),
         _ => None,
     };
-    boot::load_command_line(&mem, &config.cmdline)?;
+    let cmdline = guest_cmdline(&config.cmdline);
+    boot::load_command_line(&mem, &cmdline)?;
     let mut event_loop = EventLoop::new()
         .map_err(|e| Error::Host(format!("cannot create the device I/O loop: {e}")))?;
     let mut mmio = Bus::new();
@@ -280,7 +281,7 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         &kernel,
         &boot::BootLayout {
             mem_size,
-            cmdline_len: config.cmdline.len(),
+            cmdline_len: cmdline.len(),
             initrd,
             rsdp,
         },
@@ -442,6 +443,19 @@ fn advise_huge_pages(mem: &GuestMemoryMmap) {
                 std::io::Error::last_os_error()
             );
         }
+    }
+}
+
+/// The command line the guest gets: the configured one, plus `pci=off` because the machine
+/// has no PCI bus (telling the kernel spares it probing for one) unless the configuration says
+/// something about `pci=` itself.
+pub fn guest_cmdline(configured: &str) -> String {
+    if configured.split_whitespace().any(|w| w.starts_with("pci=")) {
+        configured.to_string()
+    } else if configured.trim().is_empty() {
+        "pci=off".to_string()
+    } else {
+        format!("{} pci=off", configured.trim_end())
     }
 }
 
@@ -629,4 +643,19 @@ fn spawn_console_input(serial: Arc<Mutex<Serial>>, control: Arc<RunControl>) {
                 }
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guest_cmdline;
+
+    #[test]
+    fn no_pci_bus_is_stated_unless_the_user_says_otherwise() {
+        assert_eq!(
+            guest_cmdline("console=ttyS0 quiet"),
+            "console=ttyS0 quiet pci=off"
+        );
+        assert_eq!(guest_cmdline("pci=noacpi quiet"), "pci=noacpi quiet");
+        assert_eq!(guest_cmdline(""), "pci=off");
+    }
 }

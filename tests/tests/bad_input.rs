@@ -96,3 +96,65 @@ fn command_line_too_long() {
     let r = run_vmm(&["--kernel", g.to_str().unwrap(), "--cmdline", &long], 10);
     assert_one_line_error(&r, "command line");
 }
+
+/// Runs vireo-vmm through a wrapper command (a mount namespace, another user), stdin closed.
+fn run_wrapped(wrapper: &[&str], vmm_args: &[&str]) -> vireo_tests::Ran {
+    vireo_tests::require_kvm();
+    std::process::Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .arg(vireo_tests::vmm_bin())
+        .args(vmm_args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cannot run the wrapper")
+        .into()
+}
+
+/// A copy of a test guest that any user can read.
+fn world_readable_guest() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = std::env::temp_dir().join(format!("vireo-pio-{}.elf", std::process::id()));
+    std::fs::copy(guest("pio"), &p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+#[test]
+fn no_dev_kvm() {
+    // An empty /dev in a private mount namespace: the host's /dev is untouched.
+    let g = world_readable_guest();
+    let r = run_wrapped(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev && exec \"$0\" \"$@\"",
+        ],
+        &["--kernel", g.to_str().unwrap()],
+    );
+    assert_one_line_error(&r, "/dev/kvm does not exist");
+}
+
+#[test]
+fn no_permission_on_dev_kvm() {
+    // A private /dev whose kvm node is root's with mode 0600 (whatever the host's is), and the
+    // unprivileged "nobody" user.
+    let g = world_readable_guest();
+    let r = run_wrapped(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /dev && mknod -m 600 /dev/kvm c 10 232 && \
+             exec setpriv --reuid 65534 --regid 65534 --clear-groups \"$0\" \"$@\"",
+        ],
+        &["--kernel", g.to_str().unwrap()],
+    );
+    assert_one_line_error(&r, "no permission to open /dev/kvm");
+}

@@ -61,6 +61,31 @@ fn stock_kernel_boots_to_the_ready_line_with_1_and_2_vcpus() {
 }
 
 #[test]
+fn stock_kernel_boots_with_little_memory_and_with_memory_above_4_gib() {
+    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    // 80 MiB is about the least Debian's cloud kernel runs in (at 64 MiB it runs out of memory
+    // itself); 5 GiB puts 2 GiB above the 32-bit device hole. The lab host gets lazily backed
+    // memory enough to accept the larger guest.
+    let script = "for m in 80M 5G; do vireo-vmm --kernel /vireo/guest/vmlinux \
+        --initrd /vireo/guest/initrd.cpio.gz --memory $m --vcpus 2 \
+        --cmdline 'console=ttyS0 panic=-1 quiet'; echo VMM-EXIT=$?; done";
+    let r = run_in_lab(script, &["--mem", "8192"]);
+    let runs = runs(&r);
+    assert_eq!(runs.len(), 2, "{r:?}");
+    let mem = |i: usize| -> u64 {
+        let ready = runs[i]
+            .0
+            .as_deref()
+            .unwrap_or_else(|| panic!("no ready line: {r:?}"));
+        field(ready, "mem_kib").parse().unwrap()
+    };
+    assert_eq!((runs[0].1, runs[1].1), (0, 0), "{r:?}");
+    assert!((40_000..80 * 1024).contains(&mem(0)), "{r:?}");
+    // The guest sees more than the 3 GiB below the hole: RAM above 4 GiB is in use.
+    assert!(mem(1) > 4_500_000 && mem(1) <= 5 * 1024 * 1024, "{r:?}");
+}
+
+#[test]
 fn guest_poweroff_and_reboot_end_the_vm_with_distinct_statuses() {
     let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let script = format!(

@@ -11,7 +11,7 @@ GUEST_DIR   := build/guest
 SMOKE_ARGS  := --kernel /vireo/guest/vmlinux --initrd /vireo/guest/initrd.cpio.gz \
                --vcpus 2 --memory 512 --cmdline "console=ttyS0 panic=-1 quiet"
 
-.PHONY: run test deps build images smoke bench-boot lint fmt clippy clean
+.PHONY: run test deps build images smoke bench-boot bench-io lint fmt clippy clean
 
 deps:
 	@scripts/install-deps.sh
@@ -34,6 +34,10 @@ test: build images
 
 bench-boot: build images
 	@benches/boot.sh
+
+# Block (fio) and network (iperf3) throughput in the lab; see docs/benchmarks.md.
+bench-io: build images
+	@benches/io.sh
 
 fmt:
 	cargo fmt --all

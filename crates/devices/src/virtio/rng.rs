@@ -4,13 +4,17 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
     device_type, ActivateContext, ActivateError, EventLoopHandle, GuestMemory, Interrupt,
     InterruptKind, VirtioDevice,
 };
+
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 
 const QUEUE_SIZES: &[u16] = &[256];
 /// Bytes served per request at most: a guest cannot make the VMM allocate or block on more.
@@ -94,6 +98,9 @@ impl RngHandler {
             if !self.queue.enable_notification(mem)? {
                 break;
             }
+            // pop_descriptor_chain() is None for a bogus avail index (over a queue
+            // ahead) or a queue not ready too: fail then, do not spin.
+            self.queue.iter(mem)?;
         }
         if self.queue.needs_notification(mem)? {
             self.interrupt.trigger(InterruptKind::UsedBuffer);

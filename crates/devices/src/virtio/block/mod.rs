@@ -2,11 +2,11 @@
 //! thread, with read, write, flush (fdatasync), GET_ID (the drive's serial), discard (hole
 //! punching) and write-zeroes, read-only drives, and ops/s and bytes/s rate limiting.
 
-pub mod io;
-pub mod request;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzz;
+pub mod io;
+pub mod request;
 
 use std::mem::offset_of;
 use std::os::fd::AsRawFd;
@@ -275,6 +275,9 @@ impl BlockHandler {
             if !self.queue.enable_notification(mem)? {
                 break;
             }
+            // pop_descriptor_chain() is None for a bogus avail index (over a queue
+            // ahead) or a queue not ready too: fail then, do not spin.
+            self.queue.iter(mem)?;
         }
         if throttled {
             tracing::trace!("virtio-blk: throttled");

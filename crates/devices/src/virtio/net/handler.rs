@@ -278,6 +278,9 @@ impl NetHandler {
             }
             let Some(chain) = self.rx.pop_descriptor_chain(mem) else {
                 if self.rx.enable_notification(mem)? {
+                    // pop_descriptor_chain() is None for a bogus avail index (over a queue
+                    // ahead) or a queue not ready too: fail then, do not spin.
+                    self.rx.iter(mem)?;
                     continue;
                 }
                 self.rx.set_next_avail(start);
@@ -432,6 +435,9 @@ impl NetHandler {
             if !self.tx.enable_notification(mem)? {
                 return Ok(());
             }
+            // pop_descriptor_chain() is None for a bogus avail index (over a queue
+            // ahead) or a queue not ready too: fail then, do not spin.
+            self.tx.iter(mem)?;
         }
     }
 

@@ -370,6 +370,9 @@ impl Muxer {
                 if !q.enable_notification(mem)? {
                     return Ok(used);
                 }
+                // pop_descriptor_chain() is None for a bogus avail index (over a queue
+                // ahead) or a queue not ready too: fail then, do not spin.
+                q.iter(mem)?;
             }
         })();
         self.scratch = payload;
@@ -700,6 +703,9 @@ impl Muxer {
             if !q.enable_notification(mem)? {
                 break;
             }
+            // pop_descriptor_chain() is None for a bogus avail index (over a queue
+            // ahead) or a queue not ready too: fail then, do not spin.
+            q.iter(mem)?;
         }
         Ok(used)
     }

@@ -11,7 +11,7 @@ GUEST_DIR   := build/guest
 SMOKE_ARGS  := --kernel /vireo/guest/vmlinux --initrd /vireo/guest/initrd.cpio.gz \
                --vcpus 2 --memory 512 --cmdline "console=ttyS0 panic=-1 quiet"
 
-.PHONY: run test deps build images smoke bench-boot bench-io lint fmt clippy clean
+.PHONY: run test deps build images smoke bench-boot bench-io fuzz lint fmt clippy clean
 
 deps:
 	@scripts/install-deps.sh
@@ -38,6 +38,11 @@ bench-boot: build images
 # Block (fio) and network (iperf3) throughput in the lab; see docs/benchmarks.md.
 bench-io: build images
 	@benches/io.sh
+
+# Each virtio fuzz target (fuzz/, docs/fuzzing.md) for FUZZ_SECONDS; fails on any crash or hang.
+FUZZ_SECONDS ?= 30
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 fmt:
 	cargo fmt --all

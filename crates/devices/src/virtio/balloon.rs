@@ -20,6 +20,10 @@ use super::{
     InterruptKind, VirtioDevice,
 };
 
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
+
 const QUEUE_SIZE: u16 = 256;
 const INFLATE: usize = 0;
 const DEFLATE: usize = 1;

@@ -11,10 +11,10 @@
 //! All work runs on the I/O thread ([`handler`]): receive (TAP → guest) and transmit (guest →
 //! TAP), each with its own optional [`RateLimiter`](crate::rate_limiter::RateLimiter).
 
-mod handler;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzz;
+mod handler;
 pub mod tap;
 
 #[cfg(test)]

@@ -213,6 +213,7 @@ fn serial_output(cfg: &SerialConfig) -> Result<SerialOutput, Error> {
 /// Builds the machine described by `config` and runs it to its end.
 pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     // Cheap checks first, so that bad input fails before anything is created.
+    tracing::debug!("start");
     let kvm = Vm::open_kvm()?;
     let host_mib = host_memory_mib()
         .map_err(|e| Error::Host(format!("cannot read the host's memory size: {e}")))?;
@@ -232,7 +233,9 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     let supported_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::Host(format!("cannot read KVM's supported CPUID: {e}")))?;
+    tracing::debug!("KVM opened, files opened");
     let vm = Vm::new(kvm)?;
+    tracing::debug!("VM created");
 
     let mem_size = config.memory_bytes();
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
@@ -251,7 +254,9 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     vm.register_memory(&mem)?;
 
     let kernel_path = config.kernel.display().to_string();
+    tracing::debug!("guest memory mapped");
     let kernel = boot::load_kernel(&mem, &mut kernel_file, &kernel_path)?;
+    tracing::debug!("kernel loaded ({:?} entry)", kernel.mode);
     let initrd = match (initrd_file.as_mut(), config.initrd.as_deref()) {
         (Some(f), Some(p)) => Some(boot::load_initrd(
             &mem,
@@ -262,6 +267,7 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         )?),
         _ => None,
     };
+    tracing::debug!("initrd loaded");
     let cmdline = guest_cmdline(&config.cmdline);
     boot::load_command_line(&mem, &cmdline)?;
     let mut event_loop = EventLoop::new()
@@ -411,6 +417,7 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         None => None,
     };
 
+    tracing::debug!("{} vCPU threads started", threads.len());
     let reason = control.wait();
     // The API thread may kick vCPU threads, so it ends before they are joined.
     if let Some(t) = api_thread {

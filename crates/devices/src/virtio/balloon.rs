@@ -179,7 +179,7 @@ impl VirtioDevice for Balloon {
         let mut config = [0u8; 8];
         config[..4].copy_from_slice(&s.target_pages.to_le_bytes());
         config[4..].copy_from_slice(&s.actual_pages.to_le_bytes());
-        copy_config(&config, offset, data);
+        super::read_config_space(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -227,17 +227,6 @@ impl VirtioDevice for Balloon {
         let mut s = self.shared.lock();
         s.interrupt = None;
         s.status.actual_pages = 0;
-    }
-}
-
-fn copy_config(config: &[u8], offset: u64, data: &mut [u8]) {
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else {
-        return;
-    };
-    if let Some(src) = config.get(start..) {
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
     }
 }
 

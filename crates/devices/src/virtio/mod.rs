@@ -92,6 +92,17 @@ impl Interrupt {
     }
 }
 
+/// Serves a driver's read of `data.len()` bytes at `offset` in a device's configuration space
+/// `config`: any offset and length are accepted, and bytes beyond the space read as zero.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) else {
+        return;
+    };
+    let n = src.len().min(data.len());
+    data[..n].copy_from_slice(&src[..n]);
+}
+
 /// What a device gets when the driver sets DRIVER_OK.
 pub struct ActivateContext {
     pub mem: Arc<GuestMemory>,
@@ -183,5 +194,25 @@ impl EventLoopHandle {
 
     pub fn kick(&self) {
         let _ = self.0.kick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_config_space;
+
+    #[test]
+    fn config_reads_are_bounded_and_zero_filled() {
+        let config = [1u8, 2, 3, 4];
+        let mut d = [0xffu8; 3];
+        read_config_space(&config, 2, &mut d);
+        assert_eq!(d, [3, 4, 0]);
+        read_config_space(&config, 4, &mut d);
+        assert_eq!(d, [0, 0, 0]);
+        read_config_space(&config, u64::MAX, &mut d);
+        assert_eq!(d, [0, 0, 0]);
+        let mut one = [0u8; 1];
+        read_config_space(&config, 0, &mut one);
+        assert_eq!(one, [1]);
     }
 }

@@ -8,8 +8,6 @@ STATIC_ENV  := RUSTFLAGS="-C target-feature=+crt-static"
 BIN_DIR     := target/$(TARGET)/release
 VMM         := $(BIN_DIR)/vireo-vmm
 GUEST_DIR   := build/guest
-SMOKE_ARGS  := --kernel /vireo/guest/vmlinux --initrd /vireo/guest/initrd.cpio.gz \
-               --vcpus 2 --memory 512 --cmdline "console=ttyS0 panic=-1 quiet"
 
 .PHONY: run test deps build images smoke bench-boot bench-io fuzz lint fmt clippy clean
 

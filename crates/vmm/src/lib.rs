@@ -6,6 +6,7 @@ pub mod api;
 pub mod arch;
 pub mod config;
 pub mod machine;
+pub mod memory;
 pub mod vstate;
 
 pub use config::VmConfig;

@@ -29,6 +29,7 @@ use crate::api;
 use crate::arch::layout::{self, *};
 use crate::arch::{acpi, boot, cpuid, gdt};
 use crate::config::{host_memory_mib, ConfigError, SerialConfig, VmConfig};
+use crate::memory::GuestRam;
 use crate::vstate::control::{ExitCounts, RunControl, StopReason};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -238,16 +239,12 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     tracing::debug!("VM created");
 
     let mem_size = config.memory_bytes();
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
-        .into_iter()
-        .map(|(a, s)| (a, s as usize))
-        .collect();
-    let mem = Arc::new(
-        GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| Error::Memory {
-            mib: config.memory_mib,
-            reason: e.to_string(),
-        })?,
-    );
+    // Declared before everything that uses guest memory, so that it is unmapped last.
+    let ram = GuestRam::new(&layout::ram_regions(mem_size)).map_err(|e| Error::Memory {
+        mib: config.memory_mib,
+        reason: e.to_string(),
+    })?;
+    let mem = ram.memory().clone();
     if config.huge_pages {
         advise_huge_pages(&mem);
     }

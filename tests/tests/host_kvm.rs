@@ -3,14 +3,10 @@
 
 use vireo_tests::{guest, run_vmm, scratch};
 
-fn summary(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-#[test]
-fn port_io_reaches_the_console_and_unclaimed_ports_read_all_ones() {
-    let g = guest("pio");
-    let s = scratch("pio.json");
+/// Runs test guest `name` with 64 MiB and returns what happened and the VMM's summary.
+fn run_with_summary(name: &str) -> (vireo_tests::Ran, serde_json::Value) {
+    let g = guest(name);
+    let s = scratch(&format!("{name}.json"));
     let r = run_vmm(
         &[
             "--kernel",
@@ -23,35 +19,27 @@ fn port_io_reaches_the_console_and_unclaimed_ports_read_all_ones() {
         30,
     );
     assert_eq!(r.status, Some(0), "{r:?}");
+    let summary = serde_json::from_str(&std::fs::read_to_string(&s).unwrap()).unwrap();
+    (r, summary)
+}
+
+#[test]
+fn port_io_reaches_the_console_and_unclaimed_ports_read_all_ones() {
+    let (r, sum) = run_with_summary("pio");
     assert!(r.stdout.contains("pio: hello\n"), "{r:?}");
     assert!(r.stdout.contains("pio: lsr thre\n"), "{r:?}");
     assert!(
         r.stdout.contains("pio: unclaimed 00000000ffffffff\n"),
         "{r:?}"
     );
-    let sum = summary(&s);
     assert_eq!(sum["stop"], "poweroff");
     assert!(sum["exits_total"]["io_in"].as_u64().unwrap() >= 2);
 }
 
 #[test]
 fn mmio_to_the_device_hole_exits_to_the_vmm_and_reads_all_ones() {
-    let g = guest("mmio");
-    let s = scratch("mmio.json");
-    let r = run_vmm(
-        &[
-            "--kernel",
-            g.to_str().unwrap(),
-            "--memory",
-            "64",
-            "--summary-json",
-            s.to_str().unwrap(),
-        ],
-        30,
-    );
-    assert_eq!(r.status, Some(0), "{r:?}");
+    let (r, sum) = run_with_summary("mmio");
     assert!(r.stdout.contains("mmio: read 00000000ffffffff"), "{r:?}");
-    let sum = summary(&s);
     assert_eq!(sum["exits_total"]["mmio_read"], 10);
     assert_eq!(sum["exits_total"]["mmio_write"], 10);
 }

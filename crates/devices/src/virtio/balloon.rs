@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -277,21 +277,40 @@ impl BalloonHandler {
             &mut self.deflate
         };
         let (mut done, mut invalid) = (0u64, 0u64);
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            if let Ok(mut reader) = chain.reader(mem) {
-                for pfn in read_pfns(&mut reader) {
-                    // Deflated pages need no host work: the guest's next touch faults them in.
-                    if which == DEFLATE || release_page(mem, pfn) {
-                        done += 1;
-                    } else {
-                        invalid += 1;
+        // With EVENT_IDX the driver kicks only when its index passes the avail_event the
+        // device publishes (enable_notification), so every pass ends by publishing it.
+        loop {
+            queue.disable_notification(mem)?;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                if let Ok(mut reader) = chain.reader(mem) {
+                    for pfn in read_pfns(&mut reader) {
+                        // Deflated pages need no host work: the guest's next touch faults
+                        // them in.
+                        if which == DEFLATE || release_page(mem, pfn) {
+                            done += 1;
+                        } else {
+                            invalid += 1;
+                        }
                     }
                 }
+                queue.add_used(mem, head, 0)?;
             }
-            queue.add_used(mem, head, 0)?;
+            if !queue.enable_notification(mem)? {
+                break;
+            }
+            // A bogus avail index or a queue not ready: fail, do not spin.
+            queue.iter(mem)?;
         }
         let notify = queue.needs_notification(mem)?;
+        tracing::debug!(
+            "virtio-balloon: {} {done} pages ({invalid} invalid), notify={notify}",
+            if which == INFLATE {
+                "inflated"
+            } else {
+                "deflated"
+            }
+        );
         {
             let mut s = self.shared.lock();
             if which == INFLATE {
@@ -314,25 +333,32 @@ impl BalloonHandler {
         let Some(((queue, _), timer)) = &mut self.stats else {
             return Ok(());
         };
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let mut stats = BalloonStats::default();
-            if let Ok(mut reader) = chain.reader(mem) {
-                let mut entry = [0u8; 10];
-                for _ in 0..MAX_STATS {
-                    if reader.read_exact(&mut entry).is_err() {
-                        break;
+        loop {
+            queue.disable_notification(mem)?;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let mut stats = BalloonStats::default();
+                if let Ok(mut reader) = chain.reader(mem) {
+                    let mut entry = [0u8; 10];
+                    for _ in 0..MAX_STATS {
+                        if reader.read_exact(&mut entry).is_err() {
+                            break;
+                        }
+                        let tag = u16::from_le_bytes([entry[0], entry[1]]);
+                        let val = u64::from_le_bytes(entry[2..].try_into().expect("8 bytes"));
+                        stats.set(tag, val);
                     }
-                    let tag = u16::from_le_bytes([entry[0], entry[1]]);
-                    let val = u64::from_le_bytes(entry[2..].try_into().expect("8 bytes"));
-                    stats.set(tag, val);
+                }
+                self.shared.lock().status.stats = Some(stats);
+                // A second buffer while one is held: give the older one back at once.
+                if let Some(old) = self.stats_head.replace(head) {
+                    queue.add_used(mem, old, 0)?;
                 }
             }
-            self.shared.lock().status.stats = Some(stats);
-            // A second buffer while one is held: give the older one back at once.
-            if let Some(old) = self.stats_head.replace(head) {
-                queue.add_used(mem, old, 0)?;
+            if !queue.enable_notification(mem)? {
+                break;
             }
+            queue.iter(mem)?;
         }
         if let Err(e) = timer.reset(self.stats_interval, None) {
             tracing::warn!("virtio-balloon: statistics timer: {e}");

@@ -109,13 +109,23 @@ impl RngHandler {
     }
 }
 
-/// Fills `buf` as far as the kernel's entropy pool allows without blocking; returns how much.
+/// Fills `buf` from the host's CRNG without ever blocking the I/O thread (the semantics of
+/// /dev/urandom: GRND_INSECURE, or GRND_NONBLOCK on kernels before 5.6 that lack it); returns
+/// how many bytes it got.
 fn getrandom(buf: &mut [u8]) -> usize {
+    let mut flags = libc::GRND_INSECURE;
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
         // SAFETY: `rest` is valid for writes of its length.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), flags) };
+        if n < 0
+            && flags == libc::GRND_INSECURE
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+        {
+            flags = libc::GRND_NONBLOCK;
+            continue;
+        }
         if n <= 0 {
             break;
         }

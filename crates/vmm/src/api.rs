@@ -21,7 +21,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -51,7 +50,6 @@ pub struct ApiContext {
 
 struct Api {
     ctx: ApiContext,
-    paused: AtomicBool,
 }
 
 struct Response {
@@ -94,10 +92,7 @@ pub fn spawn(path: &Path, ctx: ApiContext) -> std::io::Result<JoinHandle<()>> {
     }
     let listener = UnixListener::bind(path)?;
     listener.set_nonblocking(true)?;
-    let api = Api {
-        ctx,
-        paused: AtomicBool::new(false),
-    };
+    let api = Api { ctx };
     let path: PathBuf = path.to_path_buf();
     std::thread::Builder::new()
         .name("api".into())
@@ -159,7 +154,7 @@ impl Api {
             ("GET", "/vm") => Response::json(
                 200,
                 json!({
-                    "state": if self.paused.load(Ordering::SeqCst) { "paused" } else { "running" },
+                    "state": if self.ctx.control.pause_requested() { "paused" } else { "running" },
                     "vcpus": self.ctx.nr_vcpus,
                     "memory_mib": self.ctx.memory_mib,
                 }),
@@ -167,7 +162,6 @@ impl Api {
             ("PUT", "/vm/pause") => {
                 let kick = self.ctx.kick_vcpus.clone();
                 if self.ctx.control.pause(self.ctx.nr_vcpus, || kick()) {
-                    self.paused.store(true, Ordering::SeqCst);
                     Response::no_content()
                 } else {
                     Response::error(409, "the VM has stopped")
@@ -175,7 +169,6 @@ impl Api {
             }
             ("PUT", "/vm/resume") => {
                 self.ctx.control.resume();
-                self.paused.store(false, Ordering::SeqCst);
                 Response::no_content()
             }
             ("PUT", "/vm/stop") => {

@@ -240,14 +240,13 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
 
     let mem_size = config.memory_bytes();
     // Declared before everything that uses guest memory, so that it is unmapped last.
-    let ram = GuestRam::new(&layout::ram_regions(mem_size)).map_err(|e| Error::Memory {
-        mib: config.memory_mib,
-        reason: e.to_string(),
+    let ram = GuestRam::new(&layout::ram_regions(mem_size), config.huge_pages).map_err(|e| {
+        Error::Memory {
+            mib: config.memory_mib,
+            reason: e.to_string(),
+        }
     })?;
     let mem = ram.memory().clone();
-    if config.huge_pages {
-        advise_huge_pages(&mem);
-    }
     vm.register_memory(&mem)?;
 
     let kernel_path = config.kernel.display().to_string();
@@ -427,27 +426,6 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         reason,
         exits: counters.iter().map(|c| c.snapshot()).collect(),
     })
-}
-
-/// Asks for transparent huge pages behind guest RAM: a guest's first touch of memory then costs
-/// one (nested) page fault per 2 MiB instead of per 4 KiB. Advice only: a host without THP
-/// keeps 4 KiB pages.
-fn advise_huge_pages(mem: &GuestMemoryMmap) {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-    for region in mem.iter() {
-        let Ok(host) = mem.get_host_address(region.start_addr()) else {
-            continue;
-        };
-        // SAFETY: the range is exactly one live mapping owned by `mem`; MADV_HUGEPAGE changes
-        // how it is backed, not its contents.
-        let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-        if rc != 0 {
-            tracing::debug!(
-                "madvise(MADV_HUGEPAGE) failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
 }
 
 /// The command line the guest gets: the configured one, plus `pci=off` because the machine

@@ -24,34 +24,46 @@ vsock-probe connect 2 6001 "nobody listens"
 wait $L
 "#;
 
+/// What both lab scripts share: `start_peer CMD SOCKET` starts a host-side probe and waits
+/// for its socket; `start_vm` builds the guest's initrd (the probe and /etc/vireo/vsock.sh
+/// appended), starts the VM in the background as $VMM and waits until the guest listens.
+const HOST_PRELUDE: &str = r#"#!/bin/sh
+start_peer() {
+    $1 >/tmp/peer.out &
+    PEER=$!
+    i=0
+    while [ ! -S "$2" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+}
+start_vm() {
+    mkdir -p /tmp/extra/etc/vireo /tmp/extra/bin
+    cp /vireo/vsock-probe /tmp/extra/bin/vsock-probe
+    cp /vireo/vsock-guest.sh /tmp/extra/etc/vireo/vsock.sh
+    chmod 0755 /tmp/extra/bin/vsock-probe /tmp/extra/etc/vireo/vsock.sh
+    (cd /tmp/extra && find . | cpio -o -H newc 2>/dev/null | gzip) >/tmp/extra.gz
+    cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz >/tmp/initrd.gz
+    timeout 240 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/initrd.gz --memory 256 \
+        --vsock cid=3,uds=/tmp/v.sock \
+        --cmdline "console=ttyS0 panic=-1 quiet vireo.run=vsock" >/tmp/console 2>&1 &
+    VMM=$!
+    i=0
+    while ! grep -q VSOCK-LISTENING /tmp/console && kill -0 $VMM 2>/dev/null && [ $i -lt 1800 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+}
+"#;
+
 /// The lab's part.
-const HOST: &str = r#"#!/bin/sh
-mkdir -p /tmp/extra/etc/vireo /tmp/extra/bin
-cp /vireo/vsock-probe /tmp/extra/bin/vsock-probe
-cp /vireo/vsock-guest.sh /tmp/extra/etc/vireo/vsock.sh
-chmod 0755 /tmp/extra/bin/vsock-probe /tmp/extra/etc/vireo/vsock.sh
-(cd /tmp/extra && find . | cpio -o -H newc 2>/dev/null | gzip) >/tmp/extra.gz
-cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz >/tmp/initrd.gz
-/vireo/vsock-probe uds-listen /tmp/v.sock_6000 >/tmp/host-listener.out &
-HL=$!
-i=0
-while [ ! -S /tmp/v.sock_6000 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-timeout 240 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/initrd.gz --memory 256 \
-    --vsock cid=3,uds=/tmp/v.sock \
-    --cmdline "console=ttyS0 panic=-1 quiet vireo.run=vsock" >/tmp/console 2>&1 &
-VMM=$!
-i=0
-while ! grep -q VSOCK-LISTENING /tmp/console && kill -0 $VMM 2>/dev/null && [ $i -lt 1800 ]; do
-    sleep 0.1
-    i=$((i + 1))
-done
+const HOST: &str = r#"
+start_peer "/vireo/vsock-probe uds-listen /tmp/v.sock_6000" /tmp/v.sock_6000
+start_vm
 /vireo/vsock-probe uds-connect /tmp/v.sock 5999 "nobody listens"
 /vireo/vsock-probe uds-connect /tmp/v.sock 5000 "ping from host"
 wait $VMM
 echo "VMM-EXIT=$?"
 if [ -e /tmp/v.sock ]; then echo SOCKET-LEFT; else echo SOCKET-REMOVED; fi
-wait $HL
-cat /tmp/host-listener.out
+wait $PEER
+cat /tmp/peer.out
 cat /tmp/console
 "#;
 
@@ -63,31 +75,14 @@ vsock-probe send 2 6002 16777216
 wait $L
 "#;
 
-const BULK_HOST: &str = r#"#!/bin/sh
-mkdir -p /tmp/extra/etc/vireo /tmp/extra/bin
-cp /vireo/vsock-probe /tmp/extra/bin/vsock-probe
-cp /vireo/vsock-guest.sh /tmp/extra/etc/vireo/vsock.sh
-chmod 0755 /tmp/extra/bin/vsock-probe /tmp/extra/etc/vireo/vsock.sh
-(cd /tmp/extra && find . | cpio -o -H newc 2>/dev/null | gzip) >/tmp/extra.gz
-cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz >/tmp/initrd.gz
-/vireo/vsock-probe uds-sink /tmp/v.sock_6002 >/tmp/host-sink.out &
-HS=$!
-i=0
-while [ ! -S /tmp/v.sock_6002 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-timeout 240 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/initrd.gz --memory 256 \
-    --vsock cid=3,uds=/tmp/v.sock \
-    --cmdline "console=ttyS0 panic=-1 quiet vireo.run=vsock" >/tmp/console 2>&1 &
-VMM=$!
-i=0
-while ! grep -q VSOCK-LISTENING /tmp/console && kill -0 $VMM 2>/dev/null && [ $i -lt 1800 ]; do
-    sleep 0.1
-    i=$((i + 1))
-done
+const BULK_HOST: &str = r#"
+start_peer "/vireo/vsock-probe uds-sink /tmp/v.sock_6002" /tmp/v.sock_6002
+start_vm
 /vireo/vsock-probe uds-send /tmp/v.sock 5001 16777216
 wait $VMM
 echo "VMM-EXIT=$?"
-wait $HS
-cat /tmp/host-sink.out
+wait $PEER
+cat /tmp/peer.out
 cat /tmp/console
 "#;
 
@@ -128,7 +123,7 @@ fn lab_run(name: &str, guest: &str, host: &str) -> Ran {
     std::fs::create_dir_all(&dir).unwrap();
     let (guest_sh, host_sh) = (dir.join("vsock-guest.sh"), dir.join("host.sh"));
     std::fs::write(&guest_sh, guest).unwrap();
-    std::fs::write(&host_sh, host).unwrap();
+    std::fs::write(&host_sh, format!("{HOST_PRELUDE}{host}")).unwrap();
     let puts = [
         format!("{}:/vireo/vsock-probe", probe.display()),
         format!("{}:/vireo/vsock-guest.sh", guest_sh.display()),

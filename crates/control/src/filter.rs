@@ -1,12 +1,7 @@
 //! EC2 filters: `Filter.N.Name` with values; a resource matches when, for every filter, one of
 //! its values matches (values may use EC2's `*` and `?` wildcards).
 
-/// One filter of a Describe request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Filter {
-    pub name: String,
-    pub values: Vec<String>,
-}
+pub use vireo_ec2_api::query::Filter;
 
 /// EC2's wildcard match: `*` any run of characters, `?` exactly one, `\` escapes.
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
@@ -41,9 +36,14 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     pi == p.len()
 }
 
-impl Filter {
+/// Matching a filter's values against a resource's.
+pub trait FilterMatch {
     /// Whether any of `candidates` matches any of the filter's values.
-    pub fn matches_any<'a>(&self, candidates: impl IntoIterator<Item = &'a str> + Clone) -> bool {
+    fn matches_any<'a>(&self, candidates: impl IntoIterator<Item = &'a str> + Clone) -> bool;
+}
+
+impl FilterMatch for Filter {
+    fn matches_any<'a>(&self, candidates: impl IntoIterator<Item = &'a str> + Clone) -> bool {
         self.values
             .iter()
             .any(|v| candidates.clone().into_iter().any(|c| wildcard_match(v, c)))

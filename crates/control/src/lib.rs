@@ -1,9 +1,10 @@
 //! vireod: Vireo's EC2-compatible compute service on one host.
 
+pub mod api;
 pub mod db;
 pub mod error;
 pub mod filter;
-pub mod ids;
+pub mod manifest;
 pub mod model;
 pub mod process;
 pub mod service;

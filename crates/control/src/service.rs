@@ -16,12 +16,12 @@ use tokio::sync::OwnedMutexGuard;
 
 use crate::db::{self, Db};
 use crate::error::{ApiError, ApiResult};
-use crate::filter::Filter;
-use crate::ids;
+use crate::filter::{Filter, FilterMatch};
 use crate::model::{Image, Instance, InstanceState, StateReason};
 use crate::process::{self, ProcessId, VmmExit, VmmFiles, VmmSpec};
 use crate::storage;
 use crate::types::{self, InstanceType};
+use vireo_ec2_api::ids::{self, IdKind};
 
 /// EC2's limit on user data (before base64).
 pub const MAX_USER_DATA: usize = 16 * 1024;
@@ -327,7 +327,7 @@ impl Service {
                 )));
             }
         }
-        let image_id = ids::new_id("ami");
+        let image_id = ids::new_id(IdKind::Image);
         let dir = self.inner.cfg.images_dir().join(&image_id);
         let staging = self.inner.cfg.images_dir().join(format!(".{image_id}.tmp"));
         let result = (|| -> ApiResult<Image> {
@@ -508,7 +508,7 @@ impl Service {
         } else {
             false
         };
-        let image_id = ids::new_id("ami");
+        let image_id = ids::new_id(IdKind::Image);
         let img_dir = self.inner.cfg.images_dir().join(&image_id);
         let staging = self.inner.cfg.images_dir().join(format!(".{image_id}.tmp"));
         let (st, out, b) = (staging.clone(), img_dir.clone(), boot.clone());
@@ -646,11 +646,11 @@ impl Service {
                 u64::from(req.min_count) * ty.memory_mib
             )));
         }
-        let reservation_id = ids::new_id("r");
+        let reservation_id = ids::new_id(IdKind::Reservation);
         let launch_time = now_iso();
         let mut instances = Vec::new();
         for n in 0..fit {
-            let id = ids::new_id("i");
+            let id = ids::new_id(IdKind::Instance);
             let dir = self.inner.cfg.instances_dir().join(&id);
             instances.push(Instance {
                 seq: 0,

@@ -782,10 +782,11 @@ impl Service {
                 return Ok(()); // the monitor reports what happened
             }
             let s = sock.clone();
-            if let Ok((200, _)) =
-                blocking(move || process::api_call(&s, "GET", "/vm", None).map_err(ApiError::from))
-                    .await
-            {
+            // Not answering yet is the normal case here: no error is logged for it.
+            let answer =
+                tokio::task::spawn_blocking(move || process::api_call(&s, "GET", "/vm", None))
+                    .await;
+            if let Ok(Ok((200, _))) = answer {
                 break;
             }
             if tokio::time::Instant::now() > deadline {

@@ -618,9 +618,9 @@ impl Service {
         let fingerprint = req.fingerprint();
         let _cap = self.inner.capacity_lock.lock().await;
         if let Some(token) = &req.client_token {
-            if let Some((hash, reservation)) =
-                self.db().client_token(&self.inner.owner_id, token)?
-            {
+            // Bound first: a guard living through the `if let` would deadlock the next db().
+            let known = self.db().client_token(&self.inner.owner_id, token)?;
+            if let Some((hash, reservation)) = known {
                 if hash != fingerprint {
                     return Err(ApiError::new(
                         "IdempotentParameterMismatch",

@@ -1,0 +1,306 @@
+//! `vireo`: the command line for people. A client of vireod's EC2 Query API like any other: it
+//! signs its requests with SigV4 and reads EC2's XML answers.
+//!
+//! Exit status: 0 on success, 1 when the call fails (an EC2 error is printed as
+//! `vireo: <Code>: <Message>`), 2 for a usage error.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod config;
+mod model;
+mod output;
+mod xmltree;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vireo",
+    version,
+    about = "Run and manage Vireo instances (a client of vireod's EC2 API)",
+    after_help = "Configuration: --endpoint or VIREO_ENDPOINT (default http://127.0.0.1:8787); credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the shared credentials file's profile (--profile, AWS_PROFILE, default 'vireo'); region from --region, AWS_REGION, AWS_DEFAULT_REGION, the profile's config, else us-east-1."
+)]
+pub struct Cli {
+    /// vireod's EC2 endpoint [env: VIREO_ENDPOINT] [default: http://127.0.0.1:8787]
+    #[arg(long, global = true, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Profile of the shared credentials file [env: AWS_PROFILE] [default: vireo]
+    #[arg(long, global = true)]
+    profile: Option<String>,
+    /// Region to sign requests for
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// Print machine-readable JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Launch instances (RunInstances)
+    Run(RunArgs),
+    /// List instances (DescribeInstances)
+    Ls(LsArgs),
+    /// Show instances in detail
+    Describe {
+        #[arg(required = true, value_name = "INSTANCE_ID")]
+        ids: Vec<String>,
+    },
+    /// Start stopped instances
+    Start {
+        #[arg(required = true, value_name = "INSTANCE_ID")]
+        ids: Vec<String>,
+    },
+    /// Stop running instances
+    Stop {
+        /// Stop without waiting for the guest to shut down
+        #[arg(long)]
+        force: bool,
+        #[arg(required = true, value_name = "INSTANCE_ID")]
+        ids: Vec<String>,
+    },
+    /// Reboot instances
+    Reboot {
+        #[arg(required = true, value_name = "INSTANCE_ID")]
+        ids: Vec<String>,
+    },
+    /// Terminate instances
+    Terminate {
+        #[arg(required = true, value_name = "INSTANCE_ID")]
+        ids: Vec<String>,
+    },
+    /// Show an instance's serial console (GetConsoleOutput)
+    Console {
+        #[arg(value_name = "INSTANCE_ID")]
+        id: String,
+        /// Keep printing new output until the instance stops (or Ctrl-C)
+        #[arg(long, conflicts_with = "json")]
+        follow: bool,
+    },
+    /// List images, or register, create and deregister them
+    Images(ImagesArgs),
+    /// List instance types (DescribeInstanceTypes)
+    Types,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Image to boot (ami-…)
+    #[arg(long, value_name = "AMI")]
+    image: String,
+    /// Instance type
+    #[arg(long = "type", value_name = "TYPE", default_value = "t3.micro")]
+    instance_type: String,
+    /// How many instances
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    count: u32,
+    /// File whose contents are the user data
+    #[arg(long, value_name = "FILE", conflicts_with = "user_data_text")]
+    user_data: Option<PathBuf>,
+    /// User data given on the command line
+    #[arg(long, value_name = "TEXT")]
+    user_data_text: Option<String>,
+    /// A tag for the instances, KEY=VALUE (repeatable); Name=… is shown by `vireo ls`
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Wait until the instances are running, showing their progress
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: also follow the console until a line contains this text
+    #[arg(long, value_name = "TEXT", requires = "wait")]
+    ready_line: Option<String>,
+    /// With --wait: give up after this many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "wait")]
+    timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only instances in this state (repeatable): pending, running, stopping, stopped, …
+    #[arg(long = "state", value_name = "STATE")]
+    states: Vec<String>,
+    /// Only instances with this tag, KEY=VALUE (repeatable; all must match)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    #[command(subcommand)]
+    action: Option<ImagesCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Register an image from an image manifest, or from a kernel, an optional initrd and an
+    /// optional raw root disk (RegisterImage)
+    Register {
+        #[arg(long)]
+        name: String,
+        /// Image manifest (JSON on the vireod host), sent as ImageLocation
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "root_disk", "cmdline"], required_unless_present = "kernel")]
+        manifest: Option<PathBuf>,
+        /// Kernel (vmlinux or bzImage), sent as KernelId
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        /// Initrd, sent as RamdiskId
+        #[arg(long, value_name = "FILE")]
+        initrd: Option<PathBuf>,
+        /// Raw root disk image, sent as RootDisk (a vireod parameter)
+        #[arg(long, value_name = "FILE")]
+        root_disk: Option<PathBuf>,
+        /// Kernel command line, sent as KernelCommandLine (a vireod parameter)
+        #[arg(long)]
+        cmdline: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Deregister an image
+    Deregister {
+        #[arg(value_name = "AMI")]
+        image: String,
+    },
+    /// Create an image from an instance's disks (CreateImage)
+    Create {
+        #[arg(long, value_name = "INSTANCE_ID")]
+        instance: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Do not stop the instance while its disks are copied
+        #[arg(long)]
+        no_reboot: bool,
+    },
+}
+
+/// `KEY=VALUE`; the value may be empty and may contain `=`.
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
+fn main() -> ExitCode {
+    // clap prints usage errors itself and exits with status 2.
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vireo: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vireo").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_arguments() {
+        let cli = parse(&[
+            "run",
+            "--image",
+            "ami-1",
+            "--tag",
+            "Name=web",
+            "--tag",
+            "k=a=b",
+            "--tag",
+            "e=",
+            "--count",
+            "3",
+            "--wait",
+            "--ready-line",
+            "READY",
+        ])
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!()
+        };
+        assert_eq!(r.instance_type, "t3.micro");
+        assert_eq!(r.count, 3);
+        assert_eq!(
+            r.tags,
+            vec![
+                ("Name".into(), "web".into()),
+                ("k".into(), "a=b".into()),
+                ("e".into(), "".into())
+            ]
+        );
+        assert_eq!(r.ready_line.as_deref(), Some("READY"));
+        assert_eq!(r.timeout, 300);
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            &["run"][..],
+            &["run", "--image", "ami-1", "--tag", "novalue"],
+            &["run", "--image", "ami-1", "--tag", "=v"],
+            &["run", "--image", "ami-1", "--count", "0"],
+            &["run", "--image", "ami-1", "--count", "x"],
+            &[
+                "run",
+                "--image",
+                "a",
+                "--user-data",
+                "f",
+                "--user-data-text",
+                "t",
+            ],
+            &["run", "--image", "a", "--ready-line", "x"],
+            &["describe"],
+            &["stop"],
+            &["console"],
+            &["console", "i-1", "--follow", "--json"],
+            &["images", "register", "--name", "n"],
+            &["images", "create", "--name", "n"],
+            &["frobnicate"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn global_flags_anywhere() {
+        let cli = parse(&[
+            "ls",
+            "--json",
+            "--endpoint",
+            "http://x:1",
+            "--state",
+            "running",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.endpoint.as_deref(), Some("http://x:1"));
+        let Command::Ls(ls) = cli.command else {
+            panic!()
+        };
+        assert_eq!(ls.states, ["running"]);
+        let cli = parse(&["--profile", "p", "stop", "--force", "i-1", "i-2"]).unwrap();
+        assert_eq!(cli.profile.as_deref(), Some("p"));
+        assert!(matches!(cli.command, Command::Stop { force: true, ref ids } if ids.len() == 2));
+    }
+}

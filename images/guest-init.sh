@@ -4,7 +4,8 @@
 # /etc/vireo/<name>.sh if the command line has vireo.run=<name>, then acts on vireo.exit=
 # (poweroff (default) | reboot | shell | wait). With vireo.root=/dev/vdX it first mounts that
 # ext4 disk (images/build-guest.sh makes build/guest/rootfs.ext4) and runs its /init, this same
-# script, as the root. Problems are reported as "VIREO-ERROR ..." lines;
+# script, as the root. Ctrl-Alt-Del (vireo-vmm's PUT /vm/shutdown) is a clean power-off at any
+# point. Problems are reported as "VIREO-ERROR ..." lines;
 # this script never returns (PID 1 returning would panic the kernel).
 PATH=/bin
 export PATH
@@ -20,6 +21,45 @@ die() {
     echo "VIREO-ERROR $*"
     halt_now
 }
+
+# Ctrl-Alt-Del: with /proc/sys/kernel/ctrl-alt-del at 0 the kernel sends PID 1 a SIGINT
+# instead of restarting at once. Everything else gets SIGTERM and 2 s to exit (then SIGKILL),
+# file systems are unmounted, or remounted read-only where busy (the root disk), then power off.
+on_ctrl_alt_del() {
+    trap '' INT # a second press while this runs changes nothing
+    echo "vireo-init: ctrl-alt-del, powering off"
+    kill -TERM -1 2>/dev/null
+    i=0
+    while user_processes_left && [ $i -lt 20 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    kill -KILL -1 2>/dev/null
+    sync
+    umount -a -r 2>/dev/null
+    halt_now
+}
+# True while a process other than init runs (kernel threads and zombies have no exe).
+user_processes_left() {
+    set +f
+    for d in /proc/[0-9]*; do
+        [ "$d" = /proc/1 ] || [ ! -e "$d/exe" ] || { set -f; return 0; }
+    done
+    set -f
+    return 1
+}
+# Runs "$@" in the background and waits: the shell runs a trap only between commands, but a
+# trapped signal interrupts `wait` at once. Returns the command's status. A background command's
+# stdin would be /dev/null; it keeps the console, which scripts and the shell may read.
+run_interruptibly() {
+    if [ -r /dev/console ]; then
+        "$@" </dev/console &
+    else
+        "$@" &
+    fi
+    wait $!
+}
+trap on_ctrl_alt_del INT
 # switch_to_disk DEV: mount DEV and carry on from its /init (this script) as the root.
 switch_to_disk() {
     i=0
@@ -74,6 +114,7 @@ load_virtio_drivers() {
 main() {
     mount -t proc proc /proc 2>/dev/null
     [ -r /proc/cmdline ] || die "cannot mount /proc"
+    echo 0 >/proc/sys/kernel/ctrl-alt-del || echo "VIREO-ERROR cannot turn off the kernel's ctrl-alt-del reboot"
     mount -t sysfs sysfs /sys 2>/dev/null
     [ -d /sys/devices/system/cpu ] || die "cannot mount /sys"
     mount -t devtmpfs devtmpfs /dev 2>/dev/null
@@ -122,7 +163,7 @@ main() {
         *[!A-Za-z0-9_.-]* | .*) echo "VIREO-ERROR bad vireo.run=$run" ;;
         *)
             if [ -f "/etc/vireo/$run.sh" ]; then
-                sh "/etc/vireo/$run.sh"
+                run_interruptibly sh "/etc/vireo/$run.sh"
                 rc=$?
                 [ $rc -eq 0 ] || echo "VIREO-ERROR vireo.run=$run exited with status $rc"
             else
@@ -141,10 +182,10 @@ main() {
         die "reboot -f failed"
         ;;
     shell)
-        setsid cttyhack sh -l
+        run_interruptibly setsid cttyhack sh -l
         halt_now
         ;;
-    wait) while :; do sleep 3600; done ;;
+    wait) while :; do run_interruptibly sleep 3600; done ;;
     *) die "unknown vireo.exit=$action; powering off" ;;
     esac
 }

@@ -145,3 +145,66 @@ fn control_api_drives_a_running_vm() {
     assert_eq!(status.code(), Some(0));
     assert!(!sock.exists(), "the socket is removed when the VMM exits");
 }
+
+/// Sends `requests` on one connection and returns the status code of each response.
+fn pipelined(sock: &Path, requests: &[(&str, &str)]) -> Vec<u16> {
+    let mut s = UnixStream::connect(sock).expect("connect to the API socket");
+    for (method, path) in requests {
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: vm\r\n\r\n").unwrap();
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| resp[i + 9..i + 12].parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn shutdown_presses_ctrl_alt_del_on_a_running_vm_only() {
+    require_kvm();
+    let sock = scratch("shutdown.sock");
+    // The guest halts with interrupts off: it never reads the keyboard, so the VM keeps
+    // running after the key press and only PUT /vm/stop ends it.
+    let mut vm = Command::new(vmm_bin())
+        .args(["--kernel", guest("power").to_str().unwrap()])
+        .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the API socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let (code, body) = call(&sock, "PUT", "/vm/shutdown", None);
+    assert_eq!((code, body.as_str()), (204, ""));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(vm.try_wait().unwrap().is_none(), "the VM still runs");
+    assert_eq!(
+        json_of(&call(&sock, "GET", "/vm", None).1)["state"],
+        "running"
+    );
+    assert_eq!(call(&sock, "GET", "/vm/shutdown", None).0, 405);
+
+    // A paused guest could not act on the key press: refused, and accepted again on resume.
+    assert_eq!(call(&sock, "PUT", "/vm/pause", None).0, 204);
+    let (code, body) = call(&sock, "PUT", "/vm/shutdown", None);
+    assert_eq!(code, 409);
+    assert!(json_of(&body)["error"].as_str().unwrap().contains("paused"));
+    assert_eq!(call(&sock, "PUT", "/vm/resume", None).0, 204);
+    assert_eq!(call(&sock, "PUT", "/vm/shutdown", None).0, 204);
+
+    // Once stopped, the VM refuses a shutdown (a request on the connection that stopped it),
+    // then the process exits 0 and the socket is gone.
+    assert_eq!(
+        pipelined(&sock, &[("PUT", "/vm/stop"), ("PUT", "/vm/shutdown")]),
+        vec![204, 409]
+    );
+    assert_eq!(vm.wait().unwrap().code(), Some(0));
+    assert!(UnixStream::connect(&sock).is_err());
+}

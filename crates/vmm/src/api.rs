@@ -5,6 +5,7 @@
 //! | `GET /vm` | state, vCPUs, memory |
 //! | `PUT /vm/pause`, `PUT /vm/resume` | stop / restart every vCPU (devices keep running) |
 //! | `PUT /vm/stop` | end the VM now (the process exits with status 0) |
+//! | `PUT /vm/shutdown` | press Ctrl-Alt-Del on the guest's keyboard (a graceful shutdown) |
 //! | `GET /balloon` | the balloon's target, actual size and the guest's statistics |
 //! | `PATCH /balloon` `{"target_mib": N}` | ask the guest to give back N MiB |
 //! | `GET /drives/{i}`, `PATCH /drives/{i}` `{"rate_limiter": {"ops": B, "bytes": B}}` | drive i's limits |
@@ -175,6 +176,7 @@ impl Api {
                 self.ctx.control.request_stop(StopReason::Host);
                 Response::no_content()
             }
+            ("PUT", "/vm/shutdown") => self.shutdown(),
             ("GET", "/balloon") => match &self.ctx.devices.balloon {
                 Some(b) => {
                     let s = b.status();
@@ -228,11 +230,38 @@ impl Api {
             (_, p) if p.starts_with("/drives/") || p.starts_with("/net/") => {
                 self.route_limits(method, p, body)
             }
-            (_, "/vm" | "/vm/pause" | "/vm/resume" | "/vm/stop" | "/balloon" | "/metrics") => {
-                Response::error(405, format!("{method} is not allowed on {path}"))
-            }
+            (
+                _,
+                "/vm" | "/vm/pause" | "/vm/resume" | "/vm/stop" | "/vm/shutdown" | "/balloon"
+                | "/metrics",
+            ) => Response::error(405, format!("{method} is not allowed on {path}")),
             _ => Response::error(404, format!("no such resource: {path}")),
         }
+    }
+
+    /// Asks the guest to shut down: Ctrl-Alt-Del on its keyboard. What the guest does with it
+    /// is up to the guest (the VMM exits when it powers off); a paused guest could not act on
+    /// it, so that is refused rather than left to wait unseen.
+    fn shutdown(&self) -> Response {
+        if self.ctx.control.should_stop() {
+            return Response::error(409, "the VM has stopped");
+        }
+        if self.ctx.control.pause_requested() {
+            return Response::error(409, "the VM is paused: resume it first");
+        }
+        let Some(kbd) = &self.ctx.devices.keyboard else {
+            return Response::error(404, "this VM has no keyboard");
+        };
+        if !kbd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .press_ctrl_alt_del()
+        {
+            // The guest turned its keyboard off or is not reading it: it will not see this
+            // press, which is what a stop with a deadline is for.
+            tracing::warn!("ctrl-alt-del not delivered: the guest's keyboard is not listening");
+        }
+        Response::no_content()
     }
 
     /// `/drives/{i}` and `/net/{i}`: read or change a device's rate limits.

@@ -318,12 +318,21 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     let bus_err = |e: devices::BusError| Error::Host(format!("device layout: {e}"));
     pio.insert(SERIAL_PORT, 8, serial.clone())
         .map_err(bus_err)?;
-    pio.insert(
-        I8042::BASE,
-        I8042::LEN,
-        Arc::new(Mutex::new(I8042::new(sink.clone()))),
-    )
-    .map_err(bus_err)?;
+    let keyboard_irq = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?;
+    vm.fd
+        .register_irqfd(&keyboard_irq, KEYBOARD_IRQ)
+        .map_err(|error| VmError::Setup {
+            what: "keyboard irqfd",
+            error,
+        })?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        sink.clone(),
+        EventFdTrigger::new(keyboard_irq),
+    )));
+    controls.keyboard = Some(i8042.clone());
+    pio.insert(I8042::BASE, I8042::LEN, i8042)
+        .map_err(bus_err)?;
     pio.insert(
         ACPI_PM_PORT,
         power::LEN,
@@ -449,6 +458,8 @@ pub struct DeviceControls {
     pub drives: Vec<LimiterHandle>,
     /// Each net device's (rx, tx) rate limits, in device order.
     pub net: Vec<(LimiterHandle, LimiterHandle)>,
+    /// The i8042, whose keyboard presses Ctrl-Alt-Del for a graceful shutdown.
+    pub keyboard: Option<Arc<Mutex<I8042>>>,
 }
 
 /// The virtio devices `config` asks for, in the order they get MMIO slots.

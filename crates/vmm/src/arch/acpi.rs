@@ -1,9 +1,11 @@
 //! ACPI tables for a hardware-reduced platform: RSDP → XSDT → FADT (→ DSDT) and MADT.
 //!
 //! The MADT is how Linux finds every vCPU and the IOAPIC. The FADT declares a hardware-reduced
-//! machine with no 8042, no VGA and no CMOS RTC, so the guest probes none of them, and points
-//! at the sleep-control and reset registers of [`devices::power`], which is how `poweroff` and
-//! `reboot` reach the VMM. The DSDT carries only `_S5_`, the sleep type of soft-off.
+//! machine with an 8042 but no VGA and no CMOS RTC, and points at the sleep-control and reset
+//! registers of [`devices::power`], which is how `poweroff` and `reboot` reach the VMM. The
+//! DSDT carries `_S5_` (the sleep type of soft-off) and the legacy devices, which a machine
+//! without a legacy PIC must declare for Linux to route their interrupts: COM1, the PS/2
+//! keyboard (how `PUT /vm/shutdown` presses Ctrl-Alt-Del) and the virtio-mmio devices.
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -19,15 +21,16 @@ use devices::power;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    ACPI_END, ACPI_PM_PORT, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR, SERIAL_IRQ, SERIAL_PORT,
+    ACPI_END, ACPI_PM_PORT, ACPI_START, I8042_COMMAND_PORT, I8042_DATA_PORT, IOAPIC_ADDR,
+    KEYBOARD_IRQ, LAPIC_ADDR, SERIAL_IRQ, SERIAL_PORT,
 };
 
 const OEM_ID: [u8; 6] = *b"VIREO ";
 const OEM_REVISION: u32 = 1;
 
-/// IAPC_BOOT_ARCH: VGA not present (bit 2), CMOS RTC not present (bit 5). Bit 1 (8042
-/// present) stays clear.
-const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 5);
+/// IAPC_BOOT_ARCH: 8042 present (bit 1), VGA not present (bit 2), CMOS RTC not present
+/// (bit 5).
+const IAPC_BOOT_ARCH: u16 = (1 << 1) | (1 << 2) | (1 << 5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -56,6 +59,27 @@ fn com1_device() -> Vec<u8> {
         "_SB_.COM1".into(),
         vec![
             &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    out
+}
+
+/// The i8042's keyboard port as a PNP0303 device. Linux's i8042 driver finds the controller
+/// through it (no PNP device and no "8042 present" in the FADT: no probe at all), and learns
+/// from it that there is no AUX port (no PNP0F13), so it does not look for a mouse.
+fn keyboard_device() -> Vec<u8> {
+    let data = aml::IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
+    let command = aml::IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1);
+    let irq = aml::Interrupt::new(true, true, false, false, KEYBOARD_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&data, &command, &irq]);
+    let mut out = Vec::new();
+    aml::Device::new(
+        "_SB_.PS2K".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0303")),
             &aml::Name::new("_UID".into(), &aml::ZERO),
             &aml::Name::new("_CRS".into(), &crs),
         ],
@@ -99,6 +123,7 @@ fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);
     body.extend(com1_device());
+    body.extend(keyboard_device());
     for (i, slot) in virtio.iter().enumerate() {
         body.extend(virtio_mmio_device(i, slot));
     }
@@ -202,6 +227,14 @@ mod tests {
         // The DSDT names _S5_ and declares COM1 with its IRQ.
         assert!(d.windows(4).any(|w| w == b"_S5_"));
         assert!(d.windows(4).any(|w| w == b"COM1"));
+        // The keyboard: PNP0303 as a compressed EISA id (0x41d0 "PNP", 0x0303).
+        assert!(d.windows(4).any(|w| w == b"PS2K"));
+        assert!(d.windows(4).any(|w| w == [0x41, 0xd0, 0x03, 0x03]));
+        // FADT IAPC_BOOT_ARCH (offset 109): 8042 present, no VGA, no CMOS RTC.
+        assert_eq!(
+            u16::from_le_bytes(f[109..111].try_into().unwrap()),
+            0b10_0110
+        );
         assert!(d.windows(8).any(|w| w == b"LNRO0005"));
         // FADT flags: hardware-reduced and reset register supported.
         let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());

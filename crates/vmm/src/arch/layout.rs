@@ -63,6 +63,10 @@ pub const MAX_VIRTIO_DEVICES: usize = 8;
 /// I/O port of COM1 and its IRQ line.
 pub const SERIAL_PORT: u64 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
+/// I/O ports of the i8042 keyboard controller (data, command/status) and the keyboard's IRQ.
+pub const I8042_DATA_PORT: u16 = 0x60;
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+pub const KEYBOARD_IRQ: u32 = 1;
 /// I/O port of the ACPI power-management registers (sleep control, sleep status, reset).
 pub const ACPI_PM_PORT: u64 = 0x600;
 

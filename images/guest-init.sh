@@ -5,7 +5,8 @@
 # (poweroff (default) | reboot | shell | wait). With vireo.root=/dev/vdX it first mounts that
 # ext4 disk (images/build-guest.sh makes build/guest/rootfs.ext4) and runs its /init, this same
 # script, as the root. Ctrl-Alt-Del (vireo-vmm's PUT /vm/shutdown) is a clean power-off at any
-# point. Problems are reported as "VIREO-ERROR ..." lines;
+# point, and so are busybox's poweroff/halt/reboot. EC2 user data (/etc/vireo/user-data) that is a
+# script runs after the ready line. Problems are reported as "VIREO-ERROR ..." lines;
 # this script never returns (PID 1 returning would panic the kernel).
 PATH=/bin
 export PATH
@@ -26,8 +27,24 @@ die() {
 # instead of restarting at once. Everything else gets SIGTERM and 2 s to exit (then SIGKILL),
 # file systems are unmounted, or remounted read-only where busy (the root disk), then power off.
 on_ctrl_alt_del() {
-    trap '' INT # a second press while this runs changes nothing
     echo "vireo-init: ctrl-alt-del, powering off"
+    shut_down
+    halt_now
+}
+# busybox's poweroff/halt (SIGUSR2/SIGUSR1 to PID 1) and reboot (SIGTERM) without -f, as a user
+# data script would call them.
+on_poweroff() {
+    echo "vireo-init: poweroff requested"
+    shut_down
+    halt_now
+}
+on_reboot() {
+    echo "vireo-init: reboot requested"
+    shut_down
+    reboot -f
+}
+shut_down() {
+    trap '' INT TERM USR1 USR2 # a second request while this runs changes nothing
     kill -TERM -1 2>/dev/null
     i=0
     while user_processes_left && [ $i -lt 20 ]; do
@@ -37,7 +54,6 @@ on_ctrl_alt_del() {
     kill -KILL -1 2>/dev/null
     sync
     umount -a -r 2>/dev/null
-    halt_now
 }
 # True while a process other than init runs (kernel threads and zombies have no exe).
 user_processes_left() {
@@ -60,6 +76,8 @@ run_interruptibly() {
     wait $!
 }
 trap on_ctrl_alt_del INT
+trap on_poweroff USR1 USR2
+trap on_reboot TERM
 # switch_to_disk DEV: mount DEV and carry on from its /init (this script) as the root.
 switch_to_disk() {
     i=0
@@ -70,6 +88,11 @@ switch_to_disk() {
     mkdir -p /newroot
     mount -t ext4 "$1" /newroot || die "cannot mount vireo.root=$1"
     [ -x /newroot/init ] || die "vireo.root=$1 has no /init"
+    # User data came in the initramfs; carry it over to the disk root in /dev (a tmpfs that
+    # moves along), leaving the disk as it is.
+    if [ -f /etc/vireo/user-data ]; then
+        mkdir -p /dev/.vireo && cp /etc/vireo/user-data /dev/.vireo/user-data
+    fi
     for m in dev proc sys; do
         mount --move "/$m" "/newroot/$m" || die "cannot move /$m to vireo.root=$1"
     done
@@ -109,6 +132,28 @@ load_virtio_drivers() {
         modprobe -q "$m" >/dev/null 2>&1
     done
     set -f
+}
+
+# EC2 user data: vireod appends it to the initramfs as /etc/vireo/user-data (switch_to_disk carries
+# it to /dev/.vireo). A script (first line #!interpreter) runs at every boot, like cloud-init's
+# per-boot scripts, with its output on the console between VIREO-USERDATA lines.
+run_user_data() {
+    ud=
+    for f in /etc/vireo/user-data /dev/.vireo/user-data; do
+        [ -f "$f" ] && ud=$f
+    done
+    [ -n "$ud" ] || return 0
+    first=
+    read -r first <"$ud"
+    case $first in
+    '#!'*)
+        echo "VIREO-USERDATA start"
+        # shellcheck disable=SC2086 # the interpreter line may carry arguments
+        run_interruptibly ${first#??} "$ud"
+        echo "VIREO-USERDATA exit=$?"
+        ;;
+    *) echo "VIREO-USERDATA present ($(wc -c <"$ud") bytes, not a script)" ;;
+    esac
 }
 
 main() {
@@ -172,6 +217,8 @@ main() {
             ;;
         esac
     fi
+
+    run_user_data
 
     case $action in
     poweroff) halt_now ;;

@@ -18,3 +18,16 @@ if [ ${#need[@]} -gt 0 ]; then
         $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     fi
 fi
+
+# The real EC2 clients the tests drive vireod with (boto3, the AWS CLI) and pytest, from PyPI, in
+# a virtual environment under build/ (reinstalled when tests/ec2/requirements.txt changes).
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/build/pyenv"
+REQ="$ROOT/tests/ec2/requirements.txt"
+if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/.requirements" 2>/dev/null; then
+    command -v python3 >/dev/null || { echo "install-deps: python3 is missing" >&2; exit 1; }
+    echo "install-deps: installing boto3, the AWS CLI and pytest into build/pyenv"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
+    cp "$REQ" "$VENV/.requirements"
+fi

@@ -1,0 +1,211 @@
+"""vireod as a service: restarts that adopt running VMMs, capacity, authentication, bad input,
+and the AWS CLI as a second real client."""
+
+import datetime
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import botocore.exceptions
+import pytest
+
+from conftest import ROOT, REGION, Vireod, console, image_id, instance, wait_console, wait_state
+
+
+def error_code(excinfo):
+    return excinfo.value.response["Error"]["Code"]
+
+
+def count_instances(ec2):
+    return sum(len(r["Instances"]) for r in ec2.describe_instances()["Reservations"])
+
+
+def test_restart_adopts_running_vmms_and_reports_dead_ones():
+    v = Vireod()
+    try:
+        ec2 = v.client()
+        ami = image_id(ec2, "vireo-testguest")
+        ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=ami, InstanceType="t3.nano", MinCount=2, MaxCount=2)["Instances"]]
+        for iid in ids:
+            wait_state(ec2, iid, "running")
+        pids = {}
+        for pid in v.vmm_pids():
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            pids[next(i for i in ids if i.encode() in cmd)] = pid
+        v.kill(signal.SIGKILL)
+        # vireod is gone; its VMMs are not.
+        for pid in pids.values():
+            os.kill(pid, 0)
+        survivor, victim = ids
+        os.kill(pids[victim], signal.SIGKILL)
+        time.sleep(0.5)
+        v.start()
+        ec2 = v.client()
+        assert instance(ec2, survivor)["State"]["Name"] == "running"
+        assert v.vmm_pids() == [pids[survivor]], "the same VMM process, adopted"
+        dead = instance(ec2, victim)
+        assert dead["State"]["Name"] == "stopped"
+        assert dead["StateReason"]["Code"] == "Server.InternalError"
+        # The adopted VMM is fully managed again: its console, and a stop that ends it.
+        assert "VIREO-TESTGUEST ready" in console(ec2, survivor)
+        ec2.stop_instances(InstanceIds=[survivor], Force=True)
+        wait_state(ec2, survivor, "stopped")
+        assert v.vmm_pids() == []
+        ec2.start_instances(InstanceIds=[victim])
+        wait_state(ec2, victim, "running")
+        ec2.terminate_instances(InstanceIds=ids)
+        for iid in ids:
+            wait_state(ec2, iid, "terminated")
+    finally:
+        v.close()
+
+
+def test_capacity_is_all_or_nothing():
+    v = Vireod("--capacity-vcpus", "4", "--capacity-memory-mib", "4096")
+    try:
+        ec2 = v.client()
+        ami = image_id(ec2, "vireo-testguest")
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.run_instances(ImageId=ami, InstanceType="t3.nano", MinCount=3, MaxCount=3)
+        assert error_code(e) == "InsufficientInstanceCapacity"
+        assert count_instances(ec2) == 0 and v.vmm_pids() == []
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.run_instances(ImageId=ami, InstanceType="t3.large", MinCount=1, MaxCount=1)
+        assert error_code(e) == "InsufficientInstanceCapacity", "8 GiB does not fit in 4 GiB"
+        # MinCount 1, MaxCount 5: as many as fit (2 x 2 vCPUs).
+        r = ec2.run_instances(ImageId=ami, InstanceType="t3.nano", MinCount=1, MaxCount=5)
+        ids = [i["InstanceId"] for i in r["Instances"]]
+        assert len(ids) == 2
+        for iid in ids:
+            wait_state(ec2, iid, "running")
+        ec2.stop_instances(InstanceIds=[ids[0]], Force=True)
+        wait_state(ec2, ids[0], "stopped")
+        # A stopped instance gives its capacity back, so a new one fits, and the stopped one
+        # cannot start again until there is room.
+        other = ec2.run_instances(ImageId=ami, InstanceType="t3.nano", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.start_instances(InstanceIds=[ids[0]])
+        assert error_code(e) == "InsufficientInstanceCapacity"
+        ec2.terminate_instances(InstanceIds=ids + [other])
+        for iid in ids + [other]:
+            wait_state(ec2, iid, "terminated")
+    finally:
+        v.close()
+
+
+def raw_request(v, params, sign=True, secret=None, when=None):
+    body = "&".join(f"{k}={urllib.request.quote(str(val), safe='')}" for k, val in params.items()).encode()
+    req = botocore.awsrequest.AWSRequest(method="POST", url=v.endpoint + "/", data=body,
+                                         headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    if sign:
+        creds = botocore.credentials.Credentials(v.key_id, secret or v.secret)
+        signer = botocore.auth.SigV4Auth(creds, "ec2", REGION)
+        if when is not None:
+            real = botocore.auth.get_current_datetime
+            botocore.auth.get_current_datetime = lambda: when
+            try:
+                signer.add_auth(req)
+            finally:
+                botocore.auth.get_current_datetime = real
+        else:
+            signer.add_auth(req)
+    prepared = req.prepare()
+    r = urllib.request.Request(prepared.url, data=prepared.body, method="POST", headers=dict(prepared.headers))
+    try:
+        with urllib.request.urlopen(r, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_bad_input_gets_ec2_errors_and_changes_nothing(vireod, ec2):
+    ami = image_id(ec2, "vireo-testguest")
+    before = count_instances(ec2)
+    images_before = len(ec2.describe_images()["Images"])
+    run = {"Action": "RunInstances", "Version": "2016-11-15", "ImageId": ami, "MinCount": 1, "MaxCount": 1, "InstanceType": "t3.nano"}
+
+    status, body = raw_request(vireod, run, sign=False)
+    assert status == 401 and "<Code>MissingAuthenticationToken</Code>" in body
+    status, body = raw_request(vireod, run, secret="x" * 40)
+    assert status == 401 and "<Code>AuthFailure</Code>" in body
+    stale = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=20)
+    status, body = raw_request(vireod, run, when=stale)
+    assert status == 400 and "<Code>RequestExpired</Code>" in body
+    status, body = raw_request(vireod, {"Action": "LaunchRockets", "Version": "2016-11-15"})
+    assert status == 400 and "<Code>InvalidAction</Code>" in body
+    status, body = raw_request(vireod, dict(run, Frobnicate="1"))
+    assert status == 400 and "<Code>UnknownParameter</Code>" in body
+    status, body = raw_request(vireod, {k: v for k, v in run.items() if k != "ImageId"})
+    assert status == 400 and "<Code>MissingParameter</Code>" in body
+    status, body = raw_request(vireod, dict(run, MinCount="many"))
+    assert status == 400 and "<Code>InvalidParameterValue</Code>" in body
+    status, body = raw_request(vireod, dict(run, UserData="!!not base64!!"))
+    assert status == 400 and "<Code>InvalidParameterValue</Code>" in body
+
+    bad = [
+        (dict(ImageId="ami-12"), "InvalidAMIID.Malformed"),
+        (dict(ImageId="ami-0123456789abcdef0"), "InvalidAMIID.NotFound"),
+        (dict(ImageId=ami, InstanceType="t3.gigantic"), "InvalidParameterValue"),
+        (dict(ImageId=ami, UserData="x" * (16 * 1024 + 1)), "InvalidParameterValue"),
+        (dict(ImageId=ami, MinCount=2, MaxCount=1), "InvalidParameterValue"),
+    ]
+    for extra, code in bad:
+        args = dict(ImageId=ami, InstanceType="t3.nano", MinCount=1, MaxCount=1)
+        args.update(extra)
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ec2.run_instances(**args)
+        assert error_code(e) == code, (extra, e.value)
+    for call, code in [
+        (lambda: ec2.stop_instances(InstanceIds=["i-xyz"]), "InvalidInstanceID.Malformed"),
+        (lambda: ec2.stop_instances(InstanceIds=["i-0123456789abcdef0"]), "InvalidInstanceID.NotFound"),
+        (lambda: ec2.describe_instances(InstanceIds=["i-0123456789abcdef0"]), "InvalidInstanceID.NotFound"),
+        (lambda: ec2.get_console_output(InstanceId="instance-1"), "InvalidInstanceID.Malformed"),
+        (lambda: ec2.create_tags(Resources=["i-0123456789abcdef0"], Tags=[{"Key": "a", "Value": "b"}]), "InvalidInstanceID.NotFound"),
+        (lambda: ec2.create_tags(Resources=[ami], Tags=[{"Key": "aws:x", "Value": "b"}]), "InvalidParameterValue"),
+        (lambda: ec2.deregister_image(ImageId="ami-0123456789abcdef0"), "InvalidAMIID.NotFound"),
+        (lambda: ec2.register_image(Name="x", ImageLocation="/nope.json"), "InvalidParameterValue"),
+    ]:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call()
+        assert error_code(e) == code, (code, e.value)
+    assert count_instances(ec2) == before, "no instance half-created"
+    assert len(ec2.describe_images()["Images"]) == images_before
+    leftovers = [d for d in os.listdir(os.path.join(vireod.data, "images")) if d.startswith(".")]
+    assert leftovers == []
+
+
+def test_aws_cli_drives_vireod(vireod):
+    aws = os.path.join(ROOT, "build", "pyenv", "bin", "aws")
+    env = dict(os.environ,
+               AWS_SHARED_CREDENTIALS_FILE=os.path.join(vireod.data, "credentials"),
+               AWS_CONFIG_FILE=os.path.join(vireod.data, "config"),
+               AWS_PROFILE="vireo")
+
+    def cli(*args):
+        out = subprocess.run([aws, "--endpoint-url", vireod.endpoint, "--output", "json", "ec2", *args],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    ami = cli("describe-images", "--filters", "Name=name,Values=vireo-testguest")["Images"][0]["ImageId"]
+    iid = cli("run-instances", "--image-id", ami, "--instance-type", "t3.nano", "--count", "1",
+              "--user-data", "from the aws cli")["Instances"][0]["InstanceId"]
+    deadline = time.time() + 60
+    while cli("describe-instances", "--instance-ids", iid)["Reservations"][0]["Instances"][0]["State"]["Name"] != "running":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    out = cli("get-console-output", "--instance-id", iid)["Output"]
+    assert "user-data: from the aws cli" in out
+    types = cli("describe-instance-types", "--instance-types", "c5.large")["InstanceTypes"]
+    assert types[0]["VCpuInfo"]["DefaultVCpus"] == 2
+    cli("terminate-instances", "--instance-ids", iid)
+    bad = subprocess.run([aws, "--endpoint-url", vireod.endpoint, "ec2", "start-instances", "--instance-ids", "i-0123456789abcdef0"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode != 0 and "InvalidInstanceID.NotFound" in bad.stderr

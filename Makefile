@@ -19,6 +19,7 @@ build: deps
 
 images: deps
 	@images/build-guest.sh $(GUEST_DIR)
+	@images/build-testguest.sh $(GUEST_DIR)
 
 # Boots the Debian cloud kernel under vireo-vmm with 2 vCPUs and 512 MiB and shows its console:
 # directly where the host has VT-x/AMD-V, otherwise inside the lab.
@@ -27,8 +28,12 @@ smoke: build images
 
 run: smoke
 
+# Rust tests (unit, host KVM, lab), then vireod end to end with boto3 and the AWS CLI.
 test: build images
-	VIREO_VMM_BIN=$(CURDIR)/$(VMM) cargo test --workspace --no-fail-fast
+	VIREO_VMM_BIN=$(CURDIR)/$(VMM) cargo test --workspace --no-fail-fast; rust=$$?; \
+	VIREOD_BIN=$(CURDIR)/$(BIN_DIR)/vireod VIREO_VMM_BIN=$(CURDIR)/$(VMM) \
+	  build/pyenv/bin/python -m pytest -q -p no:cacheprovider tests/ec2; py=$$?; \
+	[ $$rust -eq 0 ] && [ $$py -eq 0 ]
 
 bench-boot: build images
 	@benches/boot.sh

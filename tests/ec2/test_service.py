@@ -170,7 +170,7 @@ def test_bad_input_gets_ec2_errors_and_changes_nothing(vireod, ec2):
         (lambda: ec2.create_tags(Resources=["i-0123456789abcdef0"], Tags=[{"Key": "a", "Value": "b"}]), "InvalidInstanceID.NotFound"),
         (lambda: ec2.create_tags(Resources=[ami], Tags=[{"Key": "aws:x", "Value": "b"}]), "InvalidParameterValue"),
         (lambda: ec2.deregister_image(ImageId="ami-0123456789abcdef0"), "InvalidAMIID.NotFound"),
-        (lambda: ec2.register_image(Name="x", ImageLocation="/nope.json"), "InvalidParameterValue"),
+        (lambda: ec2.register_image(Name="nope-image", ImageLocation="/nope.json"), "InvalidParameterValue"),
     ]:
         with pytest.raises(botocore.exceptions.ClientError) as e:
             call()

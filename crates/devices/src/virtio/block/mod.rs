@@ -1,6 +1,7 @@
-//! virtio-blk on a raw image file (virtio 1.2, 5.2): one request queue served on the I/O
-//! thread, with read, write, flush (fdatasync), GET_ID (the drive's serial), discard (hole
-//! punching) and write-zeroes, read-only drives, and ops/s and bytes/s rate limiting.
+//! virtio-blk (virtio 1.2, 5.2) on a raw image file or a qcow2 image (`vireo_storage`): one
+//! request queue served on the I/O thread, with read, write, flush (durable), GET_ID (the
+//! drive's serial), discard and write-zeroes, read-only drives, and ops/s and bytes/s rate
+//! limiting.
 
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
+use vireo_storage::Format;
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
@@ -35,6 +37,9 @@ const CONFIG_LEN: usize = offset_of!(virtio_blk_config, unused1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockOptions {
     pub path: PathBuf,
+    /// The image's format; `None` detects it from the file's first bytes, which only people
+    /// should rely on (a guest can write a qcow2 header into a raw disk).
+    pub format: Option<Format>,
     pub read_only: bool,
     /// Returned by GET_ID; at most 20 bytes.
     pub serial: Option<String>,
@@ -44,8 +49,8 @@ pub struct BlockOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    #[error("cannot open drive {path}: {reason}")]
-    Open { path: String, reason: String },
+    #[error("drive: {0}")]
+    Image(#[from] vireo_storage::Error),
     #[error("drive {path}: serial {serial:?} is longer than 20 bytes")]
     Serial { path: String, serial: String },
 }
@@ -78,14 +83,11 @@ impl Drive {
                 });
             }
         }
-        let disk = DiskFile::open(&opts.path, opts.read_only).map_err(|e| BlockError::Open {
-            path,
-            reason: match e.kind() {
-                std::io::ErrorKind::NotFound => "no such file".to_string(),
-                std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-                _ => e.to_string(),
-            },
-        })?;
+        let format = match opts.format {
+            Some(f) => f,
+            None => vireo_storage::detect_format(&opts.path)?,
+        };
+        let disk = DiskFile::open_image(&opts.path, format, opts.read_only)?;
         Ok(Self { disk, opts })
     }
 }

@@ -113,6 +113,7 @@ impl Fixture {
             serial: b"vireo-serial-1".to_vec(),
             limiter: RateLimiter::new(limits, None).unwrap(),
             broken: false,
+            stats: Default::default(),
         }
     }
 

@@ -3,8 +3,9 @@
 # Not a test: it asserts nothing, it reports. See docs/benchmarks.md.
 #
 # Block: fio inside the stock Debian guest (1 vCPU, 512 MiB) on a virtio-blk drive backed by a
-# raw file in the lab's /tmp, under vireo-vmm and, for reference, under QEMU -M microvm, then the
-# same fio jobs in the lab host against that file itself.
+# RAM block device of the lab host (/dev/ram0, Debian's brd module), under vireo-vmm and, for
+# reference, under QEMU -M microvm, then the same fio jobs (O_DIRECT on both sides) in the lab
+# host against /dev/ram0 itself. ROUNDS rounds alternate vireo, QEMU and host; medians are shown.
 # Network: iperf3 from the guest to an iperf3 server on the lab host, over a TAP in a network
 # namespace created for it, once with vireo-vmm's virtio-net and once with QEMU's user-space
 # virtio-net (-M microvm, vhost=off) and the same guest. Throughput is taken on the receiving
@@ -17,8 +18,8 @@
 # The guest's scripts come in a small cpio appended to the standard initrd.
 #
 # Environment: BIN_DIR (vireo-vmm's directory, default the release build), RUNTIME (seconds per
-# fio job, default 5), IODEPTH (default 16), IPERF_TIME (seconds, default 10), DISK_MIB (size of
-# the raw drive, default 256).
+# fio job, default 4), IODEPTH (default 16), IPERF_TIME (seconds, default 8), DISK_MIB (size of
+# the drive, default 256), ROUNDS (alternating rounds of everything, default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC2034 # used by images/lib.sh
@@ -27,15 +28,20 @@ PROG=bench-io
 . images/lib.sh
 
 BIN_DIR=${BIN_DIR:-target/x86_64-unknown-linux-gnu/release}
-RUNTIME=${RUNTIME:-5}
+RUNTIME=${RUNTIME:-4}
 IODEPTH=${IODEPTH:-16}
-IPERF_TIME=${IPERF_TIME:-10}
+IPERF_TIME=${IPERF_TIME:-8}
 DISK_MIB=${DISK_MIB:-256}
-for v in RUNTIME IODEPTH IPERF_TIME DISK_MIB; do
+ROUNDS=${ROUNDS:-3}
+for v in RUNTIME IODEPTH IPERF_TIME DISK_MIB ROUNDS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v wants a positive number, not '${!v}'"
 done
 [ -x "$BIN_DIR/vireo-vmm" ] || die "no $BIN_DIR/vireo-vmm: run make build first"
 MKE2FS=$(PATH=$PATH:/sbin:/usr/sbin command -v mke2fs) || die "mke2fs not found (apt-get install e2fsprogs)"
+# brd (RAM block device) from the lab's own kernel package: unlike tmpfs it takes O_DIRECT, so
+# guest and host run the same fio jobs with --direct=1. images/build-guest.sh extracts the package.
+BRD=$(find "$VIREO_BUILD/pkgs" -path '*/kernel/drivers/block/brd.ko' 2>/dev/null | head -n1)
+[ -n "$BRD" ] || die "brd.ko not found under $VIREO_BUILD/pkgs (run make images)"
 
 B="$VIREO_BUILD/bench"
 mkdir -p "$B"
@@ -132,27 +138,29 @@ EOF
     chmod 0755 "$g/etc/vireo/"*.sh
     (cd "$g" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -n) >"$B/extra.cpio.gz"
 
-    # Lab host: the guest with fio under each VMM, fio on the backing file, then the network
-    # half in a network namespace.
-    # The backing file lives in the lab's tmpfs, which has no O_DIRECT (Linux 6.1): the host jobs
-    # use buffered I/O there, which is what vireo-vmm itself does on that file.
+    # Lab host: ROUNDS rounds of the guest with fio under each VMM then fio on the drive's
+    # device itself, then the network half in a network namespace.
     cat >"$B/lab.sh" <<EOF
 B=/vireo/bench G=/vireo/guest
 CMDLINE="console=ttyS0 panic=-1 quiet"
 cat \$G/initrd.cpio.gz \$B/extra.cpio.gz >/tmp/initrd.gz
-dd if=/dev/zero of=/tmp/disk.raw bs=1M count=$DISK_MIB 2>/dev/null
+insmod \$B/brd.ko rd_nr=1 rd_size=$((DISK_MIB * 1024)) || { echo "BENCH-ERROR insmod brd"; exit 1; }
+DISK=/dev/ram0
+# Allocate the RAM disk's pages up front, so no side pays for that.
+dd if=/dev/zero of=\$DISK bs=1M count=$DISK_MIB oflag=direct 2>/dev/null
 # The same guest under vireo-vmm and under QEMU (its virtio-blk, default cache=writeback,
-# aio=threads: buffered I/O on the file like vireo-vmm's), each line of the guest's tagged.
+# aio=threads: buffered I/O on the device like vireo-vmm's), each line of the guest's tagged.
+for round in \$(seq $ROUNDS); do
 for vmm in vireo qemu; do
     if [ \$vmm = vireo ]; then
         vireo-vmm --kernel \$G/vmlinux --initrd /tmp/initrd.gz --vcpus 1 --memory 512 \\
-            --drive path=\$B/tools.img,ro --drive path=/tmp/disk.raw --cmdline "\$CMDLINE vireo.run=bfio"
+            --drive path=\$B/tools.img,ro,format=raw --drive path=\$DISK,format=raw --cmdline "\$CMDLINE vireo.run=bfio"
     else
         qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \\
             -nographic -serial stdio -no-reboot -kernel \$G/vmlinux -initrd /tmp/initrd.gz \\
             -append "\$CMDLINE vireo.run=bfio" \\
             -drive file=\$B/tools.img,if=none,id=tools,format=raw,readonly=on -device virtio-blk-device,drive=tools \\
-            -drive file=/tmp/disk.raw,if=none,id=disk,format=raw -device virtio-blk-device,drive=disk
+            -drive file=\$DISK,if=none,id=disk,format=raw -device virtio-blk-device,drive=disk
     fi | while IFS= read -r l; do
         l=\${l%\$'\\r'}
         case \$l in
@@ -161,14 +169,14 @@ for vmm in vireo qemu; do
         *) echo "\$l" ;;
         esac
     done
-    echo "BENCH-EXIT \$vmm-fio \${PIPESTATUS[0]}"
+    echo "BENCH-EXIT \$vmm-fio-\$round \${PIPESTATUS[0]}"
 done
 while read -r name rw bs; do
-    echo "BENCH-FIO host \$name \$(\$B/tools/bin/fio --name=\$name --filename=/tmp/disk.raw --direct=0 --rw=\$rw --bs=\$bs $FIO_OPTS 2>&1 | tr -d '\\n')"
+    echo "BENCH-FIO host \$name \$(\$B/tools/bin/fio --name=\$name --filename=\$DISK --direct=1 --rw=\$rw --bs=\$bs $FIO_OPTS 2>&1 | tr -d '\\n')"
 done <<'JOBS'
 $JOBS
 JOBS
-rm -f /tmp/disk.raw
+done
 unshare -n sh \$B/net.sh
 EOF
     cat >"$B/net.sh" <<EOF
@@ -178,12 +186,13 @@ ip link set lo up
 tunctl -t vtap0 >/dev/null || { echo "BENCH-ERROR tunctl"; exit 1; }
 ip addr add 172.16.0.1/24 dev vtap0
 ip link set vtap0 up
+for round in \$(seq $ROUNDS); do
 for vmm in vireo qemu; do
     \$B/tools/bin/iperf3 -s -1 -B 172.16.0.1 -J >/tmp/iperf.json 2>&1 &
     srv=\$!
     if [ \$vmm = vireo ]; then
         vireo-vmm --kernel \$G/vmlinux --initrd /tmp/initrd.gz --vcpus 1 --memory 512 \\
-            --drive path=\$B/tools.img,ro --net tap=vtap0,mac=02:00:00:00:00:02 --cmdline "\$CMDLINE"
+            --drive path=\$B/tools.img,ro,format=raw --net tap=vtap0,mac=02:00:00:00:00:02 --cmdline "\$CMDLINE"
     else
         qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \\
             -nographic -serial stdio -no-reboot -kernel \$G/vmlinux -initrd /tmp/initrd.gz -append "\$CMDLINE" \\
@@ -198,6 +207,7 @@ for vmm in vireo qemu; do
     wait \$srv 2>/dev/null
     echo "BENCH-IPERF \$vmm \$(tr -d '\\n' </tmp/iperf.json)"
 done
+done
 qemu-system-x86_64 --version | head -n1
 EOF
 }
@@ -210,20 +220,20 @@ flock_build() {
 }
 flock_build
 
-echo "bench-io: running in the lab (about $((12 * (RUNTIME + 2) + 2 * IPERF_TIME + 60)) s)..." >&2
-out=$(lab/lab run --with-qemu --smp 2 --mem 3072 --timeout 600 --bin-dir "$BIN_DIR" \
-    --put "$B/tools:/vireo/bench/tools" --put "$B/tools.img:/vireo/bench/tools.img" \
+echo "bench-io: running in the lab (about $((ROUNDS * (12 * (RUNTIME + 2) + 2 * IPERF_TIME + 40))) s)..." >&2
+out=$(lab/lab run --with-qemu --smp 2 --mem 3072 --timeout 1500 --bin-dir "$BIN_DIR" \
+    --put "$BRD:/vireo/bench/brd.ko" --put "$B/tools:/vireo/bench/tools" --put "$B/tools.img:/vireo/bench/tools.img" \
     --put "$B/extra.cpio.gz:/vireo/bench/extra.cpio.gz" --put "$B/lab.sh:/vireo/bench/lab.sh" \
     --put "$B/net.sh:/vireo/bench/net.sh" -- 'sh /vireo/bench/lab.sh') || st=$?
 printf '%s\n' "$out" >"$B/last.log"
 [ "${st:-0}" -eq 0 ] || echo "bench-io: the lab run ended with status $st (its output: $B/last.log)" >&2
 
-python3 - "$B/last.log" "$RUNTIME" "$IODEPTH" "$IPERF_TIME" <<'PY'
-import json, sys
+python3 - "$B/last.log" "$RUNTIME" "$IODEPTH" "$IPERF_TIME" "$ROUNDS" <<'PY'
+import json, statistics, sys
 
-log, runtime, iodepth, iperf_time = sys.argv[1:]
-fio = {}      # (side, job) -> result of that job (fio's JSON "jobs"[0]) or an error text
-iperf = {}    # vmm -> bits per second received by the lab host, or an error text
+log, runtime, iodepth, iperf_time, rounds = sys.argv[1:]
+fio = {}      # (side, job) -> that job's result in each round (fio's JSON "jobs"[0]) or error texts
+iperf = {}    # vmm -> bits per second received by the lab host in each round, or error texts
 exits, guest_iperf, qemu_version = {}, [], "QEMU"
 clock = {}    # (vmm, "start"/"end") -> (guest uptime, lab time) around the guest's fio jobs
 
@@ -241,19 +251,21 @@ for line in open(log, errors="replace"):
     if line.startswith("BENCH-FIO "):
         _, side, job, *rest = line.split(" ", 3) + [""]
         j = first_json(rest[0])
-        fio[(side, job)] = j["jobs"][0] if j and j.get("jobs") else (rest[0][:200] or "no output")
+        fio.setdefault((side, job), []).append(
+            j["jobs"][0] if j and j.get("jobs") else (rest[0][:200] or "no output"))
     elif line.startswith("BENCH-IPERF "):
         _, vmm, rest = (line.split(" ", 2) + [""])[:3]
         j = first_json(rest)
         try:
-            iperf[vmm] = j["end"]["sum_received"]["bits_per_second"]
+            v = j["end"]["sum_received"]["bits_per_second"]
         except (TypeError, KeyError):
-            iperf[vmm] = (j or {}).get("error") or rest[:200] or "no output"
+            v = (j or {}).get("error") or rest[:200] or "no output"
+        iperf.setdefault(vmm, []).append(v)
     elif line.startswith("BENCH-CLOCK "):
         f = line.split()
         kv = dict(w.split("=", 1) for w in f[3:] if "=" in w)
         try:
-            clock[(kv["vmm"], f[1])] = (float(f[2]), float(kv["lab"]))
+            clock.setdefault((kv["vmm"], f[1]), []).append((float(f[2]), float(kv["lab"])))
         except (IndexError, KeyError, ValueError):
             pass
     elif line.startswith("BENCH-EXIT "):
@@ -264,23 +276,32 @@ for line in open(log, errors="replace"):
     elif line.startswith("QEMU emulator version"):
         qemu_version = "QEMU " + line.split()[3]
 
+def figures(side, job, kind):
+    """The job's figure in each round (None where it failed)."""
+    out = []
+    for r in fio.get((side, job), []):
+        if isinstance(r, str) or r.get("error"):
+            out.append(None)
+            continue
+        d = r["read"] if kind.startswith("read") else r["write"]
+        out.append(d["iops"] if kind.endswith("iops") else d["bw"] / 1024)  # bw: KiB/s
+    return out
+
 def figure(side, job, kind):
-    r = fio.get((side, job))
-    if r is None:
+    vals = figures(side, job, kind)
+    ok = [v for v in vals if v is not None]
+    if not vals:
         return None, "missing"
-    if isinstance(r, str):
+    if not ok:
         return None, "failed"
-    d = r["read"] if kind.startswith("read") else r["write"]
-    if r.get("error"):
-        return None, f"error {r['error']}"
-    v = d["iops"] if kind.endswith("iops") else d["bw"] / 1024  # bw: KiB/s
+    v = statistics.median(ok)
     return v, (f"{v:,.0f} IOPS" if kind.endswith("iops") else f"{v:,.1f} MiB/s")
 
 print(f"bench-io: in the lab (nested: TCG host with emulated SVM), guest: Debian 6.1 cloud kernel, "
       f"1 vCPU, 512 MiB")
-print(f"block: fio {runtime} s per job (after 1 s ramp), libaio, iodepth {iodepth}; guests: O_DIRECT "
-      f"on a virtio-blk drive (a raw file in the lab's tmpfs); lab host: that file, buffered "
-      f"(tmpfs has no O_DIRECT)")
+print(f"block: fio {runtime} s per job (after 1 s ramp), libaio, iodepth {iodepth}, O_DIRECT on both "
+      f"sides; guests: a virtio-blk drive on the lab's RAM disk /dev/ram0 (brd); lab host: /dev/ram0; "
+      f"medians of {rounds} alternating rounds")
 print(f"{'job':<14}{'vireo-vmm guest':>17}{'QEMU guest':>17}{'lab host':>17}"
       f"{'vireo/host':>12}{'vireo/QEMU':>12}")
 jobs = [("randread-4k", "read-iops"), ("randwrite-4k", "write-iops"),
@@ -293,21 +314,31 @@ for job, kind in jobs:
     h, hs = figure("host", job, kind)
     print(f"{job:<14}{vs:>17}{qs:>17}{hs:>17}{ratio(v, h):>12}{ratio(v, q):>12}")
 print("target: vireo-vmm guest >= 0.8x lab host")
+print("each round (vireo / QEMU / host):")
+fmt = lambda vals: ",".join("-" if x is None else f"{x:.0f}" for x in vals)
+for job, kind in jobs:
+    print(f"  {job:<14}" + " / ".join(fmt(figures(side, job, kind)) for side in ("vireo", "qemu", "host")))
 for vmm in ("vireo", "qemu"):
     if (vmm, "start") in clock and (vmm, "end") in clock:
-        g = clock[(vmm, "end")][0] - clock[(vmm, "start")][0]
-        l = clock[(vmm, "end")][1] - clock[(vmm, "start")][1]
+        pairs = list(zip(clock[(vmm, "start")], clock[(vmm, "end")]))
+        g = statistics.median(e[0] - s[0] for s, e in pairs)
+        l = statistics.median(e[1] - s[1] for s, e in pairs)
         print(f"({vmm} guest's fio jobs: {g:.1f} s on its clock, {l:.1f} s on the lab's; guest "
               f"figures are per guest-second)")
 print()
 print(f"network: iperf3 guest -> lab host, {iperf_time} s, one TCP stream, TAP in a network "
       f"namespace; received bytes counted on the lab host")
 def mbit(vmm):
-    v = iperf.get(vmm, "missing")
-    return (v, f"{v / 1e6:,.0f} Mbit/s") if isinstance(v, (int, float)) else (None, f"failed: {v}")
-(v, vs), (q, qs) = mbit("vireo"), mbit("qemu")
-print(f"{'vireo-vmm virtio-net':<44}{vs:>16}")
-print(f"{qemu_version + ' -M microvm virtio-net (vhost=off)':<44}{qs:>16}")
+    vals = iperf.get(vmm, ["missing"])
+    ok = [x for x in vals if isinstance(x, (int, float))]
+    if not ok:
+        return None, f"failed: {vals[0]}", ""
+    v = statistics.median(ok)
+    each = ",".join(f"{x / 1e6:.0f}" if isinstance(x, (int, float)) else "-" for x in vals)
+    return v, f"{v / 1e6:,.0f} Mbit/s", f"  (rounds: {each})"
+(v, vs, ve), (q, qs, qe) = mbit("vireo"), mbit("qemu")
+print(f"{'vireo-vmm virtio-net':<44}{vs:>16}{ve}")
+print(f"{qemu_version + ' -M microvm virtio-net (vhost=off)':<44}{qs:>16}{qe}")
 if v is not None and q:
     print(f"ratio vireo-vmm / QEMU: {v / q:.2f}x  (target >= 1.0x)")
 print()

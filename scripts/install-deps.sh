@@ -5,7 +5,8 @@ set -euo pipefail
 
 need=()
 want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || need+=("$1"); }
-for p in qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs binutils libc6-dev; do want "$p"; done
+# qemu-utils: qemu-img cross-checks the qcow2 images vireo-storage writes (its tests).
+for p in qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd e2fsprogs binutils libc6-dev; do want "$p"; done
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is missing; install rustup's stable toolchain" >&2; exit 1; }
 
 if [ ${#need[@]} -gt 0 ]; then

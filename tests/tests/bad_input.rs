@@ -53,6 +53,44 @@ fn missing_initrd() {
     assert_one_line_error(&r, "cannot open initrd");
 }
 
+/// Drives are opened before the VM is built: a missing file, a file that is not the qcow2
+/// image it is said to be, and a qcow2 image whose backing chain loops are one line each.
+#[test]
+fn bad_drives() {
+    let g = guest("pio");
+    let kernel = g.to_str().unwrap();
+    let r = run_vmm(
+        &["--kernel", kernel, "--drive", "path=/nonexistent/d.img"],
+        10,
+    );
+    assert_one_line_error(&r, "drive: cannot open /nonexistent/d.img: no such file");
+    let raw = scratch("bad-drive.raw");
+    std::fs::write(&raw, [0u8; 4096]).unwrap();
+    let arg = format!("path={},format=qcow2", raw.display());
+    let r = run_vmm(&["--kernel", kernel, "--drive", &arg], 10);
+    assert_one_line_error(&r, "is not a usable image: Not a qcow2 file");
+    let r = run_vmm(&["--kernel", kernel, "--drive", "path=/x,format=qed"], 10);
+    assert_one_line_error(
+        &r,
+        "invalid --drive format \"qed\": use format=raw or format=qcow2",
+    );
+    // An image whose header names itself (relative to its directory) as its backing file, made
+    // with qemu-img's -u, which does not open the backing file.
+    let looped = scratch("bad-drive-loop.qcow2");
+    let _ = std::fs::remove_file(&looped);
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b"])
+        .arg(looped.file_name().unwrap())
+        .arg(&looped)
+        .arg("1M")
+        .output()
+        .expect("this test needs qemu-img (apt-get install qemu-utils)");
+    assert!(out.status.success(), "{out:?}");
+    let arg = format!("path={}", looped.display());
+    let r = run_vmm(&["--kernel", kernel, "--drive", &arg], 10);
+    assert_one_line_error(&r, "backing chain comes back to");
+}
+
 #[test]
 fn more_memory_than_the_host_has() {
     let g = guest("pio");

@@ -1,6 +1,7 @@
 //! virtio-blk under the stock Debian guest, in the lab: the guest's root file system on a
 //! virtio-blk ext4 image (build/guest/rootfs.ext4 with `vireo.root=/dev/vda`), writes that a
-//! guest `sync` makes durable in the host file, read-only drives, and an IOPS limit.
+//! guest `sync` makes durable in the host file, the root on a qcow2 copy-on-write overlay of
+//! that image, read-only drives, and an IOPS limit.
 //!
 //! The guest scripts are written into a copy of the root image with the host's debugfs
 //! (e2fsprogs, which the lab needs anyway) and run through `vireo.run=`.
@@ -149,6 +150,117 @@ fn root_on_virtio_blk_and_synced_writes_reach_the_image() {
     // A second boot reads back the same bytes.
     let written = line(&r, "WRITTEN").unwrap_or_else(|| panic!("{r:?}"));
     assert_eq!(line(&r, "READ"), Some(written), "{r:?}");
+}
+
+/// The lines WRITE_SCRIPT writes to /data.txt.
+fn written_lines() -> String {
+    (0..1024)
+        .map(|i| format!("VIREO-BLK-PATTERN-{i:08}-abcdefghijklmnopqrstuvwxyz0123456789\n"))
+        .collect()
+}
+
+/// The text between the lines `BEGIN` and `END` of the output, without line breaks.
+fn block_between(r: &Ran, begin: &str, end: &str) -> Option<String> {
+    let mut lines = r.stdout.lines().map(|l| l.trim_end_matches('\r'));
+    lines.find(|l| *l == begin)?;
+    let mut out = String::new();
+    for l in lines {
+        if l == end {
+            return Some(out);
+        }
+        out.push_str(l);
+    }
+    None
+}
+
+/// The root on a qcow2 overlay of the root image, as vireod will give instances: the guest
+/// boots, writes and syncs a file, powers off, and boots again to read it back. The base image
+/// is unchanged (checksummed in the lab before and after), and the overlay, brought back to the
+/// host, passes `qemu-img check` and flattens (vireo_storage::flatten) to an ext4 image that
+/// holds the file (read with debugfs, no mount).
+#[test]
+fn root_on_a_qcow2_overlay_leaves_the_base_unchanged() {
+    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let base = root_image("qcow2-base");
+    // The overlay names its base by absolute path: the lab gets the base at the same path.
+    let overlay = scratch("qcow2-root.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    vireo_storage::create_overlay(&base, &overlay).unwrap();
+    let (b, o) = (base.display(), overlay.display());
+    let boot = format!(
+        "--kernel /vireo/guest/vmlinux --initrd /vireo/guest/initrd.cpio.gz --memory 256 \
+         --drive path={o},format=qcow2,serial=vireo-root"
+    );
+    let script = format!(
+        "echo \"BASE-BEFORE $(md5sum <{b})\"; \
+         vireo-vmm {boot} --cmdline '{CMDLINE} vireo.run=blkwrite'; echo VMM-EXIT=$?; \
+         vireo-vmm {boot} --cmdline '{CMDLINE} vireo.run=blkread'; echo VMM-EXIT=$?; \
+         echo \"BASE-AFTER $(md5sum <{b})\"; \
+         echo OVERLAY-BEGIN; gzip -c {o} | base64; echo OVERLAY-END"
+    );
+    let r = run_in_lab(
+        &script,
+        &["--put", &format!("{b}:{b}"), "--put", &format!("{o}:{o}")],
+    );
+    assert_eq!(exits(&r), vec![0, 0], "both VMs powered off: {r:?}");
+    let mount = line(&r, "ROOT-MOUNT").unwrap_or_else(|| panic!("{r:?}"));
+    assert!(mount.starts_with("/dev/vda / ext4 rw"), "{mount}");
+    let written = line(&r, "WRITTEN").unwrap_or_else(|| panic!("{r:?}"));
+    assert_eq!(
+        line(&r, "READ"),
+        Some(written),
+        "the second boot reads it back"
+    );
+    let before = line(&r, "BASE-BEFORE").unwrap_or_else(|| panic!("{r:?}"));
+    assert_eq!(
+        line(&r, "BASE-AFTER"),
+        Some(before),
+        "the base is unchanged"
+    );
+
+    // The overlay the guest wrote, back on the host beside its base.
+    let encoded = block_between(&r, "OVERLAY-BEGIN", "OVERLAY-END")
+        .unwrap_or_else(|| panic!("no overlay in the output: {}", r.stderr));
+    let b64 = scratch("qcow2-root.qcow2.gz.b64");
+    std::fs::write(&b64, encoded).unwrap();
+    let _ = std::fs::remove_file(&overlay);
+    let unpacked = Command::new("sh")
+        .arg("-c")
+        .arg(format!("base64 -d <'{}' | gzip -dc >'{o}'", b64.display()))
+        .status()
+        .unwrap();
+    assert!(unpacked.success());
+    let check = Command::new("qemu-img")
+        .arg("check")
+        .arg(&overlay)
+        .output()
+        .expect("this test needs qemu-img (apt-get install qemu-utils)");
+    assert!(check.status.success(), "qemu-img check: {check:?}");
+
+    let flat = scratch("qcow2-root-flat.ext4");
+    let _ = std::fs::remove_file(&flat);
+    vireo_storage::flatten_format(&overlay, vireo_storage::Format::Qcow2, &flat).unwrap();
+    let cat = Command::new(debugfs())
+        .arg("-R")
+        .arg("cat /data.txt")
+        .arg(&flat)
+        .output()
+        .expect("cannot run debugfs");
+    assert!(cat.status.success(), "{cat:?}");
+    assert!(
+        String::from_utf8_lossy(&cat.stdout) == written_lines(),
+        "the flattened image holds the file the guest wrote"
+    );
+    let in_base = Command::new(debugfs())
+        .arg("-R")
+        .arg("stat /data.txt")
+        .arg(&base)
+        .output()
+        .expect("cannot run debugfs");
+    assert!(
+        !String::from_utf8_lossy(&in_base.stdout).contains("Inode:"),
+        "the base image has no /data.txt"
+    );
 }
 
 #[test]

@@ -133,11 +133,17 @@ impl BalloonConfig {
     }
 }
 
-/// A virtio-blk drive: a raw image file (or block device).
+/// A virtio-blk drive: a raw image file (or block device), or a qcow2 image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveConfig {
     pub path: PathBuf,
+    /// The image's format. Without it the format is detected from the file's first bytes: a
+    /// convenience for people, never for software that starts VMs from guest-written disks (a
+    /// guest can put a qcow2 header at the start of a raw disk, and a qcow2 header names a
+    /// backing file that the VMM then reads), so such software always gives it.
+    #[serde(default)]
+    pub format: Option<DriveFormat>,
     /// Guest writes fail and the file is opened read-only.
     #[serde(default)]
     pub read_only: bool,
@@ -146,6 +152,14 @@ pub struct DriveConfig {
     pub serial: Option<String>,
     #[serde(default)]
     pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// The format of a drive's image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriveFormat {
+    Raw,
+    Qcow2,
 }
 
 /// Limits on a device's operations/s and bytes/s (token buckets).
@@ -197,12 +211,13 @@ impl RateLimiterConfig {
 }
 
 impl DriveConfig {
-    /// Parses `path=FILE[,ro][,serial=S][,iops=N][,bps=N]` (iops/bps: buckets of that size
-    /// refilled every second).
+    /// Parses `path=FILE[,format=raw|qcow2][,ro][,serial=S][,iops=N][,bps=N]` (iops/bps:
+    /// buckets of that size refilled every second).
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut path = None;
         let mut d = DriveConfig {
             path: PathBuf::new(),
+            format: None,
             read_only: false,
             serial: None,
             rate_limiter: None,
@@ -219,6 +234,13 @@ impl DriveConfig {
             match part.split_once('=') {
                 Some(("path", v)) if !v.is_empty() => path = Some(PathBuf::from(v)),
                 Some(("serial", v)) => d.serial = Some(v.to_string()),
+                Some(("format", "raw")) => d.format = Some(DriveFormat::Raw),
+                Some(("format", "qcow2")) => d.format = Some(DriveFormat::Qcow2),
+                Some(("format", v)) => {
+                    return Err(format!(
+                        "invalid --drive format {v:?}: use format=raw or format=qcow2"
+                    ))
+                }
                 Some(("iops", v)) => {
                     d.rate_limiter.get_or_insert_with(Default::default).ops =
                         Some(per_second(part, v)?)
@@ -230,7 +252,7 @@ impl DriveConfig {
                 None if part == "ro" => d.read_only = true,
                 _ => {
                     return Err(format!(
-                        "invalid --drive {part:?}: use path=FILE[,ro][,serial=S][,iops=N][,bps=N]"
+                        "invalid --drive {part:?}: use path=FILE[,format=raw|qcow2][,ro][,serial=S][,iops=N][,bps=N]"
                     ))
                 }
             }
@@ -503,6 +525,33 @@ mod tests {
         }
         let long = format!("path=/x,serial={}", "s".repeat(21));
         assert!(DriveConfig::parse(&long).is_err());
+    }
+
+    #[test]
+    fn drive_formats() {
+        assert_eq!(DriveConfig::parse("path=/a").unwrap().format, None);
+        assert_eq!(
+            DriveConfig::parse("path=/a,format=qcow2").unwrap().format,
+            Some(DriveFormat::Qcow2)
+        );
+        assert_eq!(
+            DriveConfig::parse("format=raw,path=/a").unwrap().format,
+            Some(DriveFormat::Raw)
+        );
+        assert_eq!(
+            DriveConfig::parse("path=/a,format=vmdk").unwrap_err(),
+            "invalid --drive format \"vmdk\": use format=raw or format=qcow2"
+        );
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","drives":[{"path":"/a","format":"qcow2"},{"path":"/b","format":"raw"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.drives[0].format, Some(DriveFormat::Qcow2));
+        assert_eq!(c.drives[1].format, Some(DriveFormat::Raw));
+        assert!(serde_json::from_str::<VmConfig>(
+            r#"{"kernel":"/k","drives":[{"path":"/a","format":"QCOW2"}]}"#
+        )
+        .is_err());
     }
 
     #[test]

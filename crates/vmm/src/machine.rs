@@ -21,6 +21,7 @@ use devices::virtio::{self, EventLoop, EventLoopHandle, Interrupt, VirtioDevice}
 use devices::{power, AcpiPowerDevice, Bus, PowerAction, PowerSink};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, IoEventAddress};
+use vireo_storage::Format;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -28,7 +29,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::api;
 use crate::arch::layout::{self, *};
 use crate::arch::{acpi, boot, cpuid, gdt};
-use crate::config::{host_memory_mib, ConfigError, SerialConfig, VmConfig};
+use crate::config::{host_memory_mib, ConfigError, DriveFormat, SerialConfig, VmConfig};
 use crate::memory::GuestRam;
 use crate::vstate::control::{ExitCounts, RunControl, StopReason};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
@@ -115,6 +116,10 @@ fn open_drives(config: &VmConfig) -> Result<Vec<Drive>, Error> {
             let (ops_limit, bytes_limit) = d.rate_limiter.clone().unwrap_or_default().buckets();
             Drive::open(BlockOptions {
                 path: d.path.clone(),
+                format: d.format.map(|f| match f {
+                    DriveFormat::Raw => Format::Raw,
+                    DriveFormat::Qcow2 => Format::Qcow2,
+                }),
                 read_only: d.read_only,
                 serial: d.serial.clone(),
                 ops_limit,

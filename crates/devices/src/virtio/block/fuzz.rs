@@ -30,6 +30,7 @@ pub fn process_queue(
         serial: serial.to_vec(),
         limiter: RateLimiter::new(None, None).expect("rate limiter"),
         broken: false,
+        stats: Default::default(),
     };
     h.run();
     (h.queue, h.broken)

@@ -1,19 +1,17 @@
-//! The raw image file behind a virtio-blk drive: positional I/O straight between the file and
-//! guest memory (no bounce buffer), fdatasync for FLUSH, hole punching for DISCARD.
+//! The image behind a virtio-blk drive: guest buffers resolved through vm-memory, then handed
+//! to a `vireo_storage` backend (a raw file, or a qcow2 overlay and its backing chain).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
+use vireo_storage::{BlockBackend, Format};
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::GuestMemory;
 
 /// Bytes in a virtio-blk sector.
-pub const SECTOR_SIZE: u64 = 512;
-/// iovecs handed to one preadv/pwritev call at most (the kernel's IOV_MAX).
-const IOV_MAX: usize = 1024;
+pub const SECTOR_SIZE: u64 = vireo_storage::SECTOR_SIZE;
 
 /// A guest buffer: `len` bytes at `addr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,35 +21,36 @@ pub struct Segment {
 }
 
 /// An open disk image.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DiskFile {
-    file: File,
-    read_only: bool,
-    /// Whole sectors in the file; a partial last sector is not part of the disk.
+    backend: Arc<dyn BlockBackend>,
+    /// Whole sectors in the image; a partial last sector is not part of the disk.
     sectors: u64,
 }
 
-impl AsRawFd for DiskFile {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.file.as_raw_fd()
-    }
-}
-
 impl DiskFile {
-    /// Opens `path`, for reading only when `read_only` (the file is then never opened writable).
-    pub fn open(path: &Path, read_only: bool) -> io::Result<Self> {
-        let mut file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        let meta = file.metadata()?;
-        if meta.is_dir() {
-            return Err(io::Error::other("is a directory"));
+    /// Opens a raw image file (or block device), for reading only when `read_only` (the file is
+    /// then never opened writable).
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, vireo_storage::Error> {
+        Self::open_image(path, Format::Raw, read_only)
+    }
+
+    /// Opens an image of the given format.
+    pub fn open_image(
+        path: &Path,
+        format: Format,
+        read_only: bool,
+    ) -> Result<Self, vireo_storage::Error> {
+        Ok(Self::from_backend(vireo_storage::open(
+            path, format, read_only,
+        )?))
+    }
+
+    pub fn from_backend(backend: Arc<dyn BlockBackend>) -> Self {
+        Self {
+            sectors: backend.size() / SECTOR_SIZE,
+            backend,
         }
-        // Works for regular files and block devices alike.
-        let size = file.seek(SeekFrom::End(0))?;
-        Ok(Self {
-            file,
-            read_only,
-            sectors: size / SECTOR_SIZE,
-        })
     }
 
     pub fn sectors(&self) -> u64 {
@@ -59,159 +58,60 @@ impl DiskFile {
     }
 
     pub fn read_only(&self) -> bool {
-        self.read_only
+        self.backend.read_only()
     }
 
-    /// Reads the file at `offset` into the guest buffers `segs`, filling them all.
+    pub fn format(&self) -> Format {
+        self.backend.format()
+    }
+
+    /// Reads the image at `offset` into the guest buffers `segs`, filling them all.
     pub fn read_to_guest(
         &self,
         mem: &GuestMemory,
         segs: &[Segment],
         offset: u64,
     ) -> io::Result<()> {
-        self.transfer(mem, segs, offset, false)
+        self.backend.read(&slices(mem, segs)?, offset)
     }
 
-    /// Writes the guest buffers `segs` to the file at `offset`.
+    /// Writes the guest buffers `segs` to the image at `offset`.
     pub fn write_from_guest(
         &self,
         mem: &GuestMemory,
         segs: &[Segment],
         offset: u64,
     ) -> io::Result<()> {
-        if self.read_only {
+        if self.read_only() {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
-        self.transfer(mem, segs, offset, true)
+        self.backend.write(&slices(mem, segs)?, offset)
     }
 
-    /// Makes every completed write durable (fdatasync).
+    /// Makes every completed write durable (fdatasync; for qcow2 the image's metadata too).
     pub fn flush(&self) -> io::Result<()> {
-        if self.read_only {
-            return Ok(());
-        }
-        self.file.sync_data()
+        self.backend.flush()
     }
 
     /// Deallocates `len` bytes at `offset`; they read back as zeros.
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
+        self.backend.discard(offset, len)
     }
 
     /// Makes `len` bytes at `offset` read as zeros, deallocating them when `unmap` allows.
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        if unmap {
-            return self.discard(offset, len);
-        }
-        match self.fallocate(
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        ) {
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.discard(offset, len),
-            r => r,
-        }
+        self.backend.write_zeroes(offset, len, unmap)
     }
+}
 
-    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-        if self.read_only {
-            return Err(io::Error::from_raw_os_error(libc::EROFS));
+/// The host memory behind guest buffers. Every guest range is resolved through vm-memory, so
+/// an address outside guest RAM fails the request before any I/O.
+fn slices<'m>(mem: &'m GuestMemory, segs: &[Segment]) -> io::Result<Vec<VolatileSlice<'m, ()>>> {
+    let mut out = Vec::with_capacity(segs.len());
+    for s in segs {
+        for slice in GuestMemoryBackend::get_slices(mem, s.addr, s.len as usize) {
+            out.push(slice.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
         }
-        let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        };
-        if len == 0 {
-            return Ok(());
-        }
-        // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
-        let r = unsafe { libc::fallocate64(self.file.as_raw_fd(), mode, off, len) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
     }
-
-    /// preadv/pwritev between the file and guest memory. Every guest range is resolved through
-    /// vm-memory, so an address outside guest RAM fails the transfer before any I/O.
-    fn transfer(
-        &self,
-        mem: &GuestMemory,
-        segs: &[Segment],
-        offset: u64,
-        write: bool,
-    ) -> io::Result<()> {
-        let mut slices: Vec<VolatileSlice<'_, ()>> = Vec::new();
-        for s in segs {
-            for slice in GuestMemoryBackend::get_slices(mem, s.addr, s.len as usize) {
-                slices.push(slice.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
-            }
-        }
-        let mut iovs: Vec<libc::iovec> = slices
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| libc::iovec {
-                // The guard only matters for Xen mappings; for mmap'ed RAM the pointer stays
-                // valid as long as `mem`, which outlives this call.
-                iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                iov_len: s.len(),
-            })
-            .collect();
-        let mut first = 0;
-        let mut pos = offset;
-        while first < iovs.len() {
-            let end = iovs.len().min(first + IOV_MAX);
-            let batch = &iovs[first..end];
-            let off = i64::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            // SAFETY: every iovec points into guest RAM that `mem` keeps mapped for the length
-            // vm-memory checked above; the kernel reads (pwritev) or writes (preadv) only there.
-            let n = unsafe {
-                if write {
-                    libc::pwritev64(
-                        self.file.as_raw_fd(),
-                        batch.as_ptr(),
-                        batch.len() as i32,
-                        off,
-                    )
-                } else {
-                    libc::preadv64(
-                        self.file.as_raw_fd(),
-                        batch.as_ptr(),
-                        batch.len() as i32,
-                        off,
-                    )
-                }
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                // The file shrank under us, or a write made no progress.
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            let mut n = n as usize;
-            pos += n as u64;
-            // Skip what was done, trimming a partly done iovec.
-            while n > 0 && first < iovs.len() {
-                let iov = &mut iovs[first];
-                if n >= iov.iov_len {
-                    n -= iov.iov_len;
-                    first += 1;
-                } else {
-                    // SAFETY: `n < iov_len`, so the pointer stays inside the same buffer.
-                    iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
-                    iov.iov_len -= n;
-                    n = 0;
-                }
-            }
-        }
-        Ok(())
-    }
+    Ok(out)
 }

@@ -1,7 +1,6 @@
 //! virtio-blk against crafted queues: what a well-behaved driver asks for, and what a hostile
 //! one can put in the ring.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::*;
@@ -12,6 +11,7 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::tempdir::TempDir;
 use vmm_sys_util::tempfile::TempFile;
 
 use super::io::DiskFile;
@@ -27,6 +27,26 @@ const STATUS: u64 = 0x30_0000;
 const DISK_SECTORS: u64 = 2048;
 const W: u16 = VRING_DESC_F_WRITE as u16;
 
+/// Each of this process's descriptors open on `path` with its access mode (O_RDONLY, O_WRONLY,
+/// O_RDWR), from /proc/self/fdinfo.
+fn access_modes(path: &std::path::Path) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if std::fs::read_link(e.path()).ok().as_deref() != Some(path) {
+            continue;
+        }
+        let fd = e.file_name().to_string_lossy().into_owned();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        if let Some(flags) = info.lines().find_map(|l| l.strip_prefix("flags:")) {
+            out.push((
+                fd,
+                i32::from_str_radix(flags.trim(), 8).unwrap() & libc::O_ACCMODE,
+            ));
+        }
+    }
+    out
+}
+
 fn pattern(i: usize) -> u8 {
     (i * 7 % 251) as u8
 }
@@ -34,6 +54,8 @@ fn pattern(i: usize) -> u8 {
 struct Fixture {
     mem: Arc<GuestMemory>,
     file: TempFile,
+    /// A qcow2 overlay of `file` that handlers use instead of it, in its own directory.
+    overlay: Option<(TempDir, std::path::PathBuf)>,
 }
 
 impl Fixture {
@@ -43,7 +65,29 @@ impl Fixture {
         let file = TempFile::new().unwrap();
         let bytes: Vec<u8> = (0..(DISK_SECTORS * 512) as usize).map(pattern).collect();
         std::fs::write(file.as_path(), bytes).unwrap();
-        Self { mem, file }
+        Self {
+            mem,
+            file,
+            overlay: None,
+        }
+    }
+
+    /// The fixture with handlers on a qcow2 overlay whose base is the fixture's file.
+    fn with_overlay() -> Self {
+        let mut f = Self::new();
+        let dir = TempDir::new().unwrap();
+        let path = dir.as_path().join("overlay.qcow2");
+        vireo_storage::create_overlay(f.file.as_path(), &path).unwrap();
+        f.overlay = Some((dir, path));
+        f
+    }
+
+    fn disk(&self, read_only: bool) -> DiskFile {
+        match &self.overlay {
+            Some((_, p)) => DiskFile::open_image(p, vireo_storage::Format::Qcow2, read_only),
+            None => DiskFile::open(self.file.as_path(), read_only),
+        }
+        .unwrap()
     }
 
     fn contents(&self) -> Vec<u8> {
@@ -65,10 +109,11 @@ impl Fixture {
             interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
             queue: vq.create_queue::<Queue>().unwrap(),
             event: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            disk: Arc::new(DiskFile::open(self.file.as_path(), read_only).unwrap()),
+            disk: Arc::new(self.disk(read_only)),
             serial: b"vireo-serial-1".to_vec(),
             limiter: RateLimiter::new(limits, None).unwrap(),
             broken: false,
+            stats: Default::default(),
         }
     }
 
@@ -178,6 +223,60 @@ fn write_then_flush_lands_in_the_file() {
     assert_eq!(c.len() as u64, DISK_SECTORS * 512, "the size is unchanged");
 }
 
+/// The same requests on a qcow2 overlay: reads see the base, writes, discards and
+/// write-zeroes land in the overlay only, flush succeeds, and the base file never changes.
+#[test]
+fn qcow2_overlay_serves_requests_and_leaves_its_base_alone() {
+    let f = Fixture::with_overlay();
+    let base = f.contents();
+    f.header(VIRTIO_BLK_T_IN, 3);
+    let len = run_chain(&f, false, &[hdr_desc(), desc(DATA, 1024, W), status_desc()]);
+    assert_eq!((f.status(), len), (VIRTIO_BLK_S_OK as u8, 1025));
+    let mut got = vec![0u8; 1024];
+    f.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, base[3 * 512..5 * 512]);
+
+    f.header(VIRTIO_BLK_T_OUT, 10);
+    f.mem
+        .write_slice(&[0x5a; 1024], GuestAddress(DATA))
+        .unwrap();
+    let len = run_chain(&f, false, &[hdr_desc(), desc(DATA, 1024, 0), status_desc()]);
+    assert_eq!((f.status(), len), (VIRTIO_BLK_S_OK as u8, 1));
+    // Write-zeroes (sectors 100..108) and discard (sectors 1024..1152, whole clusters).
+    for (kind, sector, num) in [
+        (VIRTIO_BLK_T_WRITE_ZEROES, 100u64, 8u32),
+        (VIRTIO_BLK_T_DISCARD, 1024, 128),
+    ] {
+        f.header(kind, 0);
+        let mut seg = [0u8; 16];
+        seg[0..8].copy_from_slice(&sector.to_le_bytes());
+        seg[8..12].copy_from_slice(&num.to_le_bytes());
+        f.mem.write_slice(&seg, GuestAddress(DATA)).unwrap();
+        run_chain(&f, false, &[hdr_desc(), desc(DATA, 16, 0), status_desc()]);
+        assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8, "request {kind}");
+    }
+    f.header(VIRTIO_BLK_T_FLUSH, 0);
+    run_chain(&f, false, &[hdr_desc(), status_desc()]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8);
+
+    assert_eq!(f.contents(), base, "the base file is unchanged");
+    let disk = f.disk(true);
+    assert_eq!(disk.sectors(), DISK_SECTORS);
+    let mut want = base.clone();
+    want[10 * 512..12 * 512].fill(0x5a);
+    want[100 * 512..108 * 512].fill(0);
+    want[1024 * 512..1152 * 512].fill(0);
+    drop(disk);
+    // Read the whole disk back through the device.
+    f.header(VIRTIO_BLK_T_IN, 0);
+    let n = want.len() as u32;
+    let len = run_chain(&f, false, &[hdr_desc(), desc(DATA, n, W), status_desc()]);
+    assert_eq!((f.status(), len), (VIRTIO_BLK_S_OK as u8, n + 1));
+    let mut all = vec![0u8; want.len()];
+    f.mem.read_slice(&mut all, GuestAddress(DATA)).unwrap();
+    assert!(all == want, "the overlay holds the writes");
+}
+
 #[test]
 fn header_and_data_may_share_a_descriptor() {
     let f = Fixture::new();
@@ -268,12 +367,22 @@ fn read_only_drive_refuses_writes_and_never_opens_the_file_writable() {
     run_chain(&f, true, &[hdr_desc(), desc(DATA, 512, W), status_desc()]);
     assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8);
 
+    // Every descriptor the drive opens on the image (this one and the handler's) is
+    // read-only; the fixture's own one is not counted.
+    let fixture_fds = access_modes(f.file.as_path());
     let disk = DiskFile::open(f.file.as_path(), true).unwrap();
     assert!(disk.read_only());
     let h = f.handler(true, None);
-    // SAFETY: fcntl(F_GETFL) on a descriptor the handler owns.
-    let fl = unsafe { libc::fcntl(h.disk.as_raw_fd(), libc::F_GETFL) };
-    assert_eq!(fl & libc::O_ACCMODE, libc::O_RDONLY);
+    let opened: Vec<_> = access_modes(f.file.as_path())
+        .into_iter()
+        .filter(|fd| !fixture_fds.contains(fd))
+        .collect();
+    assert_eq!(opened.len(), 2, "{opened:?}");
+    assert!(
+        opened.iter().all(|(_, m)| *m == libc::O_RDONLY),
+        "{opened:?}"
+    );
+    drop(h);
 
     let dev = Block::new(
         handle(),
@@ -295,6 +404,7 @@ fn handle() -> EventLoopHandle {
 fn opts(read_only: bool) -> BlockOptions {
     BlockOptions {
         path: "/unused".into(),
+        format: None,
         read_only,
         serial: None,
         ops_limit: None,
@@ -574,7 +684,7 @@ fn missing_files_and_long_serials_are_refused() {
     let e = Drive::open(o.clone()).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "cannot open drive /nonexistent/vireo-disk.img: no such file"
+        "drive: cannot open /nonexistent/vireo-disk.img: no such file"
     );
     let f = Fixture::new();
     o.path = f.file.as_path().to_path_buf();

@@ -1,7 +1,9 @@
 """boto3 drives vireod: instance types, images, instances and their lifecycle, tags, pages."""
 
 import base64
+import json
 import os
+import subprocess
 import threading
 
 import botocore.exceptions
@@ -223,29 +225,38 @@ def test_create_image_from_instance_and_launch_from_it(ec2, vireod):
     ami = image_id(ec2, "vireo-testguest")
     iid = ec2.run_instances(ImageId=ami, InstanceType="t3.nano", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     wait_state(ec2, iid, "running")
-    # What the guest wrote to its disk (here: written through the instance's disk file by the
-    # test, the small guest has no disk driver) must be in the new image.
     inst_dir = os.path.join(vireod.data, "instances", iid)
-    disk = [f for f in os.listdir(inst_dir) if f.startswith("root.")][0]
-    with open(os.path.join(inst_dir, disk), "r+b") as f:
-        if disk.endswith(".raw"):
-            f.seek(4096)
-            f.write(b"WRITTEN-BY-INSTANCE-1")
-    new = ec2.create_image(InstanceId=iid, Name="from-instance-1", NoReboot=True)["ImageId"]
+    overlay = os.path.join(inst_dir, "root.qcow2")
+    out = subprocess.run(["qemu-img", "info", "--output=json", overlay], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["format"] == "qcow2" and info["backing-filename"].endswith(f"images/{ami}/root.raw"), info
+    # The small guest has no disk driver: while it is stopped, qemu-io writes what a guest would
+    # have written, through the qcow2 overlay.
+    ec2.stop_instances(InstanceIds=[iid], Force=True)
+    wait_state(ec2, iid, "stopped")
+    w = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 4096 4096", overlay], capture_output=True, text=True)
+    assert w.returncode == 0, w.stderr
+    new = ec2.create_image(InstanceId=iid, Name="from-instance-1")["ImageId"]
     img = ec2.describe_images(ImageIds=[new])["Images"][0]
     assert img["State"] == "available" and img["Name"] == "from-instance-1"
-    wait_state(ec2, iid, "running")
     iid2 = ec2.run_instances(ImageId=new, InstanceType="t3.nano", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     wait_state(ec2, iid2, "running")
     wait_console(ec2, iid2, "VIREO-TESTGUEST idle")
-    base = os.path.join(vireod.data, "images", ami, "root.raw")
     captured = os.path.join(vireod.data, "images", new, "root.raw")
+    base = os.path.join(vireod.data, "images", ami, "root.raw")
     with open(captured, "rb") as f:
+        assert f.read(21) == b"VIREO-TESTGUEST-DISK\n", "the image's own data"
         f.seek(4096)
-        assert f.read(21) == b"WRITTEN-BY-INSTANCE-1"
+        assert f.read(4096) == b"\x5a" * 4096, "what the instance wrote"
     with open(base, "rb") as f:
         f.seek(4096)
-        assert f.read(21) == b"\0" * 21, "the source image never changes"
+        assert f.read(4096) == b"\0" * 4096, "the source image never changes"
+    # The new instance's disk is an overlay of the captured image and reads the same bytes.
+    cmp = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw",
+                          os.path.join(vireod.data, "instances", iid2, "root.qcow2"), captured],
+                         capture_output=True, text=True)
+    assert cmp.returncode == 0, cmp.stdout + cmp.stderr
     ec2.terminate_instances(InstanceIds=[iid, iid2])
     wait_state(ec2, iid, "terminated")
     wait_state(ec2, iid2, "terminated")

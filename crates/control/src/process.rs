@@ -101,9 +101,8 @@ pub fn spawn(spec: &VmmSpec) -> io::Result<ProcessId> {
         cmd.arg("--initrd").arg(initrd);
     }
     if let Some((disk, format)) = &spec.root_disk {
-        // TODO(blk merge): always pass the format once vireo-vmm takes it.
-        let _ = format;
-        cmd.arg("--drive").arg(format!("path={}", disk.display()));
+        cmd.arg("--drive")
+            .arg(format!("path={},format={format}", disk.display()));
     }
     // Its own process group: a Ctrl-C at vireod's terminal must not reach the guests.
     cmd.process_group(0)

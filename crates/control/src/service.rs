@@ -338,7 +338,12 @@ impl Service {
                 None => None,
             };
             let root = match &req.root_disk {
-                Some(p) => Some(copy_readonly(p, &staging.join("root.raw"))?),
+                Some(p) => {
+                    let dst = staging.join("root.raw");
+                    storage::copy_raw(p, &dst)?;
+                    set_readonly(&dst)?;
+                    Some(dst)
+                }
                 None => None,
             };
             std::fs::rename(&staging, &dir)?;
@@ -1534,9 +1539,9 @@ fn read_boot(dir: &Path) -> ApiResult<BootConfig> {
         .map_err(|e| ApiError::internal(format!("bad boot.json in {}: {e}", dir.display())))
 }
 
-/// Copies `src` to `dst` and makes the copy read-only; returns `dst`.
+/// Copies `src` (a kernel or initramfs) to `dst` and makes the copy read-only; returns `dst`.
 fn copy_readonly(src: &Path, dst: &Path) -> ApiResult<PathBuf> {
-    storage::copy_sparse(src, dst)?;
+    std::fs::copy(src, dst)?;
     set_readonly(dst)?;
     Ok(dst.to_path_buf())
 }

@@ -9,7 +9,7 @@ BIN_DIR     := target/$(TARGET)/release
 VMM         := $(BIN_DIR)/vireo-vmm
 GUEST_DIR   := build/guest
 
-.PHONY: run test deps build images smoke bench-boot bench-io fuzz lint fmt clippy clean
+.PHONY: run test deps build images smoke bench-boot bench-api bench-io fuzz lint fmt clippy clean
 
 deps:
 	@scripts/install-deps.sh
@@ -37,6 +37,11 @@ test: build images
 
 bench-boot: build images
 	@benches/boot.sh
+
+# vireod's control-plane latency with boto3: RunInstances-to-running over 50 launches (beside
+# vireo-vmm started directly) and DescribeInstances over 1,000 and 10,000 records.
+bench-api: build images
+	VIREOD_BIN=$(CURDIR)/$(BIN_DIR)/vireod VIREO_VMM_BIN=$(CURDIR)/$(VMM) build/pyenv/bin/python benches/api.py
 
 # Block (fio) and network (iperf3) throughput in the lab; see docs/benchmarks.md.
 bench-io: build images

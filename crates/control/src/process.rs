@@ -255,21 +255,57 @@ pub fn api_call(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
-    let mut resp = Vec::new();
-    s.take(16 << 20).read_to_end(&mut resp)?;
-    let text = String::from_utf8_lossy(&resp);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| {
-            io::Error::other("the VMM's API answered with something that is not HTTP")
-        })?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    // Read exactly one response (head, then Content-Length bytes): the VMM may keep the
+    // connection open, so reading to EOF would wait for its idle timeout.
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::other(
+                "the VMM closed its API connection mid-response",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let head_len = match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => continue,
+            _ => {
+                return Err(io::Error::other(
+                    "the VMM's API answered with something that is not HTTP",
+                ))
+            }
+        };
+        let status = resp.code.unwrap_or(0);
+        let body_len = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        if body_len > 16 << 20 {
+            return Err(io::Error::other("the VMM's API answer is too large"));
+        }
+        while buf.len() < head_len + body_len {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::other(
+                    "the VMM closed its API connection mid-response",
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = String::from_utf8_lossy(&buf[head_len..head_len + body_len]).into_owned();
+        return Ok((status, body));
+    }
 }
 
 /// The last `limit` bytes of a file (EC2's console output is the most recent 64 KiB).

@@ -21,7 +21,7 @@ use devices::virtio::{self, EventLoop, EventLoopHandle, Interrupt, VirtioDevice}
 use devices::{power, AcpiPowerDevice, Bus, PowerAction, PowerSink};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, IoEventAddress};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -29,7 +29,7 @@ use crate::api;
 use crate::arch::layout::{self, *};
 use crate::arch::{acpi, boot, cpuid, gdt};
 use crate::config::{host_memory_mib, ConfigError, SerialConfig, VmConfig};
-use crate::memory::GuestRam;
+use crate::memory::{GuestMemoryMmap, GuestRam};
 use crate::vstate::control::{ExitCounts, RunControl, StopReason};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};

@@ -22,8 +22,10 @@ use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, Subscriber
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-/// Guest memory as devices see it.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as devices see it. Every write through vm-memory marks its page in the
+/// region's dirty bitmap, so that live migration also resends pages the devices wrote (KVM's
+/// dirty log sees only the vCPUs' writes).
+pub type GuestMemory = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// Device IDs (virtio 1.2, 5).
 pub mod device_type {

@@ -6,6 +6,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use vm_memory::bitmap::{AtomicBitmap, Bitmap, BS};
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::GuestMemory;
@@ -144,12 +145,15 @@ impl DiskFile {
         offset: u64,
         write: bool,
     ) -> io::Result<()> {
-        let mut slices: Vec<VolatileSlice<'_, ()>> = Vec::new();
+        let mut slices = Vec::new();
         for s in segs {
             for slice in GuestMemoryBackend::get_slices(mem, s.addr, s.len as usize) {
                 slices.push(slice.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
             }
         }
+        // preadv writes guest memory behind vm-memory's back: mark it dirty (for live
+        // migration) once the I/O is over, whichever way this function returns.
+        let _dirty = (!write).then_some(MarkDirtyOnDrop(&slices));
         let mut iovs: Vec<libc::iovec> = slices
             .iter()
             .filter(|s| !s.is_empty())
@@ -213,5 +217,16 @@ impl DiskFile {
             }
         }
         Ok(())
+    }
+}
+
+/// Marks guest memory written by the kernel (preadv) in vm-memory's dirty bitmap when dropped.
+struct MarkDirtyOnDrop<'a, 'b>(&'a [VolatileSlice<'b, BS<'b, AtomicBitmap>>]);
+
+impl Drop for MarkDirtyOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        for s in self.0 {
+            s.bitmap().mark_dirty(0, s.len());
+        }
     }
 }

@@ -95,7 +95,9 @@ impl VcpuHandle {
             fpu: pod_bytes(&fpu),
             xsave: fd.get_xsave().map_err(self.err("get XSAVE"))?,
             xcrs: fd.get_xcrs().map_err(self.err("get XCRs"))?,
-            debugregs: fd.get_debug_regs().map_err(self.err("get debug registers"))?,
+            debugregs: fd
+                .get_debug_regs()
+                .map_err(self.err("get debug registers"))?,
             lapic: fd.get_lapic().map_err(self.err("get LAPIC"))?,
             msrs: get_msrs(&fd, msr_list).map_err(self.err("get MSRs"))?,
             events: fd.get_vcpu_events().map_err(self.err("get vCPU events"))?,
@@ -114,7 +116,8 @@ impl VcpuHandle {
         fd.set_cpuid2(&cpuid).map_err(self.err("set CPUID"))?;
         fd.set_mp_state(state.mp_state)
             .map_err(self.err("set MP state"))?;
-        fd.set_regs(&state.regs).map_err(self.err("set registers"))?;
+        fd.set_regs(&state.regs)
+            .map_err(self.err("set registers"))?;
         fd.set_sregs(&state.sregs)
             .map_err(self.err("set special registers"))?;
         let fpu: kvm_fpu = pod_from_bytes(&state.fpu).ok_or(VcpuError {
@@ -198,11 +201,7 @@ fn pod_from_bytes<T: Copy + Default>(bytes: &[u8]) -> Option<T> {
     // SAFETY: T is a KVM ABI structure of plain integers, for which any bit pattern is valid,
     // and `bytes` holds exactly size_of::<T>() bytes.
     unsafe {
-        std::ptr::copy_nonoverlapping(
-            bytes.as_ptr(),
-            (&mut v as *mut T).cast::<u8>(),
-            bytes.len(),
-        )
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut v as *mut T).cast::<u8>(), bytes.len())
     };
     Some(v)
 }

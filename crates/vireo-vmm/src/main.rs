@@ -212,8 +212,8 @@ fn main() -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
-        match (&args.restore, &args.incoming) {
-            (Some(dir), _) => vmm::snapshot::restore(
+        if let Some(dir) = &args.restore {
+            vmm::snapshot::restore(
                 &vmm::snapshot::RestoreOptions {
                     dir: dir.clone(),
                     resume: args.resume,
@@ -221,9 +221,10 @@ fn main() -> ExitCode {
                     serial,
                 },
                 opts,
-            ),
-            (None, Some(addr)) => vmm::migration::incoming(addr, serial, opts),
-            (None, None) => unreachable!(),
+            )
+        } else {
+            let addr = args.incoming.as_deref().unwrap_or_default();
+            vmm::migration::incoming(addr, serial, opts)
         }
     } else {
         match build_config(&args) {

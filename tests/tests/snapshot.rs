@@ -48,9 +48,14 @@ impl Drop for Vmm {
 
 impl Vmm {
     fn spawn(args: &[&str], sock: &Path) -> Vmm {
+        Self::spawn_program(vmm_bin().as_os_str(), args, sock)
+    }
+
+    /// Runs `program args --api-sock sock` (`ip netns exec NS vireo-vmm ...`).
+    fn spawn_program(program: &std::ffi::OsStr, args: &[&str], sock: &Path) -> Vmm {
         require_kvm();
         let _ = std::fs::remove_file(sock);
-        let child = Command::new(vmm_bin())
+        let child = Command::new(program)
             .args(args)
             .arg("--api-sock")
             .arg(sock)
@@ -595,4 +600,101 @@ fn a_destination_refuses_a_bad_stream_with_status_1() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.starts_with("vireo-vmm: error: migration: "), "{err}");
     }
+}
+
+/// Two network namespaces joined by a veth pair, standing for two hosts; removed on drop.
+struct TwoHosts {
+    a: String,
+    b: String,
+}
+
+impl TwoHosts {
+    fn new() -> TwoHosts {
+        let id = std::process::id() % 100_000;
+        let h = TwoHosts {
+            a: format!("vireo-mig-a-{id}"),
+            b: format!("vireo-mig-b-{id}"),
+        };
+        let (va, vb) = (format!("vma{id}"), format!("vmb{id}"));
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("run ip");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        ip(&["netns", "add", &h.a]);
+        ip(&["netns", "add", &h.b]);
+        ip(&[
+            "-n", &h.a, "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &h.b,
+        ]);
+        for (ns, dev, addr) in [(&h.a, &va, "10.213.0.1/24"), (&h.b, &vb, "10.213.0.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        h
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn migration_between_two_network_namespaces() {
+    require_kvm();
+    let hosts = TwoHosts::new();
+    let console = scratch("netns.console");
+    let _ = std::fs::remove_file(&console);
+    let serial = format!("file:{}", console.display());
+    let vmm = vmm_bin();
+    let vmm = vmm.to_str().unwrap();
+    let counter = guest("counter");
+    let mut src = Vmm::spawn_program(
+        "ip".as_ref(),
+        &[
+            "netns",
+            "exec",
+            &hosts.a,
+            vmm,
+            "--kernel",
+            counter.to_str().unwrap(),
+            "--memory",
+            "64",
+            "--cmdline",
+            "x",
+            "--serial",
+            &serial,
+        ],
+        &scratch("netns-a.sock"),
+    );
+    src.wait_api();
+    wait_tick(&console, 2);
+    let mut dst = Vmm::spawn_program(
+        "ip".as_ref(),
+        &[
+            "netns",
+            "exec",
+            &hosts.b,
+            vmm,
+            "--incoming",
+            "10.213.0.2:7070",
+            "--serial",
+            &serial,
+        ],
+        &scratch("netns-b.sock"),
+    );
+    // The source's namespace cannot reach the destination's listener through loopback: only
+    // through the veth pair.
+    let report = migrate(&src.sock, "10.213.0.2:7070");
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(src.wait_exit(Duration::from_secs(10)), 0);
+    dst.wait_api();
+    let now = *ticks(&console).last().unwrap();
+    wait_tick(&console, now + 3);
+    assert_eq!(call(&dst.sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(dst.wait_exit(Duration::from_secs(10)), 0);
+    assert_continuous(&console);
 }

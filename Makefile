@@ -9,7 +9,7 @@ BIN_DIR     := target/$(TARGET)/release
 VMM         := $(BIN_DIR)/vireo-vmm
 GUEST_DIR   := build/guest
 
-.PHONY: run test deps build images smoke bench-boot bench-io fuzz lint fmt clippy clean
+.PHONY: run test deps build images smoke bench-boot bench-io bench-migrate fuzz lint fmt clippy clean
 
 deps:
 	@scripts/install-deps.sh
@@ -32,6 +32,10 @@ test: build images
 
 bench-boot: build images
 	@benches/boot.sh
+
+# Snapshot/restore and live-migration times beside QEMU's, in the lab; see docs/snapshots.md.
+bench-migrate: build images
+	@benches/migrate.sh
 
 # Block (fio) and network (iperf3) throughput in the lab; see docs/benchmarks.md.
 bench-io: build images

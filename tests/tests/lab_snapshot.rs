@@ -30,12 +30,14 @@ done
 /// The lab's side. `tick N` waits for the console to reach tick N (60 s at most).
 const SCRIPT: &str = r#"
 set -u
+# The lab's loopback starts down; the migration goes over it.
+ip link set lo up
 cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz > /tmp/i.gz
 con=/tmp/con.log
 last() { grep -o 'TICK [0-9]*' $con | tail -1 | cut -d' ' -f2; }
 tick() { n=0; while [ "$(last)" = "" ] || [ "$(last)" -lt "$1" ]; do
     sleep 0.1; n=$((n + 1)); if [ $n -gt 600 ]; then echo "NO-TICK $1"; cat $con; exit 1; fi; done; }
-vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/i.gz --memory 256 --rng \
+timeout 150 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/i.gz --memory 256 --rng \
     --cmdline 'console=ttyS0 panic=-1 quiet vireo.run=snap vireo.exit=wait' \
     --api-sock /tmp/a.sock --serial file:$con 2>/tmp/a.err &
 a=$!
@@ -45,15 +47,15 @@ vireo-api /tmp/a.sock PUT /vm/snapshot '{"path": "/tmp/snap"}' || exit 1
 echo "SNAPSHOT-AT $(last)"
 vireo-api /tmp/a.sock PUT /vm/stop >/dev/null
 wait $a; echo "A-EXIT=$?"
-vireo-vmm --restore /tmp/snap --resume --api-sock /tmp/b.sock --serial file:$con 2>/tmp/b.err &
+timeout 150 vireo-vmm --restore /tmp/snap --resume --api-sock /tmp/b.sock --serial file:$con 2>/tmp/b.err &
 b=$!
 tick $(( $(last) + 25 ))
 echo "RESTORED-TO $(last)"
-vireo-vmm --incoming 127.0.0.1:4444 --api-sock /tmp/c.sock --serial file:$con 2>/tmp/c.err &
+timeout 150 vireo-vmm --incoming 127.0.0.1:4444 --api-sock /tmp/c.sock --serial file:$con 2>/tmp/c.err &
 c=$!
 sleep 0.3
 vireo-api /tmp/b.sock PUT /vm/migrate '{"destination": "127.0.0.1:4444", "downtime_ms": 50}' \
-    || { echo MIGRATE-FAILED; cat /tmp/b.err /tmp/c.err; }
+    || { echo MIGRATE-FAILED; cat /tmp/b.err /tmp/c.err; kill $b $c; exit 1; }
 wait $b; echo "B-EXIT=$?"
 echo "MIGRATED-AT $(last)"
 tick $(( $(last) + 25 ))

@@ -173,6 +173,7 @@ fn write_summary(path: &PathBuf, report: &vmm::RunReport) -> Result<(), String> 
 }
 
 fn main() -> ExitCode {
+    vmm::machine::mark_process_start();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG")

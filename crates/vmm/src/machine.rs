@@ -212,6 +212,13 @@ pub(crate) fn serial_output(cfg: &SerialConfig) -> Result<SerialOutput, Error> {
     }
 }
 
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Records when the process started, for the `vireo_timing` log line (see [`launch`]).
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(std::time::Instant::now);
+}
+
 /// Where a machine's guest memory comes from.
 pub(crate) enum MemorySource<'a> {
     /// Fresh zeroed memory (a boot, or a migration's destination).
@@ -232,7 +239,10 @@ pub(crate) struct Parts {
     pub virtio_slots: Vec<acpi::VirtioMmioSlot>,
     pub serial: Arc<Mutex<Serial>>,
     pub serial_irq: EventFd,
-    pub event_loop: EventLoop,
+    /// The device I/O thread, already running: a restored device starts (and registers its
+    /// handler with the thread) before any vCPU runs.
+    pub io_thread: JoinHandle<()>,
+    pub io: EventLoopHandle,
     pub controls: DeviceControls,
     pub control: Arc<RunControl>,
     pub supported_cpuid: kvm_bindings::CpuId,
@@ -331,7 +341,7 @@ pub(crate) fn build(
     vm.register_memory(&mem)?;
     tracing::debug!("guest memory mapped");
 
-    let event_loop = EventLoop::new()
+    let mut event_loop = EventLoop::new()
         .map_err(|e| Error::Host(format!("cannot create the device I/O loop: {e}")))?;
     let mut mmio = Bus::new();
     let mut controls = DeviceControls::default();
@@ -344,6 +354,13 @@ pub(crate) fn build(
     let control = Arc::new(
         RunControl::new().map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?,
     );
+    let io_thread = {
+        let control = control.clone();
+        std::thread::Builder::new()
+            .name("io".into())
+            .spawn(move || event_loop.run_until(|| control.should_stop()))
+            .map_err(|e| Error::Host(format!("cannot start the device I/O thread: {e}")))?
+    };
     let sink: PowerSink = {
         let control = control.clone();
         Arc::new(move |action| {
@@ -417,7 +434,8 @@ pub(crate) fn build(
         virtio_slots,
         serial,
         serial_irq,
-        event_loop,
+        io_thread,
+        io,
         controls,
         control,
         supported_cpuid,
@@ -452,19 +470,12 @@ pub(crate) fn launch(
         vcpus,
         transports,
         serial,
-        mut event_loop,
+        io_thread,
+        io: io_handle,
         controls,
         control,
         ..
     } = parts;
-    let io_handle = event_loop.handle();
-    let io_thread = {
-        let control = control.clone();
-        std::thread::Builder::new()
-            .name("io".into())
-            .spawn(move || event_loop.run_until(|| control.should_stop()))
-            .map_err(|e| Error::Host(format!("cannot start the device I/O thread: {e}")))?
-    };
 
     install_kick_handler()?;
     if start == Launch::Paused {
@@ -529,6 +540,15 @@ pub(crate) fn launch(
     };
 
     tracing::debug!("{} vCPU threads started", threads.len());
+    if let Some(t0) = PROCESS_START.get() {
+        // `VIREO_LOG=vireo_timing=info` shows it: how long a start (a restore above all)
+        // took from exec to running vCPU threads.
+        tracing::info!(
+            target: "vireo_timing",
+            "vCPUs running {:.3} ms after process start",
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     let mut result = Ok(());
     if let Some(f) = on_started {
         if let Err(e) = f() {

@@ -63,7 +63,7 @@ for size in $SIZES; do for dirty in 0 1; do
     wait_tick $con $((t + 3)) && ok=ticking || ok=stuck
     ms=$(grep -o 'running [0-9.]* ms' /tmp/b.err | cut -d' ' -f2)
     echo "RESULT $case vireo restore {\"verify_memory\": \"$verify\", \"ms\": ${ms:-null}, \"guest\": \"$ok\"}"
-    [ $verify = yes ] && continue
+    if [ $verify = yes ]; then vireo-api /tmp/b.sock PUT /vm/stop >/dev/null; wait $b; continue; fi
     # --- vireo-vmm: live migration of the restored guest
     port=$((port + 1))
     vireo-vmm --incoming 127.0.0.1:$port --api-sock /tmp/c.sock --serial file:$con 2>/tmp/c.err & c=$!
@@ -95,7 +95,7 @@ for size in $SIZES; do for dirty in 0 1; do
     case "$st" in *'"completed"'*) ;; *) vireo-api --qmp /tmp/qs.sock '{"execute": "migrate_cancel"}' >/dev/null 2>&1;; esac
     t=$(last /tmp/qd-$case.log); t=${t:-0}
     wait_tick /tmp/qd-$case.log $((t + 3)) && ok=ticking || ok=stuck
-    echo "RESULT $case qemu migrate {\"guest\": \"$ok\", \"report\": $(echo "$st" | tr -d '\n')}"
+    echo "RESULT $case qemu migrate {\"guest\": \"$ok\", \"report\": $(echo "$st" | tr -d '\r\n')}"
   else
     echo "RESULT $case qemu migrate {\"guest\": \"no-boot\", \"report\": null}"
   fi

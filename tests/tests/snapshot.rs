@@ -698,3 +698,83 @@ fn migration_between_two_network_namespaces() {
     assert_eq!(dst.wait_exit(Duration::from_secs(10)), 0);
     assert_continuous(&console);
 }
+
+#[test]
+fn a_destination_opens_only_the_devices_its_own_config_allows() {
+    let console = scratch("allowed.console");
+    let _ = std::fs::remove_file(&console);
+    let disk = scratch("allowed-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let serial = format!("file:{}", console.display());
+    let drive = format!("path={}", disk.display());
+    let mut src = Vmm::spawn(
+        &[
+            "--kernel",
+            guest("counter").to_str().unwrap(),
+            "--memory",
+            "64",
+            "--cmdline",
+            "x",
+            "--drive",
+            &drive,
+            "--serial",
+            &serial,
+        ],
+        &scratch("allowed-src.sock"),
+    );
+    src.wait_api();
+    wait_tick(&console, 2);
+
+    // A destination told nothing refuses a source that would make it open a host file.
+    let (mut dst, addr) = destination("allowed-none", &console);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, body) = loop {
+        let r = call(
+            &src.sock,
+            "PUT",
+            "/vm/migrate",
+            Some(json!({ "destination": addr })),
+        );
+        if !r.1.contains("cannot connect") || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("--config"), "{body}");
+    assert_eq!(dst.wait_exit(Duration::from_secs(10)), 1);
+    let (_, vm) = call(&src.sock, "GET", "/vm", None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&vm).unwrap()["state"],
+        "running"
+    );
+
+    // With the VM's configuration, the same drive is allowed.
+    let cfg = scratch("allowed.json");
+    std::fs::write(
+        &cfg,
+        json!({"kernel": guest("counter"), "memory_mib": 64, "drives": [{"path": disk}]})
+            .to_string(),
+    )
+    .unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dst = Vmm::spawn(
+        &[
+            "--incoming",
+            &addr,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--serial",
+            &serial,
+        ],
+        &scratch("allowed-dst.sock"),
+    );
+    let report = migrate(&src.sock, &addr);
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(src.wait_exit(Duration::from_secs(10)), 0);
+    dst.wait_api();
+    let now = *ticks(&console).last().unwrap();
+    wait_tick(&console, now + 2);
+    assert_continuous(&console);
+}

@@ -81,7 +81,8 @@ struct Args {
     #[arg(long, requires = "restore")]
     no_verify_memory: bool,
     /// Wait on ADDR:PORT (TCP) for one live migration (PUT /vm/migrate on the source), then
-    /// run the migrated guest; only --api-sock, --serial and --summary-json apply.
+    /// run the migrated guest; only --api-sock, --serial, --summary-json and --config (the
+    /// drives, TAPs and vsock socket the source may bring) apply.
     #[arg(long, value_name = "ADDR:PORT")]
     incoming: Option<String>,
     /// After the VM ends, write how it ended and its VM exits by reason as JSON to FILE.
@@ -191,7 +192,9 @@ fn main() -> ExitCode {
         api_socket: args.api_sock.clone(),
     };
     let result = if args.restore.is_some() || args.incoming.is_some() {
-        let booting = args.config.is_some()
+        // A destination may be given the VM's configuration (--config): the devices the
+        // source may bring.
+        let booting = (args.config.is_some() && args.incoming.is_none())
             || args.kernel.is_some()
             || args.initrd.is_some()
             || args.cmdline.is_some()
@@ -225,7 +228,23 @@ fn main() -> ExitCode {
             )
         } else {
             let addr = args.incoming.as_deref().unwrap_or_default();
-            vmm::migration::incoming(addr, serial, opts)
+            let local = match &args.config {
+                Some(path) => match std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))
+                    .and_then(|t| {
+                        serde_json::from_str::<VmConfig>(&t)
+                            .map_err(|e| format!("invalid config {}: {e}", path.display()))
+                    }) {
+                    Ok(c) => Some(c),
+                    Err(e) => return fail(e),
+                },
+                None => None,
+            };
+            vmm::migration::incoming(
+                addr,
+                vmm::migration::IncomingOptions { serial, local },
+                opts,
+            )
         }
     } else {
         match build_config(&args) {

@@ -503,6 +503,7 @@ pub(crate) fn launch(
     let machine = Arc::new(crate::snapshot::MachineAccess {
         vm: vm.clone(),
         mem: mem.clone(),
+        anonymous: ram.is_anonymous(),
         config: config.clone(),
         vcpus: handles,
         transports,

@@ -34,6 +34,7 @@ pub enum Backing<'a> {
 /// Guest memory and the host mappings behind it, unmapped when this is dropped.
 pub struct GuestRam {
     mem: Arc<GuestMemoryMmap>,
+    anonymous: bool,
     mappings: Vec<(*mut libc::c_void, usize)>,
 }
 
@@ -59,6 +60,7 @@ impl GuestRam {
     ) -> std::io::Result<Self> {
         let mut ram = GuestRam {
             mem: Arc::new(GuestMemoryMmap::new()),
+            anonymous: matches!(backing, Backing::Anonymous),
             mappings: Vec::new(),
         };
         let mut guest_regions = Vec::new();
@@ -170,6 +172,44 @@ impl GuestRam {
     pub fn memory(&self) -> &Arc<GuestMemoryMmap> {
         &self.mem
     }
+
+    /// Whether every page not yet touched reads as zero (no file behind the memory).
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+}
+
+/// The runs of pages (offset, length in bytes) of the `len` bytes mapped at `host` that the
+/// kernel has ever given a page (present in RAM or swapped out), from /proc/self/pagemap.
+/// For anonymous memory every other page was never touched and reads as zero, so a snapshot
+/// or a migration can skip it without reading it (which would fault it in).
+pub fn touched_runs(host: *const u8, len: usize) -> std::io::Result<Vec<(usize, usize)>> {
+    use std::os::unix::fs::FileExt;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let f = std::fs::File::open("/proc/self/pagemap")?;
+    let first = host as usize / PAGE_SIZE;
+    let pages = len / PAGE_SIZE;
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut buf = vec![0u8; 8 * 8192];
+    let mut page = 0;
+    while page < pages {
+        let n = (pages - page).min(8192);
+        f.read_exact_at(&mut buf[..n * 8], ((first + page) * 8) as u64)?;
+        for (i, e) in buf[..n * 8].chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(e);
+            if u64::from_le_bytes(b) & (PRESENT | SWAPPED) != 0 {
+                let off = (page + i) * PAGE_SIZE;
+                match runs.last_mut() {
+                    Some((start, l)) if *start + *l == off => *l += PAGE_SIZE,
+                    _ => runs.push((off, PAGE_SIZE)),
+                }
+            }
+        }
+        page += n;
+    }
+    Ok(runs)
 }
 
 /// Whether a page holds only zero bytes.

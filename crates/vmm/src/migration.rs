@@ -170,23 +170,36 @@ impl<W: Write> PageSender<'_, W> {
 }
 
 /// Every page of guest memory that is not all zero (the destination starts from zeros).
-fn send_all<W: Write>(mem: &GuestMemoryMmap, s: &mut PageSender<'_, W>) -> std::io::Result<()> {
-    for region in mem.iter() {
-        let base = region.start_addr().0;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut off = 0u64;
-        while off < region.len() {
-            let n = (region.len() - off).min(buf.len() as u64) as usize;
-            mem.read_slice(&mut buf[..n], GuestAddress(base + off))
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            for (i, page) in buf[..n].chunks(PAGE_SIZE).enumerate() {
-                if !is_zero_page(page) {
-                    s.push(base + off + (i * PAGE_SIZE) as u64, page)?;
-                }
+fn send_all<W: Write>(
+    mem: &GuestMemoryMmap,
+    anonymous: bool,
+    s: &mut PageSender<'_, W>,
+) -> std::io::Result<()> {
+    // Offsets in the "file" for_each_chunk walks are region offsets laid end to end.
+    let regions: Vec<(u64, u64, u64)> = {
+        let mut off = 0;
+        mem.iter()
+            .map(|r| {
+                let e = (off, r.start_addr().0, r.len());
+                off += r.len();
+                e
+            })
+            .collect()
+    };
+    snapshot::for_each_chunk(mem, anonymous, |off, bytes| {
+        let Some(&(roff, gpa, _)) = regions
+            .iter()
+            .find(|(roff, _, len)| off >= *roff && off < roff + len)
+        else {
+            return Err(std::io::Error::other("offset outside guest memory"));
+        };
+        for (i, page) in bytes.chunks(PAGE_SIZE).enumerate() {
+            if !is_zero_page(page) {
+                s.push(gpa + (off - roff) + (i * PAGE_SIZE) as u64, page)?;
             }
-            off += n as u64;
         }
-    }
+        Ok(())
+    })?;
     s.flush()
 }
 
@@ -320,7 +333,7 @@ fn migrate_inner(
         bytes: 0,
     };
     let pass = Instant::now();
-    send_all(&m.mem, &mut sender)?;
+    send_all(&m.mem, m.anonymous, &mut sender)?;
     let mut rate = sender.bytes as f64 / pass.elapsed().as_secs_f64().max(1e-6);
     update(&|p| {
         p.rounds = 1;
@@ -406,12 +419,46 @@ fn expect_reply(r: &mut impl Read, want: u32) -> Result<(), MigrationError> {
     }
 }
 
+/// What the destination's operator allows a source to bring.
+#[derive(Debug, Clone, Default)]
+pub struct IncomingOptions {
+    /// The console here (default stdout): never the source's, which could name any file.
+    pub serial: Option<SerialConfig>,
+    /// The VM's configuration as known here. The source's configuration names host files,
+    /// TAPs and sockets that this VMM would open: they must be exactly the ones given here,
+    /// and a source that names any is refused when none is given.
+    pub local: Option<VmConfig>,
+}
+
+/// The host resources a configuration makes the VMM open, for comparison.
+fn backends(c: &VmConfig) -> serde_json::Value {
+    serde_json::json!({
+        "drives": c.drives.iter().map(|d| (d.path.clone(), d.read_only)).collect::<Vec<_>>(),
+        "net": c.net.iter().map(|n| n.tap.clone()).collect::<Vec<_>>(),
+        "vsock": c.vsock.as_ref().map(|v| (v.guest_cid, v.uds_path.clone())),
+    })
+}
+
+/// Checks the source's configuration against what the destination allows.
+fn check_allowed(source: &VmConfig, local: Option<&VmConfig>) -> Result<(), MigrationError> {
+    let theirs = backends(source);
+    let none = backends(&VmConfig::new(Default::default()));
+    match local {
+        None if theirs != none => Err(MigrationError::Protocol(
+            "the source's VM has drives, TAPs or vsock sockets: give the destination the VM's \
+             configuration (--config) so that it knows which it may open"
+                .into(),
+        )),
+        Some(l) if backends(l) != theirs => Err(MigrationError::Protocol(format!(
+            "the source's devices {theirs} are not the ones --config allows here {}",
+            backends(l)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Waits on `listen` for one migration, then runs the migrated machine to its end.
-pub fn incoming(
-    listen: &str,
-    serial: Option<SerialConfig>,
-    opts: RunOptions,
-) -> Result<RunReport, Error> {
+pub fn incoming(listen: &str, inc: IncomingOptions, opts: RunOptions) -> Result<RunReport, Error> {
     let fail = |what: String| Error::Host(format!("migration: {what}"));
     let listener =
         TcpListener::bind(listen).map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
@@ -427,7 +474,7 @@ pub fn incoming(
         .map_err(|e| fail(e.to_string()))?;
     let mut writer = stream.try_clone().map_err(|e| fail(e.to_string()))?;
     let mut r = BufReader::with_capacity(1 << 20, stream);
-    match receive(&mut r, &mut writer, serial) {
+    match receive(&mut r, &mut writer, inc) {
         Ok((parts, _state)) => {
             let on_started: machine::OnStarted = Box::new(move || {
                 write_frame(&mut writer, RUNNING, &[])
@@ -452,7 +499,7 @@ pub fn incoming(
 fn receive(
     r: &mut impl Read,
     w: &mut impl Write,
-    serial: Option<SerialConfig>,
+    inc: IncomingOptions,
 ) -> Result<(machine::Parts, MachineState), MigrationError> {
     let proto = |s: String| MigrationError::Protocol(s);
     let mut head = [0u8; 12];
@@ -470,17 +517,16 @@ fn receive(
     let hello: Hello =
         serde_json::from_slice(&payload).map_err(|e| proto(format!("hello: {e}")))?;
     let kvm = Vm::open_kvm().map_err(|e| MigrationError::Source(e.to_string()))?;
-    if hello.host.kvm_api_version != kvm.get_api_version() {
-        return Err(proto("KVM API version differs".into()));
-    }
+    snapshot::check_host_info(&kvm, &hello.host, &hello.config)
+        .map_err(|e| MigrationError::Source(e.to_string()))?;
+    let hello_host = hello.host.clone();
     let mut config = hello.config;
     let host_mib = host_memory_mib().map_err(|e| MigrationError::Source(e.to_string()))?;
     config
         .check_limits(kvm.get_max_vcpus() as u64, host_mib)
         .map_err(|e| MigrationError::Source(e.to_string()))?;
-    if let Some(s) = serial {
-        config.serial = s;
-    }
+    check_allowed(&config, inc.local.as_ref())?;
+    config.serial = inc.serial.unwrap_or_default();
     let parts = machine::build(kvm, &config, MemorySource::Anonymous)
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     let mem = parts.mem.clone();
@@ -522,8 +568,12 @@ fn receive(
             ));
         }
         snapshot::check_consistent(&state).map_err(proto)?;
-        snapshot::check_host(&parts.vm.kvm, &state)
-            .map_err(|e| MigrationError::Source(e.to_string()))?;
+        // The host was checked at HELLO; the state must come from that host.
+        if state.host != hello_host {
+            return Err(proto(
+                "the state's host differs from the announced one".into(),
+            ));
+        }
         snapshot::apply_state(&parts, &state).map_err(|e| MigrationError::Source(e.to_string()))?;
         return Ok((parts, state));
     }

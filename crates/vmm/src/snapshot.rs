@@ -129,6 +129,8 @@ pub struct MachineState {
 pub struct MachineAccess {
     pub vm: Arc<Vm>,
     pub mem: Arc<GuestMemoryMmap>,
+    /// Guest memory is anonymous: untouched pages are zero and need not be read.
+    pub anonymous: bool,
     pub config: VmConfig,
     pub vcpus: Vec<VcpuHandle>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
@@ -237,11 +239,16 @@ impl MachineAccess {
             }
         };
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // The memory file is written under another name and renamed: the directory may hold
+        // the very snapshot this VM was restored from, whose memory file is mapped here and
+        // must not be truncated under the guest (its inode lives on until unmapped).
         let mem_path = dir.join(MEMORY_FILE);
+        let mem_tmp = dir.join("memory.tmp");
         let (mem_len, mem_crc, data_bytes) =
-            write_memory(&self.mem, &mem_path).map_err(io_err(&mem_path))?;
+            write_memory(&self.mem, self.anonymous, &mem_tmp).map_err(io_err(&mem_tmp))?;
         let state_path = dir.join(STATE_FILE);
         write_state(&state_path, &state, mem_len, mem_crc).map_err(io_err(&state_path))?;
+        std::fs::rename(&mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
         Ok(SnapshotStats {
             memory_bytes: mem_len,
             memory_data_bytes: data_bytes,
@@ -276,10 +283,13 @@ impl MemoryDigest {
     }
 }
 
-/// Copies guest memory out `CHUNK` bytes at a time through vm-memory (so that a concurrent
-/// guest write is a torn copy, not undefined behaviour), calling `f(file offset, bytes)`.
+/// Copies guest memory out, at most `CHUNK` bytes at a time, through vm-memory (so that a
+/// concurrent guest write is a torn copy, not undefined behaviour), calling
+/// `f(file offset, bytes)`. With `skip_untouched` (anonymous memory), pages the guest never
+/// touched are skipped unread: they are zero.
 pub fn for_each_chunk(
     mem: &GuestMemoryMmap,
+    skip_untouched: bool,
     mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     const CHUNK: usize = 1 << 20;
@@ -287,13 +297,25 @@ pub fn for_each_chunk(
     let mut file_off = 0u64;
     for region in mem.iter() {
         let len = region.len();
-        let mut off = 0u64;
-        while off < len {
-            let n = (len - off).min(CHUNK as u64) as usize;
-            mem.read_slice(&mut buf[..n], GuestAddress(region.start_addr().0 + off))
+        let runs = if skip_untouched {
+            let host = mem
+                .get_host_address(region.start_addr())
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            f(file_off + off, &buf[..n])?;
-            off += n as u64;
+            crate::memory::touched_runs(host, len as usize).ok()
+        } else {
+            None
+        };
+        let runs = runs.unwrap_or_else(|| vec![(0, len as usize)]);
+        for (start, run_len) in runs {
+            let (start, end) = (start as u64, (start + run_len) as u64);
+            let mut off = start;
+            while off < end {
+                let n = (end - off).min(CHUNK as u64) as usize;
+                mem.read_slice(&mut buf[..n], GuestAddress(region.start_addr().0 + off))
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                f(file_off + off, &buf[..n])?;
+                off += n as u64;
+            }
         }
         file_off += len;
     }
@@ -301,13 +323,17 @@ pub fn for_each_chunk(
 }
 
 /// Writes guest memory to `path` as a sparse file; returns (length, checksum, data bytes).
-fn write_memory(mem: &GuestMemoryMmap, path: &Path) -> std::io::Result<(u64, u64, u64)> {
+fn write_memory(
+    mem: &GuestMemoryMmap,
+    anonymous: bool,
+    path: &Path,
+) -> std::io::Result<(u64, u64, u64)> {
     let file = File::create(path)?;
     let total: u64 = mem.iter().map(|r| r.len()).sum();
     file.set_len(total)?;
     let mut digest = MemoryDigest::default();
     let mut data = 0u64;
-    for_each_chunk(mem, |off, bytes| {
+    for_each_chunk(mem, anonymous, |off, bytes| {
         // Runs of non-zero pages are written with one call each.
         let mut run_start: Option<usize> = None;
         for (i, page) in bytes.chunks(PAGE_SIZE).enumerate() {
@@ -586,6 +612,17 @@ fn dynamic_bits(function: u32, reg: usize) -> u32 {
 /// Checks that this host can run the snapshot's vCPUs: the same CPU vendor and KVM API, and
 /// every CPU feature the guest was shown is one this host's KVM would show it too.
 pub fn check_host(kvm: &kvm_ioctls::Kvm, s: &MachineState) -> Result<(), SnapshotError> {
+    check_host_info(kvm, &s.host, &s.config)
+}
+
+/// [`check_host`] from the host facts and configuration alone (a migration checks them when
+/// the source announces itself, before any page is sent).
+pub fn check_host_info(
+    kvm: &kvm_ioctls::Kvm,
+    host: &HostInfo,
+    config: &VmConfig,
+) -> Result<(), SnapshotError> {
+    let s = HostAndConfig { host, config };
     let mismatch = |m: String| SnapshotError::Mismatch(m);
     if kvm.get_api_version() != s.host.kvm_api_version {
         return Err(mismatch(format!(
@@ -636,6 +673,11 @@ pub fn check_host(kvm: &kvm_ioctls::Kvm, s: &MachineState) -> Result<(), Snapsho
         }
     }
     Ok(())
+}
+
+struct HostAndConfig<'a> {
+    host: &'a HostInfo,
+    config: &'a VmConfig,
 }
 
 /// Loads a machine state into freshly built parts (memory already in place).

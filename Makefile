@@ -9,7 +9,7 @@ BIN_DIR     := target/$(TARGET)/release
 VMM         := $(BIN_DIR)/vireo-vmm
 GUEST_DIR   := build/guest
 
-.PHONY: run test deps build images smoke bench-boot bench-api bench-io fuzz lint fmt clippy clean
+.PHONY: run test deps build images smoke bench-boot bench-api bench-io bench-migrate fuzz lint fmt clippy clean
 
 deps:
 	@scripts/install-deps.sh
@@ -42,6 +42,10 @@ bench-boot: build images
 # vireo-vmm started directly) and DescribeInstances over 1,000 and 10,000 records.
 bench-api: build images
 	VIREOD_BIN=$(CURDIR)/$(BIN_DIR)/vireod VIREO_VMM_BIN=$(CURDIR)/$(VMM) build/pyenv/bin/python benches/api.py
+
+# Snapshot/restore and live-migration times beside QEMU's, in the lab; see docs/snapshots.md.
+bench-migrate: build images
+	@benches/migrate.sh
 
 # Block (fio) and network (iperf3) throughput in the lab; see docs/benchmarks.md.
 bench-io: build images

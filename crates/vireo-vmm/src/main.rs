@@ -69,6 +69,22 @@ struct Args {
     /// Serve the control API (HTTP/JSON) on this Unix socket; see docs/api.md.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// Start from the snapshot in DIR (written by PUT /vm/snapshot) instead of booting; only
+    /// --api-sock, --serial, --resume, --no-verify-memory and --summary-json apply.
+    #[arg(long, value_name = "DIR", conflicts_with = "incoming")]
+    restore: Option<PathBuf>,
+    /// With --restore: run the guest at once (default: paused until PUT /vm/resume).
+    #[arg(long, requires = "restore")]
+    resume: bool,
+    /// With --restore: check only the state's checksum, not the memory file's (which reads
+    /// all of the memory file's data).
+    #[arg(long, requires = "restore")]
+    no_verify_memory: bool,
+    /// Wait on ADDR:PORT (TCP) for one live migration (PUT /vm/migrate on the source), then
+    /// run the migrated guest; only --api-sock, --serial, --summary-json and --config (the
+    /// drives, TAPs and vsock socket the source may bring) apply.
+    #[arg(long, value_name = "ADDR:PORT")]
+    incoming: Option<String>,
     /// After the VM ends, write how it ended and its VM exits by reason as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     summary_json: Option<PathBuf>,
@@ -145,6 +161,7 @@ fn write_summary(path: &PathBuf, report: &vmm::RunReport) -> Result<(), String> 
         StopReason::PowerOff => "poweroff".to_string(),
         StopReason::Reset => "reboot".to_string(),
         StopReason::Host => "host".to_string(),
+        StopReason::Migrated => "migrated".to_string(),
         StopReason::Fault(f) => format!("fault: {f}"),
     };
     let json = serde_json::json!({
@@ -157,6 +174,7 @@ fn write_summary(path: &PathBuf, report: &vmm::RunReport) -> Result<(), String> 
 }
 
 fn main() -> ExitCode {
+    vmm::machine::mark_process_start();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG")
@@ -169,17 +187,72 @@ fn main() -> ExitCode {
         eprintln!("vireo-vmm: error: {msg}");
         ExitCode::from(EXIT_ERROR)
     };
-    let config = match build_config(&args) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
+    let opts = RunOptions {
+        console_input: true,
+        api_socket: args.api_sock.clone(),
     };
-    let report = match vmm::run(
-        &config,
-        RunOptions {
-            console_input: true,
-            api_socket: args.api_sock.clone(),
-        },
-    ) {
+    let result = if args.restore.is_some() || args.incoming.is_some() {
+        // A destination may be given the VM's configuration (--config): the devices the
+        // source may bring.
+        let booting = (args.config.is_some() && args.incoming.is_none())
+            || args.kernel.is_some()
+            || args.initrd.is_some()
+            || args.cmdline.is_some()
+            || args.vcpus.is_some()
+            || args.memory.is_some()
+            || !args.drive.is_empty()
+            || !args.net.is_empty()
+            || args.balloon.is_some()
+            || args.rng
+            || args.vsock.is_some();
+        if booting {
+            return fail(
+                "--restore and --incoming take the VM's configuration from the snapshot or the \
+                 source; only --api-sock, --serial and --summary-json apply"
+                    .into(),
+            );
+        }
+        let serial = match args.serial.as_deref().map(parse_serial).transpose() {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        if let Some(dir) = &args.restore {
+            vmm::snapshot::restore(
+                &vmm::snapshot::RestoreOptions {
+                    dir: dir.clone(),
+                    resume: args.resume,
+                    verify_memory: !args.no_verify_memory,
+                    serial,
+                },
+                opts,
+            )
+        } else {
+            let addr = args.incoming.as_deref().unwrap_or_default();
+            let local = match &args.config {
+                Some(path) => match std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))
+                    .and_then(|t| {
+                        serde_json::from_str::<VmConfig>(&t)
+                            .map_err(|e| format!("invalid config {}: {e}", path.display()))
+                    }) {
+                    Ok(c) => Some(c),
+                    Err(e) => return fail(e),
+                },
+                None => None,
+            };
+            vmm::migration::incoming(
+                addr,
+                vmm::migration::IncomingOptions { serial, local },
+                opts,
+            )
+        }
+    } else {
+        match build_config(&args) {
+            Ok(c) => vmm::run(&c, opts),
+            Err(e) => return fail(e),
+        }
+    };
+    let report = match result {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
@@ -189,7 +262,9 @@ fn main() -> ExitCode {
         }
     }
     match report.reason {
-        StopReason::PowerOff | StopReason::Host => ExitCode::from(EXIT_POWEROFF),
+        StopReason::PowerOff | StopReason::Host | StopReason::Migrated => {
+            ExitCode::from(EXIT_POWEROFF)
+        }
         StopReason::Reset => ExitCode::from(EXIT_REBOOT),
         StopReason::Fault(f) => {
             eprintln!("vireo-vmm: guest failed: {f}");

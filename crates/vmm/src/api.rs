@@ -11,6 +11,9 @@
 //! | `GET /drives/{i}`, `PATCH /drives/{i}` `{"rate_limiter": {"ops": B, "bytes": B}}` | drive i's limits |
 //! | `GET /net/{i}`, `PATCH /net/{i}` `{"rx_rate_limiter": L, "tx_rate_limiter": L}` | net device i's limits |
 //! | `GET /metrics` | Prometheus text: VM exits by vCPU and reason, balloon |
+//! | `PUT /vm/snapshot` `{"path": DIR}` | write a snapshot of the paused VM to DIR |
+//! | `PUT /vm/migrate` `{"destination": "HOST:PORT", "downtime_ms": N}` | live-migrate |
+//! | `GET /vm/migrate` | the migration's progress |
 //!
 //! A bucket `B` is `{"size": N, "one_time_burst": N, "refill_time_ms": N}` or `null`
 //! (unlimited); changed limits apply to a running device within a millisecond.
@@ -22,7 +25,8 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -32,6 +36,8 @@ use devices::rate_limiter::LimiterHandle;
 
 use crate::config::RateLimiterConfig;
 use crate::machine::DeviceControls;
+use crate::migration::{self, MigrationError, SharedProgress};
+use crate::snapshot::{MachineAccess, SnapshotError};
 use crate::vstate::control::{ExitCounters, RunControl, StopReason};
 
 const MAX_REQUEST: usize = 64 * 1024;
@@ -47,11 +53,24 @@ pub struct ApiContext {
     pub memory_mib: u64,
     pub devices: DeviceControls,
     pub exit_counters: Vec<Arc<ExitCounters>>,
+    /// Snapshots and migration.
+    pub machine: Arc<MachineAccess>,
 }
 
 struct Api {
     ctx: ApiContext,
+    migration: SharedProgress,
+    migrating: AtomicBool,
+    /// Connections being served; each has its own thread (a migration's PUT lasts while
+    /// GET /vm/migrate is asked), and at most MAX_CONNECTIONS at once.
+    connections: Arc<AtomicUsize>,
+    /// Set when a migration succeeded: the VMM stops once its answer is written, and its
+    /// I/O thread stays frozen until then (its devices must not act for a guest that now
+    /// runs elsewhere).
+    migrated: Mutex<Option<devices::virtio::IoFreeze>>,
 }
+
+const MAX_CONNECTIONS: usize = 8;
 
 struct Response {
     code: u16,
@@ -93,7 +112,16 @@ pub fn spawn(path: &Path, ctx: ApiContext) -> std::io::Result<JoinHandle<()>> {
     }
     let listener = UnixListener::bind(path)?;
     listener.set_nonblocking(true)?;
-    let api = Api { ctx };
+    let api = Arc::new(Api {
+        ctx,
+        migration: Arc::new(Mutex::new(migration::Progress {
+            state: "none".into(),
+            ..Default::default()
+        })),
+        migrating: AtomicBool::new(false),
+        connections: Arc::new(AtomicUsize::new(0)),
+        migrated: Mutex::new(None),
+    });
     let path: PathBuf = path.to_path_buf();
     std::thread::Builder::new()
         .name("api".into())
@@ -104,7 +132,7 @@ pub fn spawn(path: &Path, ctx: ApiContext) -> std::io::Result<JoinHandle<()>> {
 }
 
 impl Api {
-    fn serve(&self, listener: &UnixListener) {
+    fn serve(self: &Arc<Self>, listener: &UnixListener) {
         while !self.ctx.control.should_stop() {
             let mut pfd = libc::pollfd {
                 fd: listener.as_raw_fd(),
@@ -117,14 +145,43 @@ impl Api {
                 continue;
             }
             match listener.accept() {
-                Ok((stream, _)) => {
-                    if let Err(e) = self.serve_connection(stream) {
-                        tracing::debug!("api connection: {e}");
+                Ok((mut stream, _)) => {
+                    if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        self.connections.fetch_sub(1, Ordering::SeqCst);
+                        let _ = write_response(
+                            &mut stream,
+                            &Response::error(503, "too many API connections"),
+                        );
+                        continue;
+                    }
+                    let api = self.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("api-conn".into())
+                            .spawn(move || {
+                                if let Err(e) = api.serve_connection(stream) {
+                                    tracing::debug!("api connection: {e}");
+                                }
+                                // Counted out only once this thread no longer holds the machine.
+                                let connections = api.connections.clone();
+                                drop(api);
+                                connections.fetch_sub(1, Ordering::SeqCst);
+                            });
+                    if let Err(e) = spawned {
+                        self.connections.fetch_sub(1, Ordering::SeqCst);
+                        tracing::warn!("api: cannot start a connection thread: {e}");
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => tracing::warn!("api accept: {e}"),
             }
+        }
+        // Connection threads hold the machine (its memory among it): let them finish before
+        // the machine is torn down. A client that keeps a connection open is not waited for
+        // long (its reads time out after 5 s).
+        let deadline = std::time::Instant::now() + Duration::from_secs(6);
+        while self.connections.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -139,7 +196,18 @@ impl Api {
             };
             match request {
                 Ok((method, path, body)) => {
-                    write_response(&mut stream, &self.route(&method, &path, &body))?;
+                    let written = write_response(&mut stream, &self.route(&method, &path, &body));
+                    let frozen = self
+                        .migrated
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let Some(frozen) = frozen {
+                        self.ctx.control.request_stop(StopReason::Migrated);
+                        drop(frozen);
+                        return written;
+                    }
+                    written?;
                 }
                 Err(msg) => {
                     // The stream cannot be resynchronised after a malformed request.
@@ -222,6 +290,16 @@ impl Api {
                     None => Response::error(400, "body must be {\"target_mib\": N}"),
                 }
             }
+            ("PUT", "/vm/snapshot") => self.snapshot(body),
+            ("PUT", "/vm/migrate") => self.migrate(body),
+            ("GET", "/vm/migrate") => {
+                let p = self
+                    .migration
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                Response::json(200, json!(p))
+            }
             ("GET", "/metrics") => Response {
                 code: 200,
                 content_type: "text/plain; version=0.0.4",
@@ -232,8 +310,8 @@ impl Api {
             }
             (
                 _,
-                "/vm" | "/vm/pause" | "/vm/resume" | "/vm/stop" | "/vm/shutdown" | "/balloon"
-                | "/metrics",
+                "/vm" | "/vm/pause" | "/vm/resume" | "/vm/stop" | "/vm/shutdown" | "/vm/snapshot"
+                | "/vm/migrate" | "/balloon" | "/metrics",
             ) => Response::error(405, format!("{method} is not allowed on {path}")),
             _ => Response::error(404, format!("no such resource: {path}")),
         }
@@ -262,6 +340,64 @@ impl Api {
             tracing::warn!("ctrl-alt-del not delivered: the guest's keyboard is not listening");
         }
         Response::no_content()
+    }
+
+    /// `PUT /vm/snapshot {"path": DIR}`: the VM must be paused.
+    fn snapshot(&self, body: &[u8]) -> Response {
+        let path = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("path").and_then(Value::as_str).map(PathBuf::from));
+        let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+            return Response::error(400, "body must be {\"path\": \"DIR\"}");
+        };
+        if self.ctx.control.should_stop() {
+            return Response::error(409, "the VM has stopped");
+        }
+        match self.ctx.machine.snapshot(&path) {
+            Ok(stats) => Response::json(200, json!(stats)),
+            Err(e @ SnapshotError::NotPaused) => Response::error(409, e.to_string()),
+            Err(e) => Response::error(500, e.to_string()),
+        }
+    }
+
+    /// `PUT /vm/migrate {"destination": "HOST:PORT", "downtime_ms": N}`: answers when the
+    /// migration is over: 200 (the destination runs the guest; this VMM then exits with
+    /// status 0) or an error (the guest still runs here).
+    fn migrate(&self, body: &[u8]) -> Response {
+        let v = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+        let Some(dest) = v.get("destination").and_then(Value::as_str) else {
+            return Response::error(
+                400,
+                "body must be {\"destination\": \"HOST:PORT\", \"downtime_ms\": N}",
+            );
+        };
+        let downtime_ms = match v.get("downtime_ms") {
+            None | Some(Value::Null) => 50,
+            Some(d) => match d.as_u64() {
+                Some(ms) if (1..=60_000).contains(&ms) => ms,
+                _ => return Response::error(400, "downtime_ms must be 1 to 60000"),
+            },
+        };
+        if self.ctx.control.should_stop() {
+            return Response::error(409, "the VM has stopped");
+        }
+        if self.migrating.swap(true, Ordering::SeqCst) {
+            return Response::error(409, MigrationError::Busy.to_string());
+        }
+        let r = migration::migrate(&self.ctx.machine, dest, downtime_ms, &self.migration);
+        self.migrating.store(false, Ordering::SeqCst);
+        let progress = self
+            .migration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match r {
+            Ok(frozen) => {
+                *self.migrated.lock().unwrap_or_else(|e| e.into_inner()) = Some(frozen);
+                Response::json(200, json!(progress))
+            }
+            Err(e) => Response::error(502, format!("migration failed: {e}")),
+        }
     }
 
     /// `/drives/{i}` and `/net/{i}`: read or change a device's rate limits.

@@ -7,6 +7,8 @@ pub mod arch;
 pub mod config;
 pub mod machine;
 pub mod memory;
+pub mod migration;
+pub mod snapshot;
 pub mod vstate;
 
 pub use config::VmConfig;

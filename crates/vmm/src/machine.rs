@@ -22,7 +22,7 @@ use devices::{power, AcpiPowerDevice, Bus, PowerAction, PowerSink};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, IoEventAddress};
 use vireo_storage::Format;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -30,9 +30,10 @@ use crate::api;
 use crate::arch::layout::{self, *};
 use crate::arch::{acpi, boot, cpuid, gdt};
 use crate::config::{host_memory_mib, ConfigError, DriveFormat, SerialConfig, VmConfig};
-use crate::memory::GuestRam;
+use crate::memory::{Backing, GuestMemoryMmap, GuestRam};
 use crate::vstate::control::{ExitCounts, RunControl, StopReason};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
+
 use crate::vstate::vm::{Vm, VmError};
 
 /// Everything that can keep a machine from being built or run, each with a message a user can
@@ -195,7 +196,7 @@ fn net_devices(
         .collect()
 }
 
-fn serial_output(cfg: &SerialConfig) -> Result<SerialOutput, Error> {
+pub(crate) fn serial_output(cfg: &SerialConfig) -> Result<SerialOutput, Error> {
     match cfg {
         SerialConfig::Stdout => std::io::stdout()
             .as_fd()
@@ -216,6 +217,43 @@ fn serial_output(cfg: &SerialConfig) -> Result<SerialOutput, Error> {
     }
 }
 
+static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Records when the process started, for the `vireo_timing` log line (see [`launch`]).
+pub fn mark_process_start() {
+    PROCESS_START.get_or_init(std::time::Instant::now);
+}
+
+/// Where a machine's guest memory comes from.
+pub(crate) enum MemorySource<'a> {
+    /// Fresh zeroed memory (a boot, or a migration's destination).
+    Anonymous,
+    /// A snapshot's memory file, mapped copy-on-write.
+    File(&'a File),
+}
+
+/// A machine built but not yet running: the KVM VM, its memory, vCPUs and devices.
+pub(crate) struct Parts {
+    pub vm: Arc<Vm>,
+    /// Declared before everything that uses guest memory, so that it is unmapped last.
+    pub ram: GuestRam,
+    pub mem: Arc<GuestMemoryMmap>,
+    pub config: VmConfig,
+    pub vcpus: Vec<Vcpu>,
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub virtio_slots: Vec<acpi::VirtioMmioSlot>,
+    pub serial: Arc<Mutex<Serial>>,
+    pub serial_irq: EventFd,
+    /// The device I/O thread, already running: a restored device starts (and registers its
+    /// handler with the thread) before any vCPU runs.
+    pub io_thread: JoinHandle<()>,
+    pub io: EventLoopHandle,
+    pub controls: DeviceControls,
+    pub control: Arc<RunControl>,
+    pub supported_cpuid: kvm_bindings::CpuId,
+    pub cpuid_opts: cpuid::CpuidOptions,
+}
+
 /// Builds the machine described by `config` and runs it to its end.
 pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     // Cheap checks first, so that bad input fails before anything is created.
@@ -230,32 +268,11 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         .as_deref()
         .map(|p| open_file("cannot open initrd", p))
         .transpose()?;
-    let serial_out = serial_output(&config.serial)?;
-    let drives = open_drives(config)?;
-    let taps = open_taps(config)?;
-    let vsock = open_vsock(config)?;
-
-    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
-    let supported_cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| Error::Host(format!("cannot read KVM's supported CPUID: {e}")))?;
-    tracing::debug!("KVM opened, files opened");
-    let vm = Vm::new(kvm)?;
-    tracing::debug!("VM created");
-
+    let parts = build(kvm, config, MemorySource::Anonymous)?;
+    let mem = parts.mem.clone();
     let mem_size = config.memory_bytes();
-    // Declared before everything that uses guest memory, so that it is unmapped last.
-    let ram = GuestRam::new(&layout::ram_regions(mem_size), config.huge_pages).map_err(|e| {
-        Error::Memory {
-            mib: config.memory_mib,
-            reason: e.to_string(),
-        }
-    })?;
-    let mem = ram.memory().clone();
-    vm.register_memory(&mem)?;
 
     let kernel_path = config.kernel.display().to_string();
-    tracing::debug!("guest memory mapped");
     let kernel = boot::load_kernel(&mem, &mut kernel_file, &kernel_path)?;
     tracing::debug!("kernel loaded ({:?} entry)", kernel.mode);
     let initrd = match (initrd_file.as_mut(), config.initrd.as_deref()) {
@@ -271,16 +288,7 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     tracing::debug!("initrd loaded");
     let cmdline = guest_cmdline(&config.cmdline);
     boot::load_command_line(&mem, &cmdline)?;
-    let mut event_loop = EventLoop::new()
-        .map_err(|e| Error::Host(format!("cannot create the device I/O loop: {e}")))?;
-    let mut mmio = Bus::new();
-    let mut controls = DeviceControls::default();
-    let io = event_loop.handle();
-    let mut devices = virtio_devices(config, &io, &mut controls, drives);
-    devices.extend(net_devices(&io, taps, &mut controls));
-    devices.extend(vsock_device(&io, vsock));
-    let virtio_slots = attach_virtio_devices(&vm, &mem, devices, &mut mmio)?;
-    let rsdp = acpi::setup_acpi(&mem, config.vcpus, &virtio_slots)?;
+    let rsdp = acpi::setup_acpi(&mem, config.vcpus, &parts.virtio_slots)?;
     write_descriptor_tables(&mem)?;
     boot::write_reset_vector(&mem)?;
     boot::write_boot_structures(
@@ -293,10 +301,71 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
             rsdp,
         },
     )?;
+    for vcpu in &parts.vcpus {
+        vcpu.configure(&parts.supported_cpuid, parts.cpuid_opts)?;
+    }
+    if let Some(v) = parts.vcpus.first() {
+        v.set_boot_state(kernel.mode, kernel.entry.0)?;
+    }
+    // Guest memory is unmapped at the end of `launch` only if nothing else holds it.
+    drop(mem);
+    launch(parts, opts, Launch::Running, None)
+}
+
+/// Opens every file and device backend `config` names, creates the KVM VM, its memory, its
+/// vCPUs (not yet configured) and its devices. Nothing runs yet.
+pub(crate) fn build(
+    kvm: kvm_ioctls::Kvm,
+    config: &VmConfig,
+    memory: MemorySource<'_>,
+) -> Result<Parts, Error> {
+    let serial_out = serial_output(&config.serial)?;
+    let drives = open_drives(config)?;
+    let taps = open_taps(config)?;
+    let vsock = open_vsock(config)?;
+
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    let supported_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Host(format!("cannot read KVM's supported CPUID: {e}")))?;
+    tracing::debug!("KVM opened, files opened");
+    let vm = Vm::new(kvm)?;
+    tracing::debug!("VM created");
+
+    let mem_size = config.memory_bytes();
+    let regions = layout::ram_regions(mem_size);
+    let ram = match memory {
+        MemorySource::Anonymous => GuestRam::new(&regions, config.huge_pages),
+        MemorySource::File(f) => GuestRam::with_backing(&regions, false, Backing::File(f.as_fd())),
+    }
+    .map_err(|e| Error::Memory {
+        mib: config.memory_mib,
+        reason: e.to_string(),
+    })?;
+    let mem = ram.memory().clone();
+    vm.register_memory(&mem)?;
+    tracing::debug!("guest memory mapped");
+
+    let mut event_loop = EventLoop::new()
+        .map_err(|e| Error::Host(format!("cannot create the device I/O loop: {e}")))?;
+    let mut mmio = Bus::new();
+    let mut controls = DeviceControls::default();
+    let io = event_loop.handle();
+    let mut devices = virtio_devices(config, &io, &mut controls, drives);
+    devices.extend(net_devices(&io, taps, &mut controls));
+    devices.extend(vsock_device(&io, vsock));
+    let (virtio_slots, transports) = attach_virtio_devices(&vm, &mem, devices, &mut mmio)?;
 
     let control = Arc::new(
         RunControl::new().map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?,
     );
+    let io_thread = {
+        let control = control.clone();
+        std::thread::Builder::new()
+            .name("io".into())
+            .spawn(move || event_loop.run_until(|| control.should_stop()))
+            .map_err(|e| Error::Host(format!("cannot start the device I/O thread: {e}")))?
+    };
     let sink: PowerSink = {
         let control = control.clone();
         Arc::new(move |action| {
@@ -315,8 +384,11 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
             what: "serial irqfd",
             error,
         })?;
+    let serial_trigger = serial_irq
+        .try_clone()
+        .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?;
     let serial = Arc::new(Mutex::new(Serial::new(
-        EventFdTrigger::new(serial_irq),
+        EventFdTrigger::new(serial_trigger),
         serial_out,
     )));
     let mut pio = Bus::new();
@@ -364,25 +436,67 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
                 what: "create",
                 error,
             })?;
-        let vcpu = Vcpu::new(id, fd, ctx.clone());
-        vcpu.configure(&supported_cpuid, cpuid_opts)?;
-        if id == 0 {
-            vcpu.set_boot_state(kernel.mode, kernel.entry.0)?;
-        }
-        vcpus.push(vcpu);
+        vcpus.push(Vcpu::new(id, fd, ctx.clone()));
     }
+    Ok(Parts {
+        vm: Arc::new(vm),
+        ram,
+        mem,
+        config: config.clone(),
+        vcpus,
+        transports,
+        virtio_slots,
+        serial,
+        serial_irq,
+        io_thread,
+        io,
+        controls,
+        control,
+        supported_cpuid,
+        cpuid_opts,
+    })
+}
 
-    let io_handle = event_loop.handle();
-    let io_thread = {
-        let control = control.clone();
-        std::thread::Builder::new()
-            .name("io".into())
-            .spawn(move || event_loop.run_until(|| control.should_stop()))
-            .map_err(|e| Error::Host(format!("cannot start the device I/O thread: {e}")))?
-    };
+/// How the vCPUs start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Launch {
+    Running,
+    /// Parked until `PUT /vm/resume` (a restored snapshot without --resume).
+    Paused,
+}
+
+/// Called once every thread runs (a migration's destination tells its source); an error
+/// stops the machine.
+pub(crate) type OnStarted = Box<dyn FnOnce() -> Result<(), Error>>;
+
+/// Starts the I/O thread, the vCPU threads and the API, and waits for the machine to stop.
+pub(crate) fn launch(
+    parts: Parts,
+    opts: RunOptions,
+    start: Launch,
+    on_started: Option<OnStarted>,
+) -> Result<RunReport, Error> {
+    let Parts {
+        vm,
+        ram,
+        mem,
+        config,
+        vcpus,
+        transports,
+        serial,
+        io_thread,
+        io: io_handle,
+        controls,
+        control,
+        ..
+    } = parts;
 
     install_kick_handler()?;
+    if start == Launch::Paused {
+        control.request_pause();
+    }
     let counters: Vec<_> = vcpus.iter().map(|v| v.counters()).collect();
+    let handles: Vec<_> = vcpus.iter().map(|v| v.handle()).collect();
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let spawned = std::thread::Builder::new()
@@ -398,8 +512,20 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
         }
     }
     if opts.console_input {
-        spawn_console_input(serial, control.clone());
+        spawn_console_input(serial.clone(), control.clone());
     }
+    let machine = Arc::new(crate::snapshot::MachineAccess {
+        vm: vm.clone(),
+        mem: mem.clone(),
+        anonymous: ram.is_anonymous(),
+        config: config.clone(),
+        vcpus: handles,
+        transports,
+        serial,
+        io: io_handle.clone(),
+        control: control.clone(),
+        kick_vcpus: vcpu_kicker(&threads),
+    });
     let api_thread = match &opts.api_socket {
         Some(path) => {
             let ctx = api::ApiContext {
@@ -409,6 +535,7 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
                 memory_mib: config.memory_mib,
                 devices: controls.clone(),
                 exit_counters: counters.clone(),
+                machine: machine.clone(),
             };
             match api::spawn(path, ctx) {
                 Ok(t) => Some(t),
@@ -428,6 +555,22 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     };
 
     tracing::debug!("{} vCPU threads started", threads.len());
+    if let Some(t0) = PROCESS_START.get() {
+        // `VIREO_LOG=vireo_timing=info` shows it: how long a start (a restore above all)
+        // took from exec to running vCPU threads.
+        tracing::info!(
+            target: "vireo_timing",
+            "vCPUs running {:.3} ms after process start",
+            t0.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    let mut result = Ok(());
+    if let Some(f) = on_started {
+        if let Err(e) = f() {
+            control.request_stop(StopReason::Host);
+            result = Err(e);
+        }
+    }
     let reason = control.wait();
     // The API thread may kick vCPU threads, so it ends before they are joined.
     if let Some(t) = api_thread {
@@ -436,6 +579,11 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     stop_vcpus(threads);
     io_handle.kick();
     let _ = io_thread.join();
+    drop(machine);
+    drop(vm);
+    drop(mem);
+    drop(ram);
+    result?;
     Ok(RunReport {
         reason,
         exits: counters.iter().map(|c| c.snapshot()).collect(),
@@ -498,12 +646,14 @@ fn virtio_devices(
 
 /// Gives each device a virtio-mmio slot: registers, an irqfd for its interrupt and an
 /// ioeventfd per queue, so that neither notification direction stops a vCPU.
+type Attached = (Vec<acpi::VirtioMmioSlot>, Vec<Arc<Mutex<MmioTransport>>>);
+
 fn attach_virtio_devices(
     vm: &Vm,
     mem: &Arc<GuestMemoryMmap>,
     devices: Vec<Box<dyn VirtioDevice>>,
     mmio: &mut Bus,
-) -> Result<Vec<acpi::VirtioMmioSlot>, Error> {
+) -> Result<Attached, Error> {
     if devices.len() > MAX_VIRTIO_DEVICES {
         return Err(Error::Host(format!(
             "{} virtio devices asked for; at most {MAX_VIRTIO_DEVICES} fit",
@@ -515,6 +665,7 @@ fn attach_virtio_devices(
             .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))
     };
     let mut slots = Vec::new();
+    let mut transports = Vec::new();
     for (i, device) in devices.into_iter().enumerate() {
         let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SLOT;
         let gsi = VIRTIO_GSI_BASE + i as u32;
@@ -547,19 +698,17 @@ fn attach_virtio_devices(
             queue_events,
         )
         .map_err(|e| Error::Host(format!("virtio device set-up: {e}")))?;
-        mmio.insert(
-            base,
-            virtio::mmio::MMIO_LEN,
-            Arc::new(Mutex::new(transport)),
-        )
-        .map_err(|e| Error::Host(format!("device layout: {e}")))?;
+        let transport = Arc::new(Mutex::new(transport));
+        transports.push(transport.clone());
+        mmio.insert(base, virtio::mmio::MMIO_LEN, transport)
+            .map_err(|e| Error::Host(format!("device layout: {e}")))?;
         slots.push(acpi::VirtioMmioSlot {
             base,
             len: virtio::mmio::MMIO_LEN,
             gsi,
         });
     }
-    Ok(slots)
+    Ok((slots, transports))
 }
 
 fn write_descriptor_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {

@@ -6,16 +6,35 @@
 //! mappings), which leaves every 4 KiB of guest memory its own second-level fault and mapping:
 //! on a nested host, where each such fault is expensive, that alone slows a guest's boot.
 
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestRegionMmap};
+
+/// Guest memory with a dirty bitmap per region (see `devices::virtio::GuestMemory`).
+pub type GuestMemoryMmap = devices::virtio::GuestMemory;
 
 const HUGE_PAGE: usize = 2 << 20;
+pub const PAGE_SIZE: usize = 4096;
+
+/// Where a region's contents come from.
+#[derive(Clone, Copy)]
+pub enum Backing<'a> {
+    /// Zero-filled anonymous memory.
+    Anonymous,
+    /// A private copy-on-write mapping of a file, starting at the given offset for the first
+    /// region and continuing in order for the next ones: the guest reads the file's pages,
+    /// its writes stay in this process.
+    File(BorrowedFd<'a>),
+}
 
 /// Guest memory and the host mappings behind it, unmapped when this is dropped.
 pub struct GuestRam {
     mem: Arc<GuestMemoryMmap>,
+    anonymous: bool,
     mappings: Vec<(*mut libc::c_void, usize)>,
 }
 
@@ -29,15 +48,28 @@ impl GuestRam {
     /// then costs one (nested) fault per 2 MiB instead of per 4 KiB. Advice only: a host
     /// without THP keeps 4 KiB pages.
     pub fn new(regions: &[(GuestAddress, u64)], huge_pages: bool) -> std::io::Result<Self> {
+        Self::with_backing(regions, huge_pages, Backing::Anonymous)
+    }
+
+    /// Like [`GuestRam::new`], with the contents taken from `backing`. A file is mapped, not
+    /// read: the cost does not depend on the memory's size, pages are read on first touch.
+    pub fn with_backing(
+        regions: &[(GuestAddress, u64)],
+        huge_pages: bool,
+        backing: Backing<'_>,
+    ) -> std::io::Result<Self> {
         let mut ram = GuestRam {
             mem: Arc::new(GuestMemoryMmap::new()),
+            anonymous: matches!(backing, Backing::Anonymous),
             mappings: Vec::new(),
         };
         let mut guest_regions = Vec::new();
+        let mut file_offset: u64 = 0;
         for &(gpa, size) in regions {
             let size =
                 usize::try_from(size).map_err(|_| std::io::Error::other("region too large"))?;
-            let host = ram.map_aligned(size, gpa.0 as usize % HUGE_PAGE)?;
+            let host = ram.map_aligned(size, gpa.0 as usize % HUGE_PAGE, backing, file_offset)?;
+            file_offset += size as u64;
             if huge_pages {
                 // SAFETY: [host, host + size) is the mapping just made; MADV_HUGEPAGE changes
                 // how it is backed, not its contents.
@@ -48,13 +80,18 @@ impl GuestRam {
                     );
                 }
             }
-            // SAFETY: `host` is a fresh read/write private anonymous mapping of `size` bytes,
-            // owned by `ram` and unmapped only after every user of the memory is gone.
+            let bitmap = AtomicBitmap::new(size, NonZeroUsize::new(PAGE_SIZE).unwrap());
+            let flags = match backing {
+                Backing::Anonymous => libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                Backing::File(_) => libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            };
+            // SAFETY: `host` is a fresh read/write private mapping of `size` bytes, owned by
+            // `ram` and unmapped only after every user of the memory is gone.
             let region = unsafe {
-                MmapRegionBuilder::new(size)
+                MmapRegionBuilder::new_with_bitmap(size, bitmap)
                     .with_raw_mmap_pointer(host.cast())
                     .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                    .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+                    .with_mmap_flags(flags)
                     .build()
             }
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -72,7 +109,13 @@ impl GuestRam {
 
     /// Reserves `size + 2 MiB` of address space and maps `size` bytes inside it at an address
     /// congruent to `phase` modulo 2 MiB.
-    fn map_aligned(&mut self, size: usize, phase: usize) -> std::io::Result<*mut libc::c_void> {
+    fn map_aligned(
+        &mut self,
+        size: usize,
+        phase: usize,
+        backing: Backing<'_>,
+        file_offset: u64,
+    ) -> std::io::Result<*mut libc::c_void> {
         let reserve = size
             .checked_add(HUGE_PAGE)
             .ok_or_else(|| std::io::Error::other("region too large"))?;
@@ -98,16 +141,26 @@ impl GuestRam {
         } else {
             aligned
         };
+        let (flags, fd, offset) = match backing {
+            Backing::Anonymous => (libc::MAP_ANONYMOUS, -1, 0),
+            Backing::File(fd) => (
+                0,
+                fd.as_raw_fd(),
+                libc::off_t::try_from(file_offset)
+                    .map_err(|_| std::io::Error::other("file offset too large"))?,
+            ),
+        };
         // SAFETY: [aligned, aligned + size) lies inside the reservation just made (aligned is
-        // less than 2 MiB past its start), so MAP_FIXED replaces only memory we own.
+        // less than 2 MiB past its start), so MAP_FIXED replaces only memory we own. A file
+        // mapping is MAP_PRIVATE: the file is never written through it.
         let host = unsafe {
             libc::mmap(
                 aligned as *mut libc::c_void,
                 size,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                -1,
-                0,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED | flags,
+                fd,
+                offset,
             )
         };
         if host == libc::MAP_FAILED {
@@ -119,6 +172,53 @@ impl GuestRam {
     pub fn memory(&self) -> &Arc<GuestMemoryMmap> {
         &self.mem
     }
+
+    /// Whether every page not yet touched reads as zero (no file behind the memory).
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+}
+
+/// The runs of pages (offset, length in bytes) of the `len` bytes mapped at `host` that the
+/// kernel has ever given a page (present in RAM or swapped out), from /proc/self/pagemap.
+/// For anonymous memory every other page was never touched and reads as zero, so a snapshot
+/// or a migration can skip it without reading it (which would fault it in).
+pub fn touched_runs(host: *const u8, len: usize) -> std::io::Result<Vec<(usize, usize)>> {
+    use std::os::unix::fs::FileExt;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let f = std::fs::File::open("/proc/self/pagemap")?;
+    let first = host as usize / PAGE_SIZE;
+    let pages = len / PAGE_SIZE;
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut buf = vec![0u8; 8 * 8192];
+    let mut page = 0;
+    while page < pages {
+        let n = (pages - page).min(8192);
+        f.read_exact_at(&mut buf[..n * 8], ((first + page) * 8) as u64)?;
+        for (i, e) in buf[..n * 8].chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(e);
+            if u64::from_le_bytes(b) & (PRESENT | SWAPPED) != 0 {
+                let off = (page + i) * PAGE_SIZE;
+                match runs.last_mut() {
+                    Some((start, l)) if *start + *l == off => *l += PAGE_SIZE,
+                    _ => runs.push((off, PAGE_SIZE)),
+                }
+            }
+        }
+        page += n;
+    }
+    Ok(runs)
+}
+
+/// Whether a page holds only zero bytes.
+pub fn is_zero_page(page: &[u8]) -> bool {
+    // Compare word by word: this runs over every page of a snapshot.
+    let (pre, words, post) =
+        // SAFETY: every bit pattern is a valid u64.
+        unsafe { page.align_to::<u64>() };
+    pre.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
 }
 
 impl Drop for GuestRam {

@@ -3,7 +3,8 @@
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::Serial as Uart;
 
 use super::EventFdTrigger;
@@ -44,10 +45,65 @@ pub struct Serial {
     uart: Uart<EventFdTrigger, NoEvents, SerialOutput>,
 }
 
+/// The UART's registers and receive FIFO, for a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 impl Serial {
     pub fn new(irq: EventFdTrigger, out: SerialOutput) -> Self {
         Self {
             uart: Uart::new(irq, out),
+        }
+    }
+
+    /// A UART in the state a snapshot saved. The state is hostile input: vm-superio refuses a
+    /// receive FIFO longer than the UART's.
+    pub fn from_snapshot(
+        irq: EventFdTrigger,
+        out: SerialOutput,
+        s: &SerialSnapshot,
+    ) -> Result<Self, String> {
+        let state = SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        Uart::from_state(&state, irq, NoEvents, out)
+            .map(|uart| Self { uart })
+            .map_err(|e| format!("serial state: {e:?}"))
+    }
+
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 

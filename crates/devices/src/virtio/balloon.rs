@@ -189,6 +189,14 @@ impl VirtioDevice for Balloon {
         }
     }
 
+    fn restore_config(&mut self, config: &[u8]) {
+        if let [t0, t1, t2, t3, a0, a1, a2, a3, ..] = *config {
+            let mut s = self.shared.lock();
+            s.status.target_pages = u32::from_le_bytes([t0, t1, t2, t3]);
+            s.status.actual_pages = u32::from_le_bytes([a0, a1, a2, a3]);
+        }
+    }
+
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let stats_negotiated = ctx.features & F_STATS_VQ != 0 && self.stats_interval.is_some();
         let mut queues = ctx.queues.into_iter();

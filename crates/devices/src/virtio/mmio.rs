@@ -5,8 +5,10 @@
 //! specification allows, and a device that cannot start is marked DEVICE_NEEDS_RESET rather
 //! than left half-running.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -22,6 +24,58 @@ const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x4f52_4956; // "VIRO"
 const CONFIG_SPACE: u64 = 0x100;
+
+/// One queue's registers as the driver programmed them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueRegs {
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub event_idx: bool,
+}
+
+/// What a snapshot keeps of a transport and its device: the registers, the interrupt status
+/// and the device's configuration space. Ring positions are not kept: they are in guest
+/// memory (the used ring's index), which the snapshot has.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub status: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub queues: Vec<QueueRegs>,
+    /// The first bytes of the device's configuration space (a MAC, a balloon's sizes).
+    pub config: Vec<u8>,
+}
+
+/// Bytes of configuration space a snapshot keeps; every device's fits.
+const SAVED_CONFIG_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("device type {found} where the snapshot has {expected}")]
+    DeviceType { expected: u32, found: u32 },
+    #[error("device type {dev}: {found} queues where the snapshot has {expected}")]
+    QueueCount {
+        dev: u32,
+        expected: usize,
+        found: usize,
+    },
+    #[error("device type {dev}: queue {queue}: {what}")]
+    Queue {
+        dev: u32,
+        queue: usize,
+        what: String,
+    },
+    #[error("device type {dev} failed to start again")]
+    Activate { dev: u32 },
+}
 
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -65,6 +119,120 @@ impl MmioTransport {
             config_generation: 0,
             active: false,
         })
+    }
+
+    /// The transport's state, for a snapshot. Call it with the vCPUs parked and the I/O
+    /// thread frozen, so that nothing changes meanwhile.
+    pub fn save_state(&self) -> TransportState {
+        let mut config = vec![0u8; SAVED_CONFIG_LEN];
+        self.device.read_config(0, &mut config);
+        TransportState {
+            device_type: self.device.device_type(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueRegs {
+                    size: q.size(),
+                    ready: q.ready(),
+                    desc_table: q.desc_table(),
+                    avail_ring: q.avail_ring(),
+                    used_ring: q.used_ring(),
+                    event_idx: q.event_idx_enabled(),
+                })
+                .collect(),
+            config,
+        }
+    }
+
+    /// Brings a freshly built transport (same device type, guest memory already restored) to
+    /// `state`. A device the driver had started is started again with its queues resuming at
+    /// the used ring's index: requests it had taken but not completed are taken again (the
+    /// ones a snapshot can catch in flight are idempotent: reads, writes of the same data,
+    /// buffers offered for the device to fill). `state` comes from a file or a network peer:
+    /// every queue is validated against guest memory before the device sees it.
+    pub fn restore_state(&mut self, state: &TransportState) -> Result<(), RestoreError> {
+        let dev = self.device.device_type();
+        if state.device_type != dev {
+            return Err(RestoreError::DeviceType {
+                expected: state.device_type,
+                found: dev,
+            });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(RestoreError::QueueCount {
+                dev,
+                expected: state.queues.len(),
+                found: self.queues.len(),
+            });
+        }
+        self.device.restore_config(&state.config);
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features & self.offered_features();
+        self.queue_sel = state.queue_sel;
+        self.status = state.status;
+        self.config_generation = state.config_generation;
+        let mem = &*self.mem;
+        for (i, (q, r)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            let bad = |what: String| RestoreError::Queue {
+                dev,
+                queue: i,
+                what,
+            };
+            q.reset();
+            if r.size != q.max_size() || r.ready {
+                // The driver may have picked a smaller size; set_size refuses bad ones.
+                q.try_set_size(r.size)
+                    .map_err(|e| bad(format!("size {}: {e}", r.size)))?;
+            }
+            q.try_set_desc_table_address(vm_memory::GuestAddress(r.desc_table))
+                .map_err(|e| bad(format!("descriptor table: {e}")))?;
+            q.try_set_avail_ring_address(vm_memory::GuestAddress(r.avail_ring))
+                .map_err(|e| bad(format!("available ring: {e}")))?;
+            q.try_set_used_ring_address(vm_memory::GuestAddress(r.used_ring))
+                .map_err(|e| bad(format!("used ring: {e}")))?;
+            q.set_event_idx(r.event_idx);
+            q.set_ready(r.ready);
+            if r.ready {
+                if !q.is_valid(mem) {
+                    return Err(bad("rings outside guest memory".into()));
+                }
+                let used = q
+                    .used_idx(mem, Ordering::Acquire)
+                    .map_err(|e| bad(format!("used index: {e}")))?;
+                q.set_next_avail(used.0);
+                q.set_next_used(used.0);
+            }
+        }
+        self.interrupt.ack(u32::MAX);
+        self.interrupt.restore(state.interrupt_status);
+        if self.status & status::DRIVER_OK != 0
+            && self.status & status::FEATURES_OK != 0
+            && self.status & status::DEVICE_NEEDS_RESET == 0
+        {
+            self.activate();
+            if !self.active {
+                return Err(RestoreError::Activate { dev });
+            }
+            // Work the driver announced just before the snapshot may not have been seen:
+            // a notification per queue makes the device look (an empty queue costs nothing).
+            for e in &self.queue_events {
+                let _ = e.write(1);
+            }
+        }
+        if state.interrupt_status != 0 {
+            // The interrupt may have been raised and not yet taken: raise it again (a
+            // driver that finds nothing new ignores it).
+            let _ = self.interrupt.eventfd().write(1);
+        }
+        Ok(())
     }
 
     fn offered_features(&self) -> u64 {

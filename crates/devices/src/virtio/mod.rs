@@ -22,8 +22,10 @@ use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, Subscriber
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-/// Guest memory as devices see it.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as devices see it. Every write through vm-memory marks its page in the
+/// region's dirty bitmap, so that live migration also resends pages the devices wrote (KVM's
+/// dirty log sees only the vCPUs' writes).
+pub type GuestMemory = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// Device IDs (virtio 1.2, 5).
 pub mod device_type {
@@ -83,6 +85,11 @@ impl Interrupt {
         self.status.load(Ordering::SeqCst)
     }
 
+    /// Sets the status bits to those of a snapshot, without raising the interrupt.
+    pub fn restore(&self, bits: u32) {
+        self.status.store(bits & 3, Ordering::SeqCst);
+    }
+
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
@@ -138,6 +145,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// The driver reset the device: stop serving the queues and forget the session.
     fn reset(&mut self);
+    /// Takes back what the driver and the host had put in the configuration space, from the
+    /// bytes a snapshot read from it (hostile input: check it). Default: nothing to take back.
+    fn restore_config(&mut self, _config: &[u8]) {}
 }
 
 /// The subscriber type the I/O thread runs.
@@ -192,10 +202,31 @@ impl EventLoopHandle {
         }
     }
 
+    /// Stops the I/O thread until the returned guard is dropped: no device touches guest
+    /// memory or its queues meanwhile (snapshots, the last round of a migration).
+    pub fn freeze(&self) -> Result<IoFreeze, ActivateError> {
+        let (parked_tx, parked_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        self.0
+            .fire(move |_| {
+                let _ = parked_tx.send(());
+                // Returns when the guard (the sender) is dropped.
+                let _ = release_rx.recv();
+            })
+            .map_err(|e| ActivateError::Handler(format!("{e:?}")))?;
+        parked_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| ActivateError::Handler("the device I/O thread did not stop".into()))?;
+        Ok(IoFreeze(release_tx))
+    }
+
     pub fn kick(&self) {
         let _ = self.0.kick();
     }
 }
+
+/// While this lives, the I/O thread is stopped (see [`EventLoopHandle::freeze`]).
+pub struct IoFreeze(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
 
 #[cfg(test)]
 mod tests {

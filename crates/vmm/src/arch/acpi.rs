@@ -18,7 +18,9 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use devices::power;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::GuestMemoryMmap;
 
 use super::layout::{
     ACPI_END, ACPI_PM_PORT, ACPI_START, I8042_COMMAND_PORT, I8042_DATA_PORT, IOAPIC_ADDR,
@@ -244,7 +246,7 @@ mod tests {
 
     #[test]
     fn many_vcpus_still_fit() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let rsdp = setup_acpi(&mem, 254, &[]).unwrap();
         let mut sig = [0u8; 8];
         mem.read_slice(&mut sig, rsdp).unwrap();

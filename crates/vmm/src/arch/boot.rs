@@ -13,7 +13,9 @@ use linux_loader::loader::elf::start_info::{
 };
 use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{self, load_cmdline, BzImage, Elf, KernelLoader};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::GuestMemoryMmap;
 
 use super::layout::*;
 use super::regs::EntryMode;

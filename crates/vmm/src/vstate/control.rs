@@ -40,6 +40,8 @@ pub enum StopReason {
     Reset,
     /// The host asked the VMM to stop.
     Host,
+    /// The guest now runs on a migration's destination.
+    Migrated,
     Fault(GuestFault),
 }
 
@@ -113,6 +115,11 @@ impl RunControl {
                 .0;
         }
         true
+    }
+
+    /// Asks the vCPUs to park without waiting for them (before they start).
+    pub fn request_pause(&self) {
+        self.pause_state().requested = true;
     }
 
     pub fn resume(&self) {

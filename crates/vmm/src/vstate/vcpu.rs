@@ -1,14 +1,17 @@
 //! A vCPU: its initial state and the loop that runs it on its own thread.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use devices::Bus;
 use kvm_bindings::{
-    CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_lapic_state, kvm_mp_state, kvm_msr_entry,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
+    KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
 
 use super::control::{ExitCounters, GuestFault, RunControl, StopReason};
 use crate::arch::{cpuid, msr, regs};
@@ -31,19 +34,197 @@ pub struct VcpuContext {
 
 pub struct Vcpu {
     id: u8,
-    fd: VcpuFd,
+    /// Locked by the vCPU thread around each KVM_RUN and free while it is parked, so that the
+    /// VMM can read and write a paused vCPU's state from another thread (snapshots).
+    fd: Arc<Mutex<VcpuFd>>,
     ctx: VcpuContext,
     counters: Arc<ExitCounters>,
+}
+
+/// Everything KVM keeps about one vCPU that a snapshot needs to bring it back.
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    pub id: u8,
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub mp_state: kvm_mp_state,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    /// `kvm_fpu` has no serde implementation: its bytes.
+    pub fpu: Vec<u8>,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub debugregs: kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    /// Every MSR KVM lets us read, kvmclock's included.
+    pub msrs: Vec<kvm_msr_entry>,
+    pub events: kvm_vcpu_events,
+}
+
+/// Access to a vCPU's KVM state from outside its thread; use only while the vCPU is parked
+/// (or before its thread starts), when nothing else holds its lock.
+#[derive(Clone)]
+pub struct VcpuHandle {
+    pub id: u8,
+    fd: Arc<Mutex<VcpuFd>>,
+}
+
+impl VcpuHandle {
+    fn fd(&self) -> MutexGuard<'_, VcpuFd> {
+        self.fd.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn err(&self, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VcpuError {
+        let vcpu = self.id;
+        move |error| VcpuError { vcpu, what, error }
+    }
+
+    /// Reads the vCPU's state; `msr_list` names the MSRs to save.
+    pub fn save(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
+        let fd = self.fd();
+        let fpu = fd.get_fpu().map_err(self.err("get FPU"))?;
+        Ok(VcpuState {
+            id: self.id,
+            cpuid: fd
+                .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .map_err(self.err("get CPUID"))?
+                .as_slice()
+                .to_vec(),
+            mp_state: fd.get_mp_state().map_err(self.err("get MP state"))?,
+            regs: fd.get_regs().map_err(self.err("get registers"))?,
+            sregs: fd.get_sregs().map_err(self.err("get special registers"))?,
+            fpu: pod_bytes(&fpu),
+            xsave: fd.get_xsave().map_err(self.err("get XSAVE"))?,
+            xcrs: fd.get_xcrs().map_err(self.err("get XCRs"))?,
+            debugregs: fd
+                .get_debug_regs()
+                .map_err(self.err("get debug registers"))?,
+            lapic: fd.get_lapic().map_err(self.err("get LAPIC"))?,
+            msrs: get_msrs(&fd, msr_list).map_err(self.err("get MSRs"))?,
+            events: fd.get_vcpu_events().map_err(self.err("get vCPU events"))?,
+        })
+    }
+
+    /// Loads `state` into the vCPU, in the order KVM needs: CPUID before anything that depends
+    /// on it, the LAPIC before the MSRs (the TSC deadline lives in the LAPIC), events last.
+    pub fn restore(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        let fd = self.fd();
+        let cpuid = CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError {
+            vcpu: self.id,
+            what: "set CPUID",
+            error: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        fd.set_cpuid2(&cpuid).map_err(self.err("set CPUID"))?;
+        fd.set_mp_state(state.mp_state)
+            .map_err(self.err("set MP state"))?;
+        fd.set_regs(&state.regs)
+            .map_err(self.err("set registers"))?;
+        fd.set_sregs(&state.sregs)
+            .map_err(self.err("set special registers"))?;
+        let fpu: kvm_fpu = pod_from_bytes(&state.fpu).ok_or(VcpuError {
+            vcpu: self.id,
+            what: "set FPU",
+            error: kvm_ioctls::Error::new(libc::EINVAL),
+        })?;
+        fd.set_fpu(&fpu).map_err(self.err("set FPU"))?;
+        // SAFETY: `kvm_xsave` is the legacy 4 KiB area that KVM_GET_XSAVE filled on the
+        // source; KVM reads no more than that from it.
+        unsafe { fd.set_xsave(&state.xsave) }.map_err(self.err("set XSAVE"))?;
+        fd.set_xcrs(&state.xcrs).map_err(self.err("set XCRs"))?;
+        fd.set_debug_regs(&state.debugregs)
+            .map_err(self.err("set debug registers"))?;
+        fd.set_lapic(&state.lapic).map_err(self.err("set LAPIC"))?;
+        set_msrs(&fd, &state.msrs).map_err(self.err("set MSRs"))?;
+        fd.set_vcpu_events(&state.events)
+            .map_err(self.err("set vCPU events"))?;
+        Ok(())
+    }
+}
+
+/// Reads the MSRs in `list`. KVM stops at the first one it cannot read: that one is skipped
+/// and the rest are read in the next call.
+fn get_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, kvm_ioctls::Error> {
+    let mut out = Vec::with_capacity(list.len());
+    let mut i = 0;
+    while i < list.len() {
+        let chunk = &list[i..list.len().min(i + 256)];
+        let entries: Vec<kvm_msr_entry> = chunk
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs =
+            Msrs::from_entries(&entries).map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
+        let n = fd.get_msrs(&mut msrs)?;
+        out.extend_from_slice(&msrs.as_slice()[..n]);
+        i += n;
+        if n < chunk.len() {
+            // chunk[n] cannot be read on this host: skip it.
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `entries`, skipping (and logging) any this KVM refuses.
+fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), kvm_ioctls::Error> {
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(256)];
+        let msrs = Msrs::from_entries(chunk).map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
+        let n = fd.set_msrs(&msrs)?;
+        if n < chunk.len() {
+            tracing::debug!("KVM refused to set MSR {:#x}", chunk[n].index);
+            rest = &rest[n + 1..];
+        } else {
+            rest = &rest[n..];
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of a plain-old-data KVM structure.
+fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: T is a KVM ABI structure of plain integers: every byte of it is initialised
+    // (it came from an ioctl that filled all of it) and readable for size_of::<T>().
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+/// The inverse of [`pod_bytes`]; None when the length is wrong.
+fn pod_from_bytes<T: Copy + Default>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() != std::mem::size_of::<T>() {
+        return None;
+    }
+    let mut v = T::default();
+    // SAFETY: T is a KVM ABI structure of plain integers, for which any bit pattern is valid,
+    // and `bytes` holds exactly size_of::<T>() bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut v as *mut T).cast::<u8>(), bytes.len())
+    };
+    Some(v)
 }
 
 impl Vcpu {
     pub fn new(id: u8, fd: VcpuFd, ctx: VcpuContext) -> Self {
         Self {
             id,
-            fd,
+            fd: Arc::new(Mutex::new(fd)),
             ctx,
             counters: Arc::new(ExitCounters::default()),
         }
+    }
+
+    pub fn handle(&self) -> VcpuHandle {
+        VcpuHandle {
+            id: self.id,
+            fd: self.fd.clone(),
+        }
+    }
+
+    fn fd(&self) -> MutexGuard<'_, VcpuFd> {
+        self.fd.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn counters(&self) -> Arc<ExitCounters> {
@@ -60,11 +241,11 @@ impl Vcpu {
             let vcpu = self.id;
             move |error| VcpuError { vcpu, what, error }
         };
-        self.fd
-            .set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, self.id, opts))
+        let fd = self.fd();
+        fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, self.id, opts))
             .map_err(err("CPUID"))?;
         let msrs = msr::boot_msrs();
-        let set = self.fd.set_msrs(&msrs).map_err(err("MSRs"))?;
+        let set = fd.set_msrs(&msrs).map_err(err("MSRs"))?;
         if set != msrs.as_slice().len() {
             // KVM stops at the first MSR it does not know; the rest keep their reset values,
             // which a guest kernel initialises itself.
@@ -74,8 +255,8 @@ impl Vcpu {
                 msrs.as_slice().len()
             );
         }
-        regs::setup_fpu(&self.fd).map_err(err("FPU"))?;
-        regs::setup_lapic(&self.fd).map_err(err("LAPIC"))?;
+        regs::setup_fpu(&fd).map_err(err("FPU"))?;
+        regs::setup_lapic(&fd).map_err(err("LAPIC"))?;
         Ok(())
     }
 
@@ -86,14 +267,16 @@ impl Vcpu {
             let vcpu = self.id;
             move |error| VcpuError { vcpu, what, error }
         };
-        regs::setup_sregs(&self.fd, mode).map_err(err("special registers"))?;
-        regs::setup_regs(&self.fd, mode, entry).map_err(err("registers"))
+        let fd = self.fd();
+        regs::setup_sregs(&fd, mode).map_err(err("special registers"))?;
+        regs::setup_regs(&fd, mode, entry).map_err(err("registers"))
     }
 
     /// Runs the vCPU until the machine stops. A guest-caused failure stops the whole machine.
     pub fn run(mut self) {
         while !self.ctx.control.should_stop() {
             if self.ctx.control.pause_requested() {
+                self.settle();
                 self.ctx.control.park();
                 continue;
             }
@@ -103,11 +286,28 @@ impl Vcpu {
         }
     }
 
+    /// Lets KVM finish the instruction behind the last I/O exit (an `in` gets its value, a
+    /// string I/O its next iteration) without entering the guest: KVM_RUN with immediate_exit
+    /// set does that and returns EINTR. Without it a snapshot taken now would lose the
+    /// instruction's completion, which lives in KVM and in no state KVM can save.
+    fn settle(&mut self) {
+        let mut fd = self.fd();
+        fd.set_kvm_immediate_exit(1);
+        match fd.run() {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => tracing::debug!("vCPU {}: settling before pause: {e}", self.id),
+            Ok(exit) => tracing::debug!("vCPU {}: settling before pause: {exit:?}", self.id),
+        }
+        fd.set_kvm_immediate_exit(0);
+    }
+
     fn run_once(&mut self) -> Option<StopReason> {
         let id = self.id;
+        let fd = self.fd.clone();
+        let mut fd = fd.lock().unwrap_or_else(|e| e.into_inner());
         let c = &self.counters;
         let fault = |f| Some(StopReason::Fault(f));
-        match self.fd.run() {
+        match fd.run() {
             Ok(exit) => match exit {
                 VcpuExit::IoIn(port, data) => {
                     ExitCounters::bump(&c.io_in);
@@ -155,6 +355,7 @@ impl Vcpu {
                 }
                 VcpuExit::InternalError => {
                     ExitCounters::bump(&c.other);
+                    drop(fd);
                     Some(StopReason::Fault(self.internal_error()))
                 }
                 VcpuExit::IrqWindowOpen | VcpuExit::Intr => {
@@ -173,7 +374,7 @@ impl Vcpu {
                 // Kicked by the VMM (a stop request) or a signal: clear the request to leave
                 // KVM_RUN at once and look at the stop flag again.
                 ExitCounters::bump(&c.interrupted);
-                self.fd.set_kvm_immediate_exit(0);
+                fd.set_kvm_immediate_exit(0);
                 None
             }
             Err(e) => fault(GuestFault::RunFailed {
@@ -187,11 +388,12 @@ impl Vcpu {
         let vcpu = self.id;
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the union
         // member KVM filled in.
-        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let mut fd = self.fd();
+        let suberror = unsafe { fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
         if suberror != KVM_INTERNAL_ERROR_EMULATION {
             return GuestFault::InternalError { vcpu, suberror };
         }
-        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        let rip = fd.get_regs().map(|r| r.rip).unwrap_or(0);
         if host_kvm_is_pvm() {
             GuestFault::PvmEmulationFailure { vcpu, rip }
         } else {

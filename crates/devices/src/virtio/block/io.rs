@@ -5,7 +5,8 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use vireo_storage::{BlockBackend, Format};
+use vireo_storage::{BlockBackend, Buffer, Format};
+use vm_memory::bitmap::{AtomicBitmap, Bitmap, BS};
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::GuestMemory;
@@ -72,7 +73,9 @@ impl DiskFile {
         segs: &[Segment],
         offset: u64,
     ) -> io::Result<()> {
-        self.backend.read(&slices(mem, segs)?, offset)
+        let guest = slices(mem, segs)?;
+        let _dirty = MarkDirtyOnDrop(&guest);
+        self.backend.read(&plain(&guest), offset)
     }
 
     /// Writes the guest buffers `segs` to the image at `offset`.
@@ -85,7 +88,7 @@ impl DiskFile {
         if self.read_only() {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
-        self.backend.write(&slices(mem, segs)?, offset)
+        self.backend.write(&plain(&slices(mem, segs)?), offset)
     }
 
     /// Makes every completed write durable (fdatasync; for qcow2 the image's metadata too).
@@ -104,9 +107,12 @@ impl DiskFile {
     }
 }
 
+/// Guest RAM behind guest buffers, with its dirty bitmap.
+type GuestSlice<'m> = VolatileSlice<'m, BS<'m, AtomicBitmap>>;
+
 /// The host memory behind guest buffers. Every guest range is resolved through vm-memory, so
 /// an address outside guest RAM fails the request before any I/O.
-fn slices<'m>(mem: &'m GuestMemory, segs: &[Segment]) -> io::Result<Vec<VolatileSlice<'m, ()>>> {
+fn slices<'m>(mem: &'m GuestMemory, segs: &[Segment]) -> io::Result<Vec<GuestSlice<'m>>> {
     let mut out = Vec::with_capacity(segs.len());
     for s in segs {
         for slice in GuestMemoryBackend::get_slices(mem, s.addr, s.len as usize) {
@@ -114,4 +120,27 @@ fn slices<'m>(mem: &'m GuestMemory, segs: &[Segment]) -> io::Result<Vec<Volatile
         }
     }
     Ok(out)
+}
+
+/// The same memory as the storage backends take it (no bitmap: marking dirty pages is this
+/// module's job, see [`MarkDirtyOnDrop`]).
+fn plain<'m>(slices: &[GuestSlice<'m>]) -> Vec<Buffer<'m>> {
+    slices
+        .iter()
+        // SAFETY: each slice was resolved by vm-memory inside guest RAM, which `mem` keeps
+        // mapped for 'm; the new slice covers exactly the same bytes.
+        .map(|s| unsafe { VolatileSlice::new(s.ptr_guard_mut().as_ptr(), s.len()) })
+        .collect()
+}
+
+/// Marks guest memory written behind vm-memory's back (a backend reading into it) in the
+/// dirty bitmap when dropped, so live migration sends it again.
+struct MarkDirtyOnDrop<'a, 'b>(&'a [GuestSlice<'b>]);
+
+impl Drop for MarkDirtyOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        for s in self.0 {
+            s.bitmap().mark_dirty(0, s.len());
+        }
+    }
 }

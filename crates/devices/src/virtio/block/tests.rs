@@ -60,8 +60,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let mem =
-            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let file = TempFile::new().unwrap();
         let bytes: Vec<u8> = (0..(DISK_SECTORS * 512) as usize).map(pattern).collect();
         std::fs::write(file.as_path(), bytes).unwrap();

@@ -80,8 +80,7 @@ fn bucket(size: u64, refill_time_ms: u64) -> Option<BucketConfig> {
 
 impl Rig {
     fn new(features: u64, rx: Limits, tx: Limits) -> Self {
-        let mem =
-            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let (a, peer) = UnixDatagram::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         peer.set_nonblocking(true).unwrap();

@@ -79,8 +79,7 @@ impl Rig {
         std::fs::create_dir_all(&dir).unwrap();
         let uds = dir.join("v.sock");
         let host = HostListener::bind(&uds).unwrap();
-        let mem =
-            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let mut rings = [Rings::default(); 2];
         let mut queues = Vec::new();
         for (i, at) in [0u64, 0x1_0000].into_iter().enumerate() {

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# make bench-migrate: in one lab boot (with QEMU), for a Debian guest (vmlinux, busybox
+# initrd, 1 vCPU) of 256 MiB and 1 GiB, idle and with a memory-dirtying workload (16 MiB of a
+# tmpfs file rewritten every 0.1 s), measures:
+#   - vireo-vmm snapshot: PUT /vm/snapshot time and size; restore time from exec of
+#     `vireo-vmm --restore --resume` to running vCPUs (the `vireo_timing` log line), with the
+#     memory checksum checked (default) and without (--no-verify-memory);
+#   - vireo-vmm live migration over loopback (PUT /vm/migrate, downtime_ms 50): total time and
+#     downtime (source pause to the destination's RUNNING), rounds;
+#   - QEMU's live migration of the same guest (-M microvm, QMP migrate over tcp, downtime-limit
+#     50 ms): total time and downtime as query-migrate reports them.
+# Both VMMs' guests are checked to be still ticking after the move. Not a test: it reports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN_DIR=${BIN_DIR:-target/x86_64-unknown-linux-gnu/release}
+SIZES=${SIZES:-"256 1024"}
+for b in vireo-vmm vireo-api; do
+  [ -x "$BIN_DIR/$b" ] || { echo "bench-migrate: $BIN_DIR/$b is missing: run make build first" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/x/etc/vireo"
+cat > "$work/x/etc/vireo/bench.sh" <<'GUEST'
+#!/bin/sh
+mkdir -p /dev/shm && mount -t tmpfs -o size=128m tmpfs /dev/shm
+if grep -q vireo.dirty=1 /proc/cmdline; then
+    (while :; do dd if=/dev/zero of=/dev/shm/d bs=1M count=16 conv=notrunc 2>/dev/null; sleep 0.1; done) &
+fi
+echo BENCH-READY
+i=0
+while :; do i=$((i + 1)); echo "TICK $i"; sleep 0.05; done
+GUEST
+(cd "$work/x" && find . | cpio -o -H newc 2>/dev/null | gzip > "$work/extra.gz")
+
+cat > "$work/lab.sh" <<'LAB'
+set -u
+# The lab's loopback starts down; migrations go over it.
+ip link set lo up
+cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz > /tmp/i.gz
+K=/vireo/guest/vmlinux
+last() { grep -o 'TICK [0-9]*' "$1" 2>/dev/null | tail -1 | cut -d' ' -f2; }
+# wait_tick FILE N: until FILE shows tick N (90 s at most)
+wait_tick() { n=0; while [ "$(last "$1")" = "" ] || [ "$(last "$1")" -lt "$2" ]; do
+    sleep 0.05; n=$((n + 1)); [ $n -gt 1800 ] && { echo "NO-TICK $1 $2"; return 1; }; done; return 0; }
+port=5000
+for size in $SIZES; do for dirty in 0 1; do
+  case=$size-$dirty
+  cmd="console=ttyS0 panic=-1 quiet vireo.run=bench vireo.exit=wait vireo.dirty=$dirty"
+  # --- vireo-vmm: snapshot and restore
+  con=/tmp/v-$case.log; rm -rf /tmp/snap
+  vireo-vmm --kernel $K --initrd /tmp/i.gz --memory $size --cmdline "$cmd" \
+      --api-sock /tmp/a.sock --serial file:$con 2>/tmp/a.err & a=$!
+  wait_tick $con 20
+  vireo-api /tmp/a.sock PUT /vm/pause >/dev/null
+  echo "RESULT $case vireo snapshot $(vireo-api /tmp/a.sock PUT /vm/snapshot '{"path": "/tmp/snap"}')"
+  vireo-api /tmp/a.sock PUT /vm/stop >/dev/null; wait $a
+  for verify in yes no; do
+    flag=; [ $verify = no ] && flag=--no-verify-memory
+    t=$(last $con)
+    VIREO_LOG=vireo_timing=info vireo-vmm --restore /tmp/snap --resume $flag --api-sock /tmp/b.sock \
+        --serial file:$con 2>/tmp/b.err & b=$!
+    wait_tick $con $((t + 3)) && ok=ticking || ok=stuck
+    ms=$(grep -o 'running [0-9.]* ms' /tmp/b.err | cut -d' ' -f2)
+    echo "RESULT $case vireo restore {\"verify_memory\": \"$verify\", \"ms\": ${ms:-null}, \"guest\": \"$ok\"}"
+    if [ $verify = yes ]; then vireo-api /tmp/b.sock PUT /vm/stop >/dev/null; wait $b; continue; fi
+    # --- vireo-vmm: live migration of the restored guest
+    port=$((port + 1))
+    vireo-vmm --incoming 127.0.0.1:$port --api-sock /tmp/c.sock --serial file:$con 2>/tmp/c.err & c=$!
+    sleep 0.3
+    wait_tick $con $((t + 10))
+    r=$(vireo-api /tmp/b.sock PUT /vm/migrate "{\"destination\": \"127.0.0.1:$port\", \"downtime_ms\": 50}" 2>&1)
+    wait $b
+    t=$(last $con); wait_tick $con $((t + 3)) && ok=ticking || ok=stuck
+    echo "RESULT $case vireo migrate {\"guest\": \"$ok\", \"report\": $r}"
+    vireo-api /tmp/c.sock PUT /vm/stop >/dev/null; wait $c
+  done
+  kill $b 2>/dev/null; wait $b 2>/dev/null
+  # --- QEMU: live migration of the same guest
+  q="qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m $size -smp 1 -nodefaults
+     -no-user-config -nographic -kernel $K -initrd /tmp/i.gz"
+  qs=/tmp/q-$case.log; port=$((port + 1))
+  $q -append "$cmd" -serial file:$qs -qmp unix:/tmp/qs.sock,server=on,wait=off -display none >/tmp/qs.err 2>&1 & qa=$!
+  $q -append "$cmd" -serial file:/tmp/qd-$case.log -qmp unix:/tmp/qd.sock,server=on,wait=off \
+     -display none -incoming tcp:127.0.0.1:$port >/tmp/qd.err 2>&1 & qb=$!
+  if wait_tick $qs 20; then
+    vireo-api --qmp /tmp/qs.sock '{"execute": "migrate-set-parameters", "arguments": {"downtime-limit": 50}}' >/dev/null
+    vireo-api --qmp /tmp/qs.sock "{\"execute\": \"migrate\", \"arguments\": {\"uri\": \"tcp:127.0.0.1:$port\"}}" >/dev/null
+    n=0; st=
+    while [ $n -lt 1200 ]; do
+      st=$(vireo-api --qmp /tmp/qs.sock '{"execute": "query-migrate"}')
+      case "$st" in *'"completed"'*|*'"failed"'*) break;; esac
+      sleep 0.1; n=$((n + 1))
+    done
+    case "$st" in *'"completed"'*) ;; *) vireo-api --qmp /tmp/qs.sock '{"execute": "migrate_cancel"}' >/dev/null 2>&1;; esac
+    t=$(last /tmp/qd-$case.log); t=${t:-0}
+    wait_tick /tmp/qd-$case.log $((t + 3)) && ok=ticking || ok=stuck
+    echo "RESULT $case qemu migrate {\"guest\": \"$ok\", \"report\": $(echo "$st" | tr -d '\r\n')}"
+  else
+    echo "RESULT $case qemu migrate {\"guest\": \"no-boot\", \"report\": null}"
+  fi
+  kill $qa $qb 2>/dev/null; wait $qa $qb 2>/dev/null
+done; done
+qemu-system-x86_64 --version | head -1
+LAB
+
+out=$(SIZES="$SIZES" lab/lab run --with-qemu --smp 2 --mem 4096 --timeout 1500 --bin-dir "$BIN_DIR" \
+      --put "$work/extra.gz:/tmp/extra.gz" --put "$work/lab.sh:/tmp/lab.sh" \
+      -- "SIZES='$SIZES' bash /tmp/lab.sh")
+printf '%s\n' "$out" > "$work/out.txt"
+python3 - "$work/out.txt" <<'PY'
+import json, sys
+res = {}
+qemu = "QEMU"
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if line.startswith("QEMU emulator version"):
+        qemu = "QEMU " + line.split()[3]
+    if not line.startswith("RESULT "):
+        continue
+    _, case, vmm, what, js = line.split(" ", 4)
+    try:
+        v = json.loads(js)
+    except json.JSONDecodeError:
+        v = {"raw": js}
+    res.setdefault(case, {}).setdefault((vmm, what), []).append(v)
+
+def g(d, *ks):
+    for k in ks:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+def fmt(v, unit="ms"):
+    return "n/a" if v is None else f"{v:.0f} {unit}" if isinstance(v, float) else f"{v} {unit}"
+
+print("bench-migrate: Debian 6.1 cloud vmlinux + busybox initrd, 1 vCPU, in the lab (TCG host, nested KVM);")
+print("idle = a shell printing a tick every 50 ms; dirty = also 16 MiB of tmpfs rewritten every 0.1 s\n")
+print(f"{'guest':<14}{'snapshot':>16}{'restore':>12}{'restore,':>12}"
+      f"{'vireo migration':>26}{qemu + ' migration':>30}")
+print(f"{'':<14}{'(data written)':>16}{'no verify':>12}{'verified':>12}"
+      f"{'total / downtime / rounds':>26}{'total / downtime':>30}")
+for case in sorted(res, key=lambda c: [int(x) for x in c.split('-')]):
+    r = res[case]
+    size, dirty = case.split("-")
+    snap = (r.get(("vireo", "snapshot")) or [{}])[0]
+    rest = {x.get("verify_memory"): x for x in r.get(("vireo", "restore"), [])}
+    vm = (r.get(("vireo", "migrate")) or [{}])[0]
+    qm = (r.get(("qemu", "migrate")) or [{}])[0]
+    s = f"{snap.get('millis', 'n/a')} ms ({(snap.get('memory_data_bytes') or 0) >> 20} MiB)"
+    rn = rest.get("no", {})
+    rv = rest.get("yes", {})
+    vrep = vm.get("report") or {}
+    vstr = (f"{g(vrep, 'total_ms')} / {g(vrep, 'downtime_ms')} / {g(vrep, 'rounds')} ms,ms,n"
+            if isinstance(vrep, dict) and vrep.get("state") == "completed" else f"failed: {vrep}")
+    qrep = g(qm, "report", "return") or {}
+    qstr = (f"{qrep.get('total-time')} / {qrep.get('downtime')} ms"
+            if qrep.get("status") == "completed" else f"{qrep.get('status', 'n/a')}")
+    label = f"{size} MiB {'dirty' if dirty == '1' else 'idle'}"
+    print(f"{label:<14}{s:>16}{fmt(rn.get('ms')):>12}{fmt(rv.get('ms')):>12}{vstr:>26}{qstr:>30}")
+    bad = [x for x in (rn, rv, vm, qm) if x.get("guest") not in (None, "ticking")]
+    if bad:
+        print(f"  !! a guest did not keep ticking: {bad}")
+print("\ntargets: restore <= 20 ms; idle downtime <= 50 ms and below QEMU's")
+print("raw:", json.dumps({k: {f'{a}/{b}': v for (a, b), v in d.items()} for k, d in res.items()}))
+PY

@@ -1,0 +1,743 @@
+//! Snapshots: a paused machine's whole state in a directory, and a machine started from one.
+//!
+//! A snapshot directory holds two files:
+//!
+//! - `state`: a 64-byte header (magic `VIREOSNP`, format version, the state's length and
+//!   CRC-64, the memory file's length and CRC-64, the header's own CRC-64) followed by the
+//!   machine state as JSON ([`MachineState`]: the VM's configuration, KVM's VM and vCPU state,
+//!   every device's state);
+//! - `memory`: guest RAM, its regions one after the other, as a sparse file (pages that are all
+//!   zero are holes).
+//!
+//! A restore maps `memory` copy-on-write (MAP_PRIVATE), so its cost does not grow with the
+//! guest's size; the guest reads the file's pages on first touch. Everything read is checked
+//! before anything is created: the header's magic, version and checksums, the state's
+//! consistency (regions, vCPU count, device order) and its CPU against this host's KVM.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use devices::legacy::{EventFdTrigger, Serial, SerialSnapshot};
+use devices::virtio::mmio::{MmioTransport, TransportState};
+use devices::virtio::EventLoopHandle;
+use kvm_bindings::{kvm_cpuid_entry2, KVM_MAX_CPUID_ENTRIES};
+use serde::{Deserialize, Serialize};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::api::Kicker;
+use crate::arch::{cpuid, layout};
+use crate::config::{host_memory_mib, VmConfig};
+use crate::machine::{self, Error, Launch, MemorySource, Parts, RunOptions, RunReport};
+use crate::memory::{is_zero_page, GuestMemoryMmap, PAGE_SIZE};
+use crate::vstate::control::RunControl;
+use crate::vstate::vcpu::{VcpuHandle, VcpuState};
+use crate::vstate::vm::{Vm, VmState};
+
+pub const MAGIC: &[u8; 8] = b"VIREOSNP";
+/// The format version this build writes and reads. Bump it whenever [`MachineState`] or the
+/// layout of the files changes.
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 64;
+pub const STATE_FILE: &str = "state";
+pub const MEMORY_FILE: &str = "memory";
+/// A state larger than this is not ours (a real one is a few hundred KiB at most).
+pub const MAX_STATE_LEN: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("snapshot {0}: not a vireo snapshot (bad magic)")]
+    Magic(String),
+    #[error("snapshot {path}: format version {found}, this vireo-vmm reads version {VERSION}")]
+    Version { path: String, found: u32 },
+    #[error("snapshot {path}: {what} checksum mismatch (the snapshot is damaged)")]
+    Checksum { path: String, what: &'static str },
+    #[error("snapshot {path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("snapshot does not fit this host: {0}")]
+    Mismatch(String),
+    #[error("the VM must be paused (PUT /vm/pause) before a snapshot")]
+    NotPaused,
+    #[error("cannot take a snapshot: {0}")]
+    Save(String),
+}
+
+/// What this host looked like when the snapshot was taken (checked again on restore).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostInfo {
+    /// CPUID leaf 0 vendor string of the vCPUs.
+    pub cpu_vendor: String,
+    pub kvm_api_version: i32,
+    /// The feature leaves of the CPUID this host's KVM gives a new vCPU, as
+    /// (function, index, eax, ebx, ecx, edx). What KVM_GET_CPUID2 returns for a running vCPU
+    /// can hold more than KVM_GET_SUPPORTED_CPUID (KVM-PVM adds bits), so hosts are compared
+    /// by this, like for like.
+    pub cpu_features: Vec<[u32; 6]>,
+}
+
+/// The feature leaves compared between hosts: (function, index).
+const FEATURE_LEAVES: [(u32, u32); 4] = [(1, 0), (7, 0), (0xd, 1), (0x8000_0001, 0)];
+
+/// This host's [`HostInfo`] for a VM of `nr_vcpus`.
+pub fn host_info(kvm: &kvm_ioctls::Kvm, nr_vcpus: u8) -> Result<HostInfo, String> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| format!("cannot read KVM's supported CPUID: {e}"))?;
+    let opts = cpuid::CpuidOptions {
+        nr_vcpus,
+        tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+    };
+    let template = cpuid::vcpu_cpuid(&supported, 0, opts);
+    let entries = template.as_slice();
+    Ok(HostInfo {
+        cpu_vendor: cpu_vendor(entries),
+        kvm_api_version: kvm.get_api_version(),
+        cpu_features: FEATURE_LEAVES
+            .iter()
+            .filter_map(|&(f, i)| {
+                entries
+                    .iter()
+                    .find(|e| e.function == f && e.index == i)
+                    .map(|e| [f, i, e.eax, e.ebx, e.ecx, e.edx])
+            })
+            .collect(),
+    })
+}
+
+/// Everything but guest memory.
+#[derive(Serialize, Deserialize)]
+pub struct MachineState {
+    pub host: HostInfo,
+    /// The configuration the machine was built from; device backends are opened again by the
+    /// paths in it.
+    pub config: VmConfig,
+    /// Guest RAM regions (guest address, size), in memory-file order.
+    pub regions: Vec<(u64, u64)>,
+    pub vm: VmState,
+    pub vcpus: Vec<VcpuState>,
+    /// One per virtio-mmio slot, in slot order.
+    pub transports: Vec<TransportState>,
+    pub serial: SerialSnapshot,
+}
+
+/// What the API needs to snapshot or migrate a running machine.
+pub struct MachineAccess {
+    pub vm: Arc<Vm>,
+    pub mem: Arc<GuestMemoryMmap>,
+    /// Guest memory is anonymous: untouched pages are zero and need not be read.
+    pub anonymous: bool,
+    pub config: VmConfig,
+    pub vcpus: Vec<VcpuHandle>,
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub serial: Arc<Mutex<Serial>>,
+    pub io: EventLoopHandle,
+    pub control: Arc<RunControl>,
+    pub kick_vcpus: Kicker,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The vendor string of a CPUID (leaf 0: EBX, EDX, ECX).
+fn cpu_vendor(entries: &[kvm_cpuid_entry2]) -> String {
+    entries
+        .iter()
+        .find(|e| e.function == 0)
+        .map(|e| {
+            let mut b = Vec::with_capacity(12);
+            for r in [e.ebx, e.edx, e.ecx] {
+                b.extend_from_slice(&r.to_le_bytes());
+            }
+            String::from_utf8_lossy(&b).into_owned()
+        })
+        .unwrap_or_default()
+}
+
+impl MachineAccess {
+    pub fn regions(&self) -> Vec<(u64, u64)> {
+        self.mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.len()))
+            .collect()
+    }
+
+    /// Reads every piece of state but memory. The vCPUs must be parked and the I/O thread
+    /// frozen.
+    pub fn save_state(&self) -> Result<MachineState, SnapshotError> {
+        let save = |e: String| SnapshotError::Save(e);
+        let msrs = self.vm.msrs_to_save().map_err(|e| save(e.to_string()))?;
+        let vcpus = self
+            .vcpus
+            .iter()
+            .map(|v| v.save(&msrs))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| save(e.to_string()))?;
+        let vm = self.vm.save_state().map_err(|e| save(e.to_string()))?;
+        let transports: Vec<TransportState> = self
+            .transports
+            .iter()
+            .map(|t| lock(t).save_state())
+            .collect();
+        let mut config = self.config.clone();
+        // A net device without a configured MAC got a random one, which the guest now uses:
+        // keep it (the first 6 bytes of a net device's configuration space).
+        let macs = transports
+            .iter()
+            .filter(|t| t.device_type == devices::virtio::device_type::NET)
+            .map(|t| {
+                t.config[..6]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            });
+        for (n, mac) in config.net.iter_mut().zip(macs) {
+            n.mac = Some(mac);
+        }
+        if let (Some(b), Some(t)) = (
+            config.balloon.as_mut(),
+            transports
+                .iter()
+                .find(|t| t.device_type == devices::virtio::device_type::BALLOON),
+        ) {
+            let pages = u32::from_le_bytes([t.config[0], t.config[1], t.config[2], t.config[3]]);
+            b.target_mib = pages / ((1 << 20) / PAGE_SIZE as u32);
+        }
+        Ok(MachineState {
+            host: host_info(&self.vm.kvm, self.config.vcpus).map_err(save)?,
+            config,
+            regions: self.regions(),
+            vm,
+            vcpus,
+            transports,
+            serial: lock(&self.serial).snapshot(),
+        })
+    }
+
+    /// Writes a snapshot of the paused machine to `dir` (created if missing).
+    pub fn snapshot(&self, dir: &Path) -> Result<SnapshotStats, SnapshotError> {
+        if !self.control.pause_requested() {
+            return Err(SnapshotError::NotPaused);
+        }
+        let t0 = std::time::Instant::now();
+        let _frozen = self
+            .io
+            .freeze()
+            .map_err(|e| SnapshotError::Save(e.to_string()))?;
+        let state = self.save_state()?;
+        let io_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |e: std::io::Error| SnapshotError::Io {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // The memory file is written under another name and renamed: the directory may hold
+        // the very snapshot this VM was restored from, whose memory file is mapped here and
+        // must not be truncated under the guest (its inode lives on until unmapped).
+        let mem_path = dir.join(MEMORY_FILE);
+        let mem_tmp = dir.join("memory.tmp");
+        let (mem_len, mem_crc, data_bytes) =
+            write_memory(&self.mem, self.anonymous, &mem_tmp).map_err(io_err(&mem_tmp))?;
+        let state_path = dir.join(STATE_FILE);
+        write_state(&state_path, &state, mem_len, mem_crc).map_err(io_err(&state_path))?;
+        std::fs::rename(&mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
+        Ok(SnapshotStats {
+            memory_bytes: mem_len,
+            memory_data_bytes: data_bytes,
+            millis: t0.elapsed().as_millis() as u64,
+        })
+    }
+}
+
+/// What a snapshot cost.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SnapshotStats {
+    pub memory_bytes: u64,
+    /// Bytes of pages that are not all zero (what the sparse file really holds).
+    pub memory_data_bytes: u64,
+    pub millis: u64,
+}
+
+/// Accumulates the memory checksum: a CRC-64 over (page number, page) of every page that is
+/// not all zero, in address order, so that a sparse file and a migration stream agree on it.
+#[derive(Default)]
+pub struct MemoryDigest(crc64fast::Digest);
+
+impl MemoryDigest {
+    pub fn page(&mut self, page_number: u64, page: &[u8]) {
+        if !is_zero_page(page) {
+            self.0.write(&page_number.to_le_bytes());
+            self.0.write(page);
+        }
+    }
+    pub fn sum(&self) -> u64 {
+        self.0.sum64()
+    }
+}
+
+/// Copies guest memory out, at most `CHUNK` bytes at a time, through vm-memory (so that a
+/// concurrent guest write is a torn copy, not undefined behaviour), calling
+/// `f(file offset, bytes)`. With `skip_untouched` (anonymous memory), pages the guest never
+/// touched are skipped unread: they are zero.
+pub fn for_each_chunk(
+    mem: &GuestMemoryMmap,
+    skip_untouched: bool,
+    mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let mut file_off = 0u64;
+    for region in mem.iter() {
+        let len = region.len();
+        let runs = if skip_untouched {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            crate::memory::touched_runs(host, len as usize).ok()
+        } else {
+            None
+        };
+        let runs = runs.unwrap_or_else(|| vec![(0, len as usize)]);
+        for (start, run_len) in runs {
+            let (start, end) = (start as u64, (start + run_len) as u64);
+            let mut off = start;
+            while off < end {
+                let n = (end - off).min(CHUNK as u64) as usize;
+                mem.read_slice(&mut buf[..n], GuestAddress(region.start_addr().0 + off))
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                f(file_off + off, &buf[..n])?;
+                off += n as u64;
+            }
+        }
+        file_off += len;
+    }
+    Ok(())
+}
+
+/// Writes guest memory to `path` as a sparse file; returns (length, checksum, data bytes).
+fn write_memory(
+    mem: &GuestMemoryMmap,
+    anonymous: bool,
+    path: &Path,
+) -> std::io::Result<(u64, u64, u64)> {
+    let file = File::create(path)?;
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    file.set_len(total)?;
+    let mut digest = MemoryDigest::default();
+    let mut data = 0u64;
+    for_each_chunk(mem, anonymous, |off, bytes| {
+        // Runs of non-zero pages are written with one call each.
+        let mut run_start: Option<usize> = None;
+        for (i, page) in bytes.chunks(PAGE_SIZE).enumerate() {
+            let zero = is_zero_page(page);
+            if !zero {
+                digest.page((off / PAGE_SIZE as u64) + i as u64, page);
+            }
+            match (zero, run_start) {
+                (false, None) => run_start = Some(i),
+                (true, Some(s)) => {
+                    file.write_all_at(
+                        &bytes[s * PAGE_SIZE..i * PAGE_SIZE],
+                        off + (s * PAGE_SIZE) as u64,
+                    )?;
+                    data += ((i - s) * PAGE_SIZE) as u64;
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = run_start {
+            file.write_all_at(&bytes[s * PAGE_SIZE..], off + (s * PAGE_SIZE) as u64)?;
+            data += (bytes.len() - s * PAGE_SIZE) as u64;
+        }
+        Ok(())
+    })?;
+    file.sync_all()?;
+    Ok((total, digest.sum(), data))
+}
+
+fn crc64(bytes: &[u8]) -> u64 {
+    let mut d = crc64fast::Digest::new();
+    d.write(bytes);
+    d.sum64()
+}
+
+/// Encodes the 64-byte header.
+pub fn header(state_len: u64, state_crc: u64, mem_len: u64, mem_crc: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&state_len.to_le_bytes());
+    h[24..32].copy_from_slice(&state_crc.to_le_bytes());
+    h[32..40].copy_from_slice(&mem_len.to_le_bytes());
+    h[40..48].copy_from_slice(&mem_crc.to_le_bytes());
+    let crc = crc64(&h[..56]);
+    h[56..64].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn write_state(
+    path: &Path,
+    state: &MachineState,
+    mem_len: u64,
+    mem_crc: u64,
+) -> std::io::Result<()> {
+    let json = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+    // Written beside and renamed, so that a crash never leaves a half-written state file
+    // under the final name.
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&header(json.len() as u64, crc64(&json), mem_len, mem_crc))?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A parsed and checked state file, with the memory file opened.
+pub struct Loaded {
+    pub state: MachineState,
+    pub memory: File,
+}
+
+fn u64_at(h: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Reads and checks `dir`: header, state checksum and consistency, the memory file's length
+/// and (with `verify_memory`) its checksum.
+pub fn load(dir: &Path, verify_memory: bool) -> Result<Loaded, SnapshotError> {
+    let state_path = dir.join(STATE_FILE);
+    let sp = state_path.display().to_string();
+    let io = |path: &str| {
+        let path = path.to_string();
+        move |e: std::io::Error| SnapshotError::Io {
+            path: path.clone(),
+            reason: match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".into(),
+                _ => e.to_string(),
+            },
+        }
+    };
+    let mut f = File::open(&state_path).map_err(io(&sp))?;
+    let mut h = [0u8; HEADER_LEN];
+    f.read_exact(&mut h).map_err(|_| SnapshotError::Invalid {
+        path: sp.clone(),
+        reason: "shorter than its header".into(),
+    })?;
+    if &h[..8] != MAGIC {
+        return Err(SnapshotError::Magic(sp));
+    }
+    if crc64(&h[..56]) != u64_at(&h, 56) {
+        return Err(SnapshotError::Checksum {
+            path: sp,
+            what: "header",
+        });
+    }
+    let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if version != VERSION {
+        return Err(SnapshotError::Version {
+            path: sp,
+            found: version,
+        });
+    }
+    let (state_len, state_crc, mem_len, mem_crc) = (
+        u64_at(&h, 16),
+        u64_at(&h, 24),
+        u64_at(&h, 32),
+        u64_at(&h, 40),
+    );
+    if state_len > MAX_STATE_LEN {
+        return Err(SnapshotError::Invalid {
+            path: sp,
+            reason: format!("state of {state_len} bytes (at most {MAX_STATE_LEN})"),
+        });
+    }
+    let mut json = Vec::new();
+    f.take(state_len + 1)
+        .read_to_end(&mut json)
+        .map_err(io(&sp))?;
+    if json.len() as u64 != state_len {
+        return Err(SnapshotError::Invalid {
+            path: sp,
+            reason: format!("state is {} bytes, the header says {state_len}", json.len()),
+        });
+    }
+    if crc64(&json) != state_crc {
+        return Err(SnapshotError::Checksum {
+            path: sp,
+            what: "state",
+        });
+    }
+    let state: MachineState =
+        serde_json::from_slice(&json).map_err(|e| SnapshotError::Invalid {
+            path: sp.clone(),
+            reason: format!("state: {e}"),
+        })?;
+    check_consistent(&state).map_err(|reason| SnapshotError::Invalid { path: sp, reason })?;
+
+    let mem_path = dir.join(MEMORY_FILE);
+    let mp = mem_path.display().to_string();
+    let memory = File::open(&mem_path).map_err(io(&mp))?;
+    let len = memory.metadata().map_err(io(&mp))?.len();
+    let expected: u64 = state.regions.iter().map(|r| r.1).sum();
+    if len != mem_len || len != expected {
+        return Err(SnapshotError::Invalid {
+            path: mp,
+            reason: format!("{len} bytes, the snapshot's RAM is {expected}"),
+        });
+    }
+    if verify_memory && memory_file_digest(&memory).map_err(io(&mp))? != mem_crc {
+        return Err(SnapshotError::Checksum {
+            path: mp,
+            what: "memory",
+        });
+    }
+    Ok(Loaded { state, memory })
+}
+
+/// The checksum of a memory file, reading only its data (holes are zero pages, which the
+/// checksum skips).
+fn memory_file_digest(f: &File) -> std::io::Result<u64> {
+    let len = f.metadata()?.len();
+    let fd = f.as_raw_fd();
+    let mut digest = MemoryDigest::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos: u64 = 0;
+    while pos < len {
+        // SAFETY: lseek on a descriptor we own; no memory is passed.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // Only a hole is left.
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Page-align the extent (a filesystem block may be smaller than a page).
+        let mut at = (data as u64) / PAGE_SIZE as u64 * PAGE_SIZE as u64;
+        let end = (hole as u64).min(len);
+        while at < end {
+            let n = ((end - at) as usize)
+                .min(buf.len())
+                .next_multiple_of(PAGE_SIZE);
+            let n = n.min((len - at) as usize);
+            f.read_exact_at(&mut buf[..n], at)?;
+            for (i, page) in buf[..n].chunks(PAGE_SIZE).enumerate() {
+                digest.page(at / PAGE_SIZE as u64 + i as u64, page);
+            }
+            at += n as u64;
+        }
+        pos = at.max(end);
+    }
+    Ok(digest.sum())
+}
+
+/// Checks what a state says about itself: the regions are the ones its memory size gives,
+/// one vCPU state per vCPU in order, a sane configuration.
+pub fn check_consistent(s: &MachineState) -> Result<(), String> {
+    let c = &s.config;
+    if c.vcpus == 0 || c.memory_mib == 0 {
+        return Err("configuration without vCPUs or memory".into());
+    }
+    let regions: Vec<(u64, u64)> = layout::ram_regions(c.memory_bytes())
+        .iter()
+        .map(|(a, l)| (a.0, *l))
+        .collect();
+    if s.regions != regions {
+        return Err(format!(
+            "memory regions {:?} do not match {} MiB of RAM",
+            s.regions, c.memory_mib
+        ));
+    }
+    if s.vcpus.len() != usize::from(c.vcpus) {
+        return Err(format!(
+            "{} vCPU states for {} vCPUs",
+            s.vcpus.len(),
+            c.vcpus
+        ));
+    }
+    if s.vcpus
+        .iter()
+        .enumerate()
+        .any(|(i, v)| usize::from(v.id) != i)
+    {
+        return Err("vCPU states out of order".into());
+    }
+    if s.vcpus
+        .iter()
+        .any(|v| v.cpuid.len() > KVM_MAX_CPUID_ENTRIES)
+    {
+        return Err("too many CPUID entries".into());
+    }
+    let expected = c.drives.len()
+        + usize::from(c.rng)
+        + usize::from(c.balloon.is_some())
+        + c.net.len()
+        + usize::from(c.vsock.is_some());
+    if s.transports.len() != expected {
+        return Err(format!(
+            "{} device states for {expected} devices",
+            s.transports.len()
+        ));
+    }
+    Ok(())
+}
+
+/// CPUID bits that change at run time with the guest's control registers and MSRs, not with
+/// the host: OSXSAVE and APIC (leaf 1), OSPKE (leaf 7).
+fn dynamic_bits(function: u32, reg: usize) -> u32 {
+    match (function, reg) {
+        (1, 2) => 1 << 27,
+        (1, 3) => 1 << 9,
+        (7, 2) => 1 << 4,
+        _ => 0,
+    }
+}
+
+/// Checks that this host can run the snapshot's vCPUs: the same CPU vendor and KVM API, and
+/// every CPU feature the guest was shown is one this host's KVM would show it too.
+pub fn check_host(kvm: &kvm_ioctls::Kvm, s: &MachineState) -> Result<(), SnapshotError> {
+    check_host_info(kvm, &s.host, &s.config)
+}
+
+/// [`check_host`] from the host facts and configuration alone (a migration checks them when
+/// the source announces itself, before any page is sent).
+pub fn check_host_info(
+    kvm: &kvm_ioctls::Kvm,
+    host: &HostInfo,
+    config: &VmConfig,
+) -> Result<(), SnapshotError> {
+    let s = HostAndConfig { host, config };
+    let mismatch = |m: String| SnapshotError::Mismatch(m);
+    if kvm.get_api_version() != s.host.kvm_api_version {
+        return Err(mismatch(format!(
+            "KVM API version {} here, {} in the snapshot",
+            kvm.get_api_version(),
+            s.host.kvm_api_version
+        )));
+    }
+    let max = kvm.get_max_vcpus() as u64;
+    if u64::from(s.config.vcpus) > max {
+        return Err(mismatch(format!(
+            "{} vCPUs in the snapshot; this host's KVM allows at most {max}",
+            s.config.vcpus
+        )));
+    }
+    let host_mib = host_memory_mib().unwrap_or(u64::MAX);
+    if s.config.memory_mib > host_mib {
+        return Err(mismatch(format!(
+            "{} MiB of guest memory; this host has only {host_mib} MiB",
+            s.config.memory_mib
+        )));
+    }
+    let here = host_info(kvm, s.config.vcpus).map_err(mismatch)?;
+    if here.cpu_vendor != s.host.cpu_vendor {
+        return Err(mismatch(format!(
+            "CPU vendor {} here, {} in the snapshot",
+            here.cpu_vendor, s.host.cpu_vendor
+        )));
+    }
+    for old in &s.host.cpu_features {
+        let (function, index) = (old[0], old[1]);
+        let new = here
+            .cpu_features
+            .iter()
+            .find(|e| e[0] == function && e[1] == index)
+            .copied()
+            .unwrap_or([function, index, 0, 0, 0, 0]);
+        // Leaf 1 EAX/EBX are the signature and APIC ID, not features.
+        let first_reg = if function == 1 { 2 } else { 0 };
+        for reg in first_reg..4 {
+            let missing = old[2 + reg] & !new[2 + reg] & !dynamic_bits(function, reg);
+            if missing != 0 {
+                return Err(mismatch(format!(
+                    "the guest uses CPU features this host lacks (CPUID {function:#x}.{index} {} bits {missing:#x})",
+                    ["eax", "ebx", "ecx", "edx"][reg]
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct HostAndConfig<'a> {
+    host: &'a HostInfo,
+    config: &'a VmConfig,
+}
+
+/// Loads a machine state into freshly built parts (memory already in place).
+pub(crate) fn apply_state(parts: &Parts, state: &MachineState) -> Result<(), Error> {
+    parts.vm.restore_state(&state.vm)?;
+    for (vcpu, s) in parts.vcpus.iter().zip(&state.vcpus) {
+        vcpu.handle().restore(s)?;
+    }
+    if parts.transports.len() != state.transports.len() {
+        return Err(Error::Host(format!(
+            "{} devices built for {} device states",
+            parts.transports.len(),
+            state.transports.len()
+        )));
+    }
+    for (t, s) in parts.transports.iter().zip(&state.transports) {
+        lock(t)
+            .restore_state(s)
+            .map_err(|e| Error::Host(format!("device state: {e}")))?;
+    }
+    let trigger = parts
+        .serial_irq
+        .try_clone()
+        .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?;
+    let out = machine::serial_output(&parts.config.serial)?;
+    *lock(&parts.serial) = Serial::from_snapshot(EventFdTrigger::new(trigger), out, &state.serial)
+        .map_err(Error::Host)?;
+    Ok(())
+}
+
+/// How to start from a snapshot.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub dir: std::path::PathBuf,
+    /// Run the vCPUs at once; otherwise they wait for `PUT /vm/resume`.
+    pub resume: bool,
+    /// Check the memory file's checksum (reads all its data: time grows with the guest's
+    /// used memory). Off, only the state's checksum is checked.
+    pub verify_memory: bool,
+    /// Replaces the saved serial console setting.
+    pub serial: Option<crate::config::SerialConfig>,
+}
+
+/// Starts a machine from a snapshot directory and runs it to its end.
+pub fn restore(ropts: &RestoreOptions, opts: RunOptions) -> Result<RunReport, Error> {
+    let t0 = std::time::Instant::now();
+    let loaded = load(&ropts.dir, ropts.verify_memory).map_err(|e| Error::Host(e.to_string()))?;
+    let mut state = loaded.state;
+    if let Some(s) = &ropts.serial {
+        state.config.serial = s.clone();
+    }
+    let kvm = Vm::open_kvm()?;
+    check_host(&kvm, &state).map_err(|e| Error::Host(e.to_string()))?;
+    let parts = machine::build(kvm, &state.config, MemorySource::File(&loaded.memory))?;
+    apply_state(&parts, &state)?;
+    tracing::debug!("restored in {:?}", t0.elapsed());
+    let start = if ropts.resume {
+        Launch::Running
+    } else {
+        Launch::Paused
+    };
+    machine::launch(parts, opts, start, None)
+}

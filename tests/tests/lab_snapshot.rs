@@ -1,0 +1,142 @@
+//! Snapshots and live migration of a stock Debian guest, in the lab: the guest keeps 16 MiB
+//! of random bytes in a tmpfs file (their MD5 printed at start and every 10 ticks) and counts
+//! ticks on its console. It goes through snapshot + restore, then a live migration to a
+//! second vireo-vmm process; the ticks must go on without a gap or a restart and the MD5 must
+//! never change. The lab needs `vireo-api` (benches/) beside vireo-vmm in the binary
+//! directory, as `make build` leaves it.
+
+use std::sync::Mutex;
+
+use vireo_tests::{run_in_lab, scratch, vmm_bin};
+
+static LAB: Mutex<()> = Mutex::new(());
+
+const GUEST: &str = r#"#!/bin/sh
+mkdir -p /dev/shm && mount -t tmpfs -o size=64m tmpfs /dev/shm
+dd if=/dev/urandom of=/dev/shm/pattern bs=1M count=16 2>/dev/null
+echo "PATTERN $(md5sum < /dev/shm/pattern | cut -d' ' -f1)"
+i=0
+while true; do
+    i=$((i + 1))
+    if [ $((i % 10)) = 0 ]; then
+        echo "TICK $i $(md5sum < /dev/shm/pattern | cut -d' ' -f1)"
+    else
+        echo "TICK $i"
+    fi
+    sleep 0.1
+done
+"#;
+
+/// The lab's side. `tick N` waits for the console to reach tick N (60 s at most).
+const SCRIPT: &str = r#"
+set -u
+# The lab's loopback starts down; the migration goes over it.
+ip link set lo up
+cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz > /tmp/i.gz
+con=/tmp/con.log
+last() { grep -o 'TICK [0-9]*' $con | tail -1 | cut -d' ' -f2; }
+tick() { n=0; while [ "$(last)" = "" ] || [ "$(last)" -lt "$1" ]; do
+    sleep 0.1; n=$((n + 1)); if [ $n -gt 600 ]; then echo "NO-TICK $1"; cat $con; exit 1; fi; done; }
+timeout 150 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/i.gz --memory 256 --rng \
+    --cmdline 'console=ttyS0 panic=-1 quiet vireo.run=snap vireo.exit=wait' \
+    --api-sock /tmp/a.sock --serial file:$con 2>/tmp/a.err &
+a=$!
+tick 12
+vireo-api /tmp/a.sock PUT /vm/pause || exit 1
+vireo-api /tmp/a.sock PUT /vm/snapshot '{"path": "/tmp/snap"}' || exit 1
+echo "SNAPSHOT-AT $(last)"
+vireo-api /tmp/a.sock PUT /vm/stop >/dev/null
+wait $a; echo "A-EXIT=$?"
+timeout 150 vireo-vmm --restore /tmp/snap --resume --api-sock /tmp/b.sock --serial file:$con 2>/tmp/b.err &
+b=$!
+tick $(( $(last) + 25 ))
+echo "RESTORED-TO $(last)"
+timeout 150 vireo-vmm --incoming 127.0.0.1:4444 --api-sock /tmp/c.sock --serial file:$con 2>/tmp/c.err &
+c=$!
+sleep 0.3
+vireo-api /tmp/b.sock PUT /vm/migrate '{"destination": "127.0.0.1:4444", "downtime_ms": 50}' \
+    || { echo MIGRATE-FAILED; cat /tmp/b.err /tmp/c.err; kill $b $c; exit 1; }
+wait $b; echo "B-EXIT=$?"
+echo "MIGRATED-AT $(last)"
+tick $(( $(last) + 25 ))
+vireo-api /tmp/c.sock PUT /vm/stop >/dev/null
+wait $c; echo "C-EXIT=$?"
+cat /tmp/a.err /tmp/b.err /tmp/c.err
+echo CONSOLE-BEGIN
+cat $con
+"#;
+
+fn extra_initrd() -> std::path::PathBuf {
+    let dir = scratch("lab-snap-extra");
+    std::fs::create_dir_all(dir.join("etc/vireo")).unwrap();
+    std::fs::write(dir.join("etc/vireo/snap.sh"), GUEST).unwrap();
+    let out = scratch("lab-snap-extra.cpio.gz");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc 2>/dev/null | gzip > {}",
+            dir.display(),
+            out.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot build the initrd extension");
+    out
+}
+
+#[test]
+fn debian_guest_survives_snapshot_restore_and_live_migration() {
+    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let api = vmm_bin().parent().unwrap().join("vireo-api");
+    assert!(
+        api.is_file(),
+        "{} is missing: build the workspace's binaries (make build)",
+        api.display()
+    );
+    let extra = extra_initrd();
+    let put = format!("{}:/tmp/extra.gz", extra.display());
+    let r = run_in_lab(SCRIPT, &["--put", &put, "--timeout", "400"]);
+    let out = &r.stdout;
+    assert_eq!(r.status, Some(0), "{r:?}");
+    for exit in ["A-EXIT=0", "B-EXIT=0", "C-EXIT=0"] {
+        assert!(out.contains(exit), "no {exit}: {r:?}");
+    }
+    assert!(!out.contains("MIGRATE-FAILED"), "{r:?}");
+    let console = out.split_once("CONSOLE-BEGIN").expect("no console").1;
+    let console = console.replace('\r', "");
+    assert_eq!(
+        console.matches("VIREO-READY").count(),
+        1,
+        "the guest booted twice: {console}"
+    );
+    let pattern = console
+        .lines()
+        .find_map(|l| l.strip_prefix("PATTERN "))
+        .expect("no PATTERN line")
+        .trim()
+        .to_string();
+    let mut expect = 1u64;
+    let mut checks = 0;
+    for l in console.lines().filter(|l| l.starts_with("TICK ")) {
+        let mut f = l.split_whitespace().skip(1);
+        let n: u64 = f.next().unwrap().parse().unwrap();
+        assert_eq!(n, expect, "ticks not continuous at {l:?}: {console}");
+        if let Some(md5) = f.next() {
+            assert_eq!(md5, pattern, "the pattern changed at tick {n}: {console}");
+            checks += 1;
+        }
+        expect += 1;
+    }
+    let at = |key: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key}: {out}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (snap, migrated) = (at("SNAPSHOT-AT "), at("MIGRATED-AT "));
+    // The pattern was checked after the restore and after the migration.
+    assert!(expect > migrated + 20 && migrated > snap + 20, "{console}");
+    assert!(checks >= 6, "{console}");
+}

@@ -1,0 +1,780 @@
+//! Snapshots and live migration on this host's KVM, with the `counter` test guest: it counts
+//! ticks on the serial console and keeps a 256 KiB pattern in memory that it checks every 8
+//! ticks. A restored or migrated guest must go on from the next tick with the pattern intact.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vireo_tests::{guest, require_kvm, scratch, vmm_bin};
+
+/// One HTTP request on the API socket; returns (status, body).
+fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).expect("connect to the API socket");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: vm\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// A vireo-vmm process, killed if the test ends early.
+struct Vmm {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Vmm {
+    fn spawn(args: &[&str], sock: &Path) -> Vmm {
+        Self::spawn_program(vmm_bin().as_os_str(), args, sock)
+    }
+
+    /// Runs `program args --api-sock sock` (`ip netns exec NS vireo-vmm ...`).
+    fn spawn_program(program: &std::ffi::OsStr, args: &[&str], sock: &Path) -> Vmm {
+        require_kvm();
+        let _ = std::fs::remove_file(sock);
+        let child = Command::new(program)
+            .args(args)
+            .arg("--api-sock")
+            .arg(sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Vmm {
+            child,
+            sock: sock.to_path_buf(),
+        }
+    }
+
+    fn wait_api(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.sock.exists() {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("vireo-vmm exited ({st}): {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "the API socket never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(e) = self.child.stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits for the process to exit; returns its status.
+    fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "vireo-vmm did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The ticks printed so far on the console file, in order.
+fn ticks(console: &Path) -> Vec<u64> {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ").and_then(|n| n.trim().parse().ok()))
+        .collect()
+}
+
+fn wait_tick(console: &Path, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ticks(console).last().copied().unwrap_or(0) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never reached tick {at_least}; console: {:?}",
+            std::fs::read_to_string(console).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The console shows every tick from 1 once and in order, and no pattern check failed.
+fn assert_continuous(console: &Path) {
+    let t = ticks(console);
+    let text = std::fs::read_to_string(console).unwrap();
+    assert!(!text.contains("BAD"), "the pattern was damaged: {text}");
+    assert_eq!(
+        text.matches("counter: start").count(),
+        1,
+        "the guest started over: {text}"
+    );
+    for (i, n) in t.iter().enumerate() {
+        assert_eq!(*n, i as u64 + 1, "ticks not continuous: {t:?}");
+    }
+}
+
+fn boot_counter(name: &str) -> (Vmm, PathBuf) {
+    let console = scratch(&format!("{name}.console"));
+    let _ = std::fs::remove_file(&console);
+    let serial = format!("file:{}", console.display());
+    let mut vm = Vmm::spawn(
+        &[
+            "--kernel",
+            guest("counter").to_str().unwrap(),
+            "--memory",
+            "64",
+            "--cmdline",
+            "x",
+            "--serial",
+            &serial,
+        ],
+        &scratch(&format!("{name}.sock")),
+    );
+    vm.wait_api();
+    (vm, console)
+}
+
+/// Boots the counter guest, lets it tick 3 times, snapshots it to a fresh directory and
+/// stops it.
+fn take_snapshot(name: &str) -> (PathBuf, PathBuf) {
+    let (mut vm, console) = boot_counter(name);
+    wait_tick(&console, 3);
+    let dir = scratch(&format!("{name}.snap"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(call(&vm.sock, "PUT", "/vm/pause", None).0, 204);
+    let (code, body) = call(
+        &vm.sock,
+        "PUT",
+        "/vm/snapshot",
+        Some(json!({ "path": dir })),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(call(&vm.sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
+    (dir, console)
+}
+
+#[test]
+fn snapshot_and_restore_continue_the_counter_with_memory_intact() {
+    let (mut vm, console) = boot_counter("snap-restore");
+    wait_tick(&console, 2);
+    // Only a paused VM can be snapshotted; the body is checked.
+    let dir = scratch("snap-restore.snap");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (code, body) = call(
+        &vm.sock,
+        "PUT",
+        "/vm/snapshot",
+        Some(json!({ "path": dir })),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("paused"), "{body}");
+    assert_eq!(
+        call(&vm.sock, "PUT", "/vm/snapshot", Some(json!({}))).0,
+        400
+    );
+    assert_eq!(call(&vm.sock, "GET", "/vm/snapshot", None).0, 405);
+
+    assert_eq!(call(&vm.sock, "PUT", "/vm/pause", None).0, 204);
+    let (code, body) = call(
+        &vm.sock,
+        "PUT",
+        "/vm/snapshot",
+        Some(json!({ "path": dir })),
+    );
+    assert_eq!(code, 200, "{body}");
+    let stats: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["memory_bytes"], 64 << 20);
+    // A sparse file: only the pages the guest and the boot code touched hold data.
+    assert!(
+        stats["memory_data_bytes"].as_u64().unwrap() < 8 << 20,
+        "{body}"
+    );
+    let at_snapshot = *ticks(&console).last().unwrap();
+    assert_eq!(call(&vm.sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
+
+    // Restored without --resume: paused until told.
+    let serial = format!("file:{}", console.display());
+    let sock = scratch("snap-restore-2.sock");
+    let mut restored = Vmm::spawn(
+        &["--restore", dir.to_str().unwrap(), "--serial", &serial],
+        &sock,
+    );
+    restored.wait_api();
+    let (_, body) = call(&sock, "GET", "/vm", None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["state"],
+        "paused"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(*ticks(&console).last().unwrap(), at_snapshot);
+    assert_eq!(call(&sock, "PUT", "/vm/resume", None).0, 204);
+    wait_tick(&console, at_snapshot + 12);
+    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(restored.wait_exit(Duration::from_secs(10)), 0);
+    assert_continuous(&console);
+    let text = std::fs::read_to_string(&console).unwrap();
+    let after = &text[text.find(&format!("tick {}\n", at_snapshot + 1)).unwrap()..];
+    assert!(
+        after.contains("pattern ok"),
+        "no pattern check after the restore: {text}"
+    );
+
+    // The same snapshot restores again (the memory file is mapped privately, never written).
+    let console2 = scratch("snap-restore-again.console");
+    let _ = std::fs::remove_file(&console2);
+    let mut again = Vmm::spawn(
+        &[
+            "--restore",
+            dir.to_str().unwrap(),
+            "--resume",
+            "--serial",
+            &format!("file:{}", console2.display()),
+        ],
+        &scratch("snap-restore-3.sock"),
+    );
+    again.wait_api();
+    wait_tick(&console2, at_snapshot + 9);
+    assert_eq!(ticks(&console2)[0], at_snapshot + 1);
+    assert!(!std::fs::read_to_string(&console2).unwrap().contains("BAD"));
+}
+
+/// Runs `vireo-vmm --restore dir`; returns (status, stderr).
+fn restore_fails(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let sock = scratch("refused.sock");
+    let _ = std::fs::remove_file(&sock);
+    let out = Command::new("timeout")
+        .args(["20", vmm_bin().to_str().unwrap(), "--restore"])
+        .arg(dir)
+        .args(["--serial", "none", "--resume", "--api-sock"])
+        .arg(&sock)
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // Nothing half-started: no API socket is left behind.
+    assert!(!sock.exists(), "a refused restore left its API socket");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn crc64(b: &[u8]) -> u64 {
+    let mut d = crc64fast::Digest::new();
+    d.write(b);
+    d.sum64()
+}
+
+/// Rewrites a snapshot's state file with `f` applied to the state (and optionally another
+/// version), with valid checksums, as a tampered but well-formed snapshot.
+fn rewrite_state(src: &Path, dst: &Path, version: u32, f: impl Fn(&mut Value)) {
+    let _ = std::fs::remove_dir_all(dst);
+    std::fs::create_dir_all(dst).unwrap();
+    std::fs::copy(src.join("memory"), dst.join("memory")).unwrap();
+    let raw = std::fs::read(src.join("state")).unwrap();
+    let mut state: Value = serde_json::from_slice(&raw[64..]).unwrap();
+    f(&mut state);
+    let json = serde_json::to_vec(&state).unwrap();
+    let mut h = raw[..64].to_vec();
+    h[8..12].copy_from_slice(&version.to_le_bytes());
+    h[16..24].copy_from_slice(&(json.len() as u64).to_le_bytes());
+    h[24..32].copy_from_slice(&crc64(&json).to_le_bytes());
+    let c = crc64(&h[..56]);
+    h[56..64].copy_from_slice(&c.to_le_bytes());
+    h.extend_from_slice(&json);
+    std::fs::write(dst.join("state"), h).unwrap();
+}
+
+fn assert_refused(dir: &Path, extra: &[&str], expect: &str) {
+    let (status, stderr) = restore_fails(dir, extra);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.starts_with("vireo-vmm: error: "), "{stderr}");
+    assert!(stderr.contains(expect), "expected {expect:?}: {stderr}");
+}
+
+#[test]
+fn damaged_or_mismatched_snapshots_are_refused_with_one_line() {
+    let (good, _) = take_snapshot("refuse");
+
+    let copy = |name: &str| {
+        let d = scratch(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["state", "memory"] {
+            std::fs::copy(good.join(f), d.join(f)).unwrap();
+        }
+        d
+    };
+    let flip = |path: PathBuf, at: u64| {
+        let mut b = std::fs::read(&path).unwrap();
+        b[at as usize] ^= 0x01;
+        std::fs::write(&path, b).unwrap();
+    };
+
+    // One flipped byte in the state, in the header, in the memory (inside the pattern).
+    let d = copy("refuse-state");
+    let len = std::fs::metadata(d.join("state")).unwrap().len();
+    flip(d.join("state"), len / 2);
+    assert_refused(&d, &[], "state checksum mismatch");
+    let d = copy("refuse-header");
+    flip(d.join("state"), 20);
+    assert_refused(&d, &[], "header checksum mismatch");
+    let d = copy("refuse-memory");
+    flip(d.join("memory"), 0x40_0123);
+    assert_refused(&d, &[], "memory checksum mismatch");
+    // Without the memory check the damage is the guest's to find: it does.
+    let d2 = d.clone();
+    let console = scratch("refuse-memory.console");
+    let _ = std::fs::remove_file(&console);
+    let mut vm = Vmm::spawn(
+        &[
+            "--restore",
+            d2.to_str().unwrap(),
+            "--resume",
+            "--no-verify-memory",
+            "--serial",
+            &format!("file:{}", console.display()),
+        ],
+        &scratch("refuse-noverify.sock"),
+    );
+    vm.wait_api();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("pattern BAD")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never saw its damaged memory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(vm);
+
+    // Not a snapshot, a missing one, a short memory file.
+    let d = copy("refuse-magic");
+    let mut b = std::fs::read(d.join("state")).unwrap();
+    b[0] = b'X';
+    std::fs::write(d.join("state"), b).unwrap();
+    assert_refused(&d, &[], "not a vireo snapshot");
+    assert_refused(&scratch("refuse-nothing-here"), &[], "no such file");
+    let d = copy("refuse-short");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("memory"))
+        .unwrap();
+    f.set_len(32 << 20).unwrap();
+    assert_refused(&d, &[], "bytes, the snapshot's RAM is");
+
+    // Well-formed (valid checksums) but mismatched: another format version, a vCPU count
+    // that does not match the vCPU states, CPU features this host lacks.
+    let d = scratch("refuse-version");
+    rewrite_state(&good, &d, 99, |_| {});
+    assert_refused(&d, &[], "format version 99, this vireo-vmm reads version 1");
+    let d = scratch("refuse-vcpus");
+    rewrite_state(&good, &d, 1, |s| s["config"]["vcpus"] = json!(2));
+    assert_refused(&d, &[], "1 vCPU states for 2 vCPUs");
+    let d = scratch("refuse-cpu");
+    rewrite_state(&good, &d, 1, |s| {
+        for leaf in s["host"]["cpu_features"].as_array_mut().unwrap() {
+            leaf[4] = json!(u32::MAX);
+            leaf[5] = json!(u32::MAX);
+        }
+    });
+    assert_refused(&d, &[], "CPU features this host lacks");
+    let d = scratch("refuse-vendor");
+    rewrite_state(&good, &d, 1, |s| {
+        s["host"]["cpu_vendor"] = json!("CyrixInstead")
+    });
+    assert_refused(&d, &[], "CPU vendor");
+    let d = scratch("refuse-regions");
+    rewrite_state(&good, &d, 1, |s| s["regions"] = json!([[0, 4096]]));
+    assert_refused(&d, &[], "memory regions");
+
+    // And the original still restores.
+    let mut vm = Vmm::spawn(
+        &["--restore", good.to_str().unwrap(), "--serial", "none"],
+        &scratch("refuse-good.sock"),
+    );
+    vm.wait_api();
+}
+
+/// A free TCP port on loopback (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a destination on a fresh port; returns it and its address.
+fn destination(name: &str, console: &Path) -> (Vmm, String) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let vm = Vmm::spawn(
+        &[
+            "--incoming",
+            &addr,
+            "--serial",
+            &format!("file:{}", console.display()),
+        ],
+        &scratch(&format!("{name}.sock")),
+    );
+    (vm, addr)
+}
+
+/// PUT /vm/migrate, retried while the destination is not listening yet.
+fn migrate(sock: &Path, addr: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = call(
+            sock,
+            "PUT",
+            "/vm/migrate",
+            Some(json!({"destination": addr, "downtime_ms": 50})),
+        );
+        if code == 200 {
+            return serde_json::from_str(&body).unwrap();
+        }
+        assert!(
+            body.contains("cannot connect") && Instant::now() < deadline,
+            "migration failed: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ten_live_migrations_in_a_row_keep_the_guest_state() {
+    let (mut src, console) = boot_counter("migrate");
+    wait_tick(&console, 2);
+    for hop in 0..10 {
+        let (mut dst, addr) = destination(&format!("migrate-{hop}"), &console);
+        let before = *ticks(&console).last().unwrap();
+        let report = migrate(&src.sock, &addr);
+        assert_eq!(report["state"], "completed", "{report}");
+        assert!(report["rounds"].as_u64().unwrap() >= 1, "{report}");
+        assert!(report["pages_sent"].as_u64().unwrap() > 0, "{report}");
+        // The source exits 0 once the destination runs the guest.
+        assert_eq!(
+            src.wait_exit(Duration::from_secs(10)),
+            0,
+            "{}",
+            src.stderr()
+        );
+        dst.wait_api();
+        wait_tick(&console, before + 3);
+        src = dst;
+    }
+    // A last pattern check on the final destination.
+    let last = *ticks(&console).last().unwrap();
+    wait_tick(&console, (last / 8 + 1) * 8 + 1);
+    assert_eq!(call(&src.sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(src.wait_exit(Duration::from_secs(10)), 0);
+    assert_continuous(&console);
+}
+
+#[test]
+fn failed_migrations_leave_the_source_running() {
+    let (src, console) = boot_counter("migrate-fail");
+    wait_tick(&console, 2);
+    // Nobody listens there.
+    let port = free_port();
+    let (code, body) = call(
+        &src.sock,
+        "PUT",
+        "/vm/migrate",
+        Some(json!({"destination": format!("127.0.0.1:{port}")})),
+    );
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("cannot connect"), "{body}");
+    let (_, p) = call(&src.sock, "GET", "/vm/migrate", None);
+    let p: Value = serde_json::from_str(&p).unwrap();
+    assert_eq!(p["state"], "failed");
+    // Bad requests.
+    assert_eq!(
+        call(&src.sock, "PUT", "/vm/migrate", Some(json!({}))).0,
+        400
+    );
+    assert_eq!(
+        call(
+            &src.sock,
+            "PUT",
+            "/vm/migrate",
+            Some(json!({"destination": "127.0.0.1:1", "downtime_ms": 0}))
+        )
+        .0,
+        400
+    );
+
+    // A peer that accepts and then hangs up mid-stream.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut b = [0u8; 64];
+        let _ = s.read(&mut b);
+        drop(s);
+    });
+    let (code, body) = call(
+        &src.sock,
+        "PUT",
+        "/vm/migrate",
+        Some(json!({ "destination": addr })),
+    );
+    peer.join().unwrap();
+    assert_eq!(code, 502, "{body}");
+
+    // Still running, and still counting.
+    let (_, vm) = call(&src.sock, "GET", "/vm", None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&vm).unwrap()["state"],
+        "running"
+    );
+    let now = *ticks(&console).last().unwrap();
+    wait_tick(&console, now + 2);
+    assert_continuous(&console);
+}
+
+#[test]
+fn a_destination_refuses_a_bad_stream_with_status_1() {
+    require_kvm();
+    for garbage in [
+        b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        // The right magic, a future version.
+        [b"VIREOMIG".as_slice(), &7u32.to_le_bytes()].concat(),
+        // A HELLO frame claiming an absurd length.
+        [
+            b"VIREOMIG".as_slice(),
+            &1u32.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &u64::MAX.to_le_bytes(),
+        ]
+        .concat(),
+    ] {
+        let console = scratch("bad-stream.console");
+        let (mut dst, addr) = destination("bad-stream", &console);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match std::net::TcpStream::connect(&addr) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("destination never listened: {e}"),
+            }
+        };
+        s.write_all(&garbage).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        assert_eq!(dst.wait_exit(Duration::from_secs(10)), 1);
+        let err = dst.stderr();
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.starts_with("vireo-vmm: error: migration: "), "{err}");
+    }
+}
+
+/// Two network namespaces joined by a veth pair, standing for two hosts; removed on drop.
+struct TwoHosts {
+    a: String,
+    b: String,
+}
+
+impl TwoHosts {
+    fn new() -> TwoHosts {
+        let id = std::process::id() % 100_000;
+        let h = TwoHosts {
+            a: format!("vireo-mig-a-{id}"),
+            b: format!("vireo-mig-b-{id}"),
+        };
+        let (va, vb) = (format!("vma{id}"), format!("vmb{id}"));
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("run ip");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        ip(&["netns", "add", &h.a]);
+        ip(&["netns", "add", &h.b]);
+        ip(&[
+            "-n", &h.a, "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &h.b,
+        ]);
+        for (ns, dev, addr) in [(&h.a, &va, "10.213.0.1/24"), (&h.b, &vb, "10.213.0.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        h
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn migration_between_two_network_namespaces() {
+    require_kvm();
+    let hosts = TwoHosts::new();
+    let console = scratch("netns.console");
+    let _ = std::fs::remove_file(&console);
+    let serial = format!("file:{}", console.display());
+    let vmm = vmm_bin();
+    let vmm = vmm.to_str().unwrap();
+    let counter = guest("counter");
+    let mut src = Vmm::spawn_program(
+        "ip".as_ref(),
+        &[
+            "netns",
+            "exec",
+            &hosts.a,
+            vmm,
+            "--kernel",
+            counter.to_str().unwrap(),
+            "--memory",
+            "64",
+            "--cmdline",
+            "x",
+            "--serial",
+            &serial,
+        ],
+        &scratch("netns-a.sock"),
+    );
+    src.wait_api();
+    wait_tick(&console, 2);
+    let mut dst = Vmm::spawn_program(
+        "ip".as_ref(),
+        &[
+            "netns",
+            "exec",
+            &hosts.b,
+            vmm,
+            "--incoming",
+            "10.213.0.2:7070",
+            "--serial",
+            &serial,
+        ],
+        &scratch("netns-b.sock"),
+    );
+    // The source's namespace cannot reach the destination's listener through loopback: only
+    // through the veth pair.
+    let report = migrate(&src.sock, "10.213.0.2:7070");
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(src.wait_exit(Duration::from_secs(10)), 0);
+    dst.wait_api();
+    let now = *ticks(&console).last().unwrap();
+    wait_tick(&console, now + 3);
+    assert_eq!(call(&dst.sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(dst.wait_exit(Duration::from_secs(10)), 0);
+    assert_continuous(&console);
+}
+
+#[test]
+fn a_destination_opens_only_the_devices_its_own_config_allows() {
+    let console = scratch("allowed.console");
+    let _ = std::fs::remove_file(&console);
+    let disk = scratch("allowed-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let serial = format!("file:{}", console.display());
+    let drive = format!("path={}", disk.display());
+    let mut src = Vmm::spawn(
+        &[
+            "--kernel",
+            guest("counter").to_str().unwrap(),
+            "--memory",
+            "64",
+            "--cmdline",
+            "x",
+            "--drive",
+            &drive,
+            "--serial",
+            &serial,
+        ],
+        &scratch("allowed-src.sock"),
+    );
+    src.wait_api();
+    wait_tick(&console, 2);
+
+    // A destination told nothing refuses a source that would make it open a host file.
+    let (mut dst, addr) = destination("allowed-none", &console);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, body) = loop {
+        let r = call(
+            &src.sock,
+            "PUT",
+            "/vm/migrate",
+            Some(json!({ "destination": addr })),
+        );
+        if !r.1.contains("cannot connect") || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("--config"), "{body}");
+    assert_eq!(dst.wait_exit(Duration::from_secs(10)), 1);
+    let (_, vm) = call(&src.sock, "GET", "/vm", None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&vm).unwrap()["state"],
+        "running"
+    );
+
+    // With the VM's configuration, the same drive is allowed.
+    let cfg = scratch("allowed.json");
+    std::fs::write(
+        &cfg,
+        json!({"kernel": guest("counter"), "memory_mib": 64, "drives": [{"path": disk}]})
+            .to_string(),
+    )
+    .unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut dst = Vmm::spawn(
+        &[
+            "--incoming",
+            &addr,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--serial",
+            &serial,
+        ],
+        &scratch("allowed-dst.sock"),
+    );
+    let report = migrate(&src.sock, &addr);
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(src.wait_exit(Duration::from_secs(10)), 0);
+    dst.wait_api();
+    let now = *ticks(&console).last().unwrap();
+    wait_tick(&console, now + 2);
+    assert_continuous(&console);
+}

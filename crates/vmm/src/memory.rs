@@ -226,7 +226,7 @@ impl Drop for GuestRam {
         if Arc::strong_count(&self.mem) > 1 {
             // Someone still holds the memory (a thread that was not joined): leaking the
             // mappings is safe, unmapping them would not be.
-            tracing::warn!("guest memory still in use at exit; not unmapping it");
+            tracing::debug!("guest memory still in use at exit; not unmapping it");
             return;
         }
         for &(addr, len) in &self.mappings {

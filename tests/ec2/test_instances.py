@@ -260,3 +260,37 @@ def test_create_image_from_instance_and_launch_from_it(ec2, vireod):
     ec2.terminate_instances(InstanceIds=[iid, iid2])
     wait_state(ec2, iid, "terminated")
     wait_state(ec2, iid2, "terminated")
+
+
+def test_hibernate_then_start_resumes_instead_of_booting(ec2, vireod):
+    ami = image_id(ec2, "vireo-testguest")
+    iid = ec2.run_instances(ImageId=ami, InstanceType="t3.nano", MinCount=1, MaxCount=1,
+                            UserData="hibernate me")["Instances"][0]["InstanceId"]
+    wait_state(ec2, iid, "running")
+    wait_console(ec2, iid, "VIREO-TESTGUEST idle")
+    ch = ec2.stop_instances(InstanceIds=[iid], Hibernate=True)["StoppingInstances"][0]
+    assert ch["CurrentState"]["Name"] == "stopping"
+    wait_state(ec2, iid, "stopped")
+    inst = instance(ec2, iid)
+    assert inst["StateReason"]["Code"] == "Client.UserInitiatedHibernate"
+    assert vireod.vmm_pids() == [] or all(iid.encode() not in open(f"/proc/{p}/cmdline", "rb").read() for p in vireod.vmm_pids())
+    inst_dir = os.path.join(vireod.data, "instances", iid)
+    assert os.path.exists(os.path.join(inst_dir, "hibernate.ok"))
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ec2.modify_instance_attribute(InstanceId=iid, InstanceType={"Value": "t3.micro"})
+    assert error_code(e) == "UnsupportedOperation"
+    ec2.start_instances(InstanceIds=[iid])
+    wait_state(ec2, iid, "running")
+    # Resumed, not booted again: the guest printed its ready line once, and the snapshot is spent.
+    assert console(ec2, iid).count("VIREO-TESTGUEST ready") == 1
+    assert not os.path.exists(os.path.join(inst_dir, "hibernate.ok"))
+    vmm = [p for p in vireod.vmm_pids() if iid.encode() in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert len(vmm) == 1 and b"--restore" in open(f"/proc/{vmm[0]}/cmdline", "rb").read()
+    # A resumed instance stops and starts normally afterwards (a fresh boot).
+    ec2.stop_instances(InstanceIds=[iid], Force=True)
+    wait_state(ec2, iid, "stopped")
+    ec2.start_instances(InstanceIds=[iid])
+    wait_state(ec2, iid, "running")
+    wait_console(ec2, iid, "VIREO-TESTGUEST ready cmdline")
+    ec2.terminate_instances(InstanceIds=[iid])
+    wait_state(ec2, iid, "terminated")

@@ -129,16 +129,14 @@ async fn dispatch(
             allow(&p, &["InstanceId", "Force", "Hibernate", "DryRun"])?;
             dry_run(&p)?;
             let ids = instance_ids(&p, true)?;
-            if p.bool("Hibernate")?.unwrap_or(false) {
-                return Err(ApiError::new(
-                    "UnsupportedHibernationConfiguration",
-                    "Hibernation is not available for these instances",
-                )
-                .into());
+            let hibernate = p.bool("Hibernate")?.unwrap_or(false);
+            let force = p.bool("Force")?.unwrap_or(false);
+            if hibernate && force {
+                return Err(Ec2Error::invalid_parameter_combination(
+                    "Hibernate and Force cannot be combined",
+                ));
             }
-            let changes = svc
-                .stop_instances(&ids, p.bool("Force")?.unwrap_or(false))
-                .await?;
+            let changes = svc.stop_instances(&ids, force, hibernate).await?;
             state_changes(&mut r, "instancesSet", &changes);
         }
         "RebootInstances" => {

@@ -92,6 +92,12 @@ impl StateReason {
             "Client.UserInitiatedShutdown: User initiated shutdown",
         )
     }
+    pub fn user_hibernate() -> Self {
+        Self::new(
+            "Client.UserInitiatedHibernate",
+            "Client.UserInitiatedHibernate: User initiated hibernate",
+        )
+    }
     pub fn guest_shutdown() -> Self {
         Self::new(
             "Client.InstanceInitiatedShutdown",

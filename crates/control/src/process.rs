@@ -28,6 +28,9 @@ pub struct VmmSpec {
     /// The root disk and its format (`raw` or `qcow2`), always given explicitly: a guest can
     /// write anything into a raw disk, including a qcow2 header.
     pub root_disk: Option<(PathBuf, &'static str)>,
+    /// Resume from this snapshot (a hibernated instance) instead of booting: the VM's
+    /// configuration, disks included, comes from the snapshot.
+    pub restore: Option<PathBuf>,
 }
 
 /// The files of one instance's VMM, all inside the instance directory.
@@ -83,27 +86,17 @@ pub fn spawn(spec: &VmmSpec) -> io::Result<ProcessId> {
         .append(true)
         .open(VmmFiles::log(dir))?;
     let mut cmd = Command::new(&spec.bin);
-    cmd.arg("--kernel")
-        .arg(&spec.kernel)
-        .arg("--cmdline")
-        .arg(&spec.cmdline)
-        .arg("--vcpus")
-        .arg(spec.vcpus.to_string())
-        .arg("--memory")
-        .arg(spec.memory_mib.to_string())
-        .arg("--serial")
+    if let Some(snapshot) = &spec.restore {
+        cmd.arg("--restore").arg(snapshot).arg("--resume");
+    } else {
+        boot_args(&mut cmd, spec);
+    }
+    cmd.arg("--serial")
         .arg(format!("file:{}", VmmFiles::console(dir).display()))
         .arg("--api-sock")
         .arg(VmmFiles::api_socket(dir))
         .arg("--summary-json")
         .arg(VmmFiles::exit_summary(dir));
-    if let Some(initrd) = &spec.initrd {
-        cmd.arg("--initrd").arg(initrd);
-    }
-    if let Some((disk, format)) = &spec.root_disk {
-        cmd.arg("--drive")
-            .arg(format!("path={},format={format}", disk.display()));
-    }
     // Its own process group: a Ctrl-C at vireod's terminal must not reach the guests.
     cmd.process_group(0)
         .current_dir(dir)
@@ -117,6 +110,25 @@ pub fn spawn(spec: &VmmSpec) -> io::Result<ProcessId> {
     let start_time = start_time(pid)
         .ok_or_else(|| io::Error::other("the VMM process ended before it could be recorded"))?;
     Ok(ProcessId { pid, start_time })
+}
+
+/// The arguments that describe a VM booted from its kernel.
+fn boot_args(cmd: &mut Command, spec: &VmmSpec) {
+    cmd.arg("--kernel")
+        .arg(&spec.kernel)
+        .arg("--cmdline")
+        .arg(&spec.cmdline)
+        .arg("--vcpus")
+        .arg(spec.vcpus.to_string())
+        .arg("--memory")
+        .arg(spec.memory_mib.to_string());
+    if let Some(initrd) = &spec.initrd {
+        cmd.arg("--initrd").arg(initrd);
+    }
+    if let Some((disk, format)) = &spec.root_disk {
+        cmd.arg("--drive")
+            .arg(format!("path={},format={format}", disk.display()));
+    }
 }
 
 /// The start time of process `pid` (clock ticks after boot), or None if there is no such live

@@ -31,6 +31,11 @@ pub const CONSOLE_LIMIT: u64 = 64 * 1024;
 /// for what vireod and the VMM append.
 pub const MAX_IMAGE_CMDLINE: usize = 1800;
 
+/// Where a hibernated instance keeps its snapshot (memory, vCPU and device state), and the
+/// marker written once the snapshot is complete: StartInstances resumes from it.
+const HIBERNATE_DIR: &str = "hibernate";
+const HIBERNATE_DONE: &str = "hibernate.ok";
+
 /// How many vCPUs and MiB of guest memory this host lends out.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Capacity {
@@ -491,7 +496,7 @@ impl Service {
         };
         let reboot = inst.state == InstanceState::Running && !no_reboot;
         if reboot {
-            self.stop_instances(&[instance_id.to_string()], false)
+            self.stop_instances(&[instance_id.to_string()], false, false)
                 .await?;
             let limit = self.inner.cfg.shutdown_timeout + Duration::from_secs(30);
             self.wait_for_state(instance_id, InstanceState::Stopped, limit)
@@ -759,6 +764,10 @@ impl Service {
             cmdline: boot.cmdline.clone(),
             vcpus: inst.vcpus,
             memory_mib: inst.memory_mib,
+            restore: dir
+                .join(HIBERNATE_DONE)
+                .exists()
+                .then(|| dir.join(HIBERNATE_DIR)),
             root_disk: boot.root_disk.clone().map(|p| {
                 let f = match boot.root_format.as_deref() {
                     Some("qcow2") => "qcow2",
@@ -805,6 +814,9 @@ impl Service {
         let now = self.instance(id)?;
         if now.state == InstanceState::Pending && now.pid == Some(pid.pid) {
             std::fs::write(dir.join(".booted"), b"")?;
+            // Resumed from hibernation: the snapshot is spent (its memory file stays mapped by
+            // the VMM until it exits, so removing it now is safe).
+            forget_hibernation(dir);
             self.set_state(id, InstanceState::Running, None)?;
         }
         Ok(())
@@ -816,6 +828,9 @@ impl Service {
         let inst = self.instance(id)?;
         let dir = PathBuf::from(&inst.dir);
         self.db().set_process(id, None, None)?;
+        // A snapshot that could not be resumed is not tried again: the next start boots afresh
+        // from the disk, as after a power loss.
+        forget_hibernation(&dir);
         if dir.join(".booted").exists() {
             self.set_state(
                 id,
@@ -1048,7 +1063,56 @@ impl Service {
         }
     }
 
-    pub async fn stop_instances(&self, ids: &[String], force: bool) -> ApiResult<Vec<StateChange>> {
+    /// StopInstances with Hibernate: the VM is paused and snapshotted (memory, vCPUs, devices)
+    /// into the instance directory, then its VMM ends; StartInstances resumes from the snapshot.
+    /// If the snapshot cannot be made, the guest is resumed and stopped the ordinary way.
+    async fn hibernate(&self, id: &str, dir: &Path, pid: ProcessId) {
+        let (sock, snap, done) = (
+            VmmFiles::api_socket(dir),
+            dir.join(HIBERNATE_DIR),
+            dir.join(HIBERNATE_DONE),
+        );
+        let made = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            forget_hibernation(snap.parent().expect("in the instance directory"));
+            let call = |method: &str, path: &str, body: Option<&str>| {
+                match process::api_call(&sock, method, path, body) {
+                    Ok((code, _)) if code / 100 == 2 => Ok(()),
+                    Ok((code, body)) => Err(format!("{path}: {code} {}", body.trim())),
+                    Err(e) => Err(format!("{path}: {e}")),
+                }
+            };
+            call("PUT", "/vm/pause", None)?;
+            let body = serde_json::json!({ "path": snap }).to_string();
+            if let Err(e) = call("PUT", "/vm/snapshot", Some(&body)) {
+                let _ = call("PUT", "/vm/resume", None);
+                return Err(e);
+            }
+            std::fs::write(&done, b"").map_err(|e| e.to_string())?;
+            call("PUT", "/vm/stop", None)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match made {
+            Ok(()) => {
+                let limit = tokio::time::timeout(Duration::from_secs(30), process::wait_exit(pid));
+                if limit.await.is_err() {
+                    let _ = process::kill(pid);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("{id}: hibernation failed ({e}); stopping it instead");
+                forget_hibernation(dir);
+                self.shutdown_and_wait(id, pid, false).await;
+            }
+        }
+    }
+
+    pub async fn stop_instances(
+        &self,
+        ids: &[String],
+        force: bool,
+        hibernate: bool,
+    ) -> ApiResult<Vec<StateChange>> {
         self.check_ids_exist(ids)?;
         let mut changes = Vec::new();
         for id in ids {
@@ -1056,13 +1120,23 @@ impl Service {
             let inst = self.instance(id)?;
             let current = match inst.state {
                 InstanceState::Running => {
-                    self.set_state(id, InstanceState::Stopping, Some(&StateReason::user_stop()))?;
+                    let reason = if hibernate {
+                        StateReason::user_hibernate()
+                    } else {
+                        StateReason::user_stop()
+                    };
+                    self.set_state(id, InstanceState::Stopping, Some(&reason))?;
                     if let Some((pid, start_time)) = inst.pid.zip(inst.pid_start) {
                         let svc = self.clone();
                         let id = id.clone();
+                        let pid = ProcessId { pid, start_time };
+                        let dir = PathBuf::from(&inst.dir);
                         tokio::spawn(async move {
-                            svc.shutdown_and_wait(&id, ProcessId { pid, start_time }, force)
-                                .await
+                            if hibernate {
+                                svc.hibernate(&id, &dir, pid).await
+                            } else {
+                                svc.shutdown_and_wait(&id, pid, force).await
+                            }
                         });
                     }
                     InstanceState::Stopping
@@ -1249,6 +1323,12 @@ impl Service {
         let inst = self.instance(id)?;
         if inst.state != InstanceState::Stopped {
             return Err(ApiError::incorrect_state(id, inst.state.name(), "modified"));
+        }
+        if Path::new(&inst.dir).join(HIBERNATE_DONE).exists() {
+            return Err(ApiError::new(
+                "UnsupportedOperation",
+                format!("instance {id} is hibernated: its memory snapshot fixes its size; start it first"),
+            ));
         }
         self.db()
             .set_instance_type(id, ty.name, ty.vcpus, ty.memory_mib)?;
@@ -1549,6 +1629,17 @@ fn copy_readonly(src: &Path, dst: &Path) -> ApiResult<PathBuf> {
 fn set_readonly(p: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444))
+}
+
+/// Drops a hibernation snapshot (marker first, so a half-removed snapshot is never resumed).
+fn forget_hibernation(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(HIBERNATE_DONE));
+    match std::fs::remove_dir_all(dir.join(HIBERNATE_DIR)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("cannot remove the snapshot in {}: {e}", dir.display())
+        }
+        _ => {}
+    }
 }
 
 /// Removes what a terminated instance leaves behind, except its console log (GetConsoleOutput

@@ -22,6 +22,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RELEASE = os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release")
+VIREO = os.environ.get("VIREO_CLI_BIN", os.path.join(os.path.dirname(os.environ.get("VIREOD_BIN", os.path.join(RELEASE, "vireod"))), "vireo"))
 VIREOD = os.environ.get("VIREOD_BIN", os.path.join(RELEASE, "vireod"))
 VMM = os.environ.get("VIREO_VMM_BIN", os.path.join(RELEASE, "vireo-vmm"))
 GUEST = os.path.join(ROOT, "build", "guest")
@@ -129,6 +130,8 @@ class Vireod:
         deadline = time.time() + 10
         while self.vmm_pids() and time.time() < deadline:
             time.sleep(0.05)
+        # Migration hosts (network namespaces) this vireod made, if any.
+        subprocess.run([VIREOD, "remove-hosts", "--data-dir", self.data], capture_output=True, timeout=60)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

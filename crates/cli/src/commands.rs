@@ -61,10 +61,30 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_instances(&client, json, args),
         Command::Ls(args) => ls(&client, json, &args),
         Command::Describe { ids } => describe(&client, json, &ids),
-        Command::Start { ids } => change_state(&client, json, "StartInstances", &ids, false),
-        Command::Stop { force, ids } => change_state(&client, json, "StopInstances", &ids, force),
+        Command::Start { ids } => {
+            change_state(&client, json, "StartInstances", &ids, Params::new())
+        }
+        Command::Stop {
+            force,
+            hibernate,
+            ids,
+        } => {
+            let mut extra = Params::new();
+            if force {
+                extra.set("Force", "true");
+            }
+            if hibernate {
+                extra.set("Hibernate", "true");
+            }
+            change_state(&client, json, "StopInstances", &ids, extra)
+        }
+        Command::Migrate {
+            id,
+            to,
+            downtime_ms,
+        } => migrate(&client, json, &id, to, downtime_ms),
         Command::Terminate { ids } => {
-            change_state(&client, json, "TerminateInstances", &ids, false)
+            change_state(&client, json, "TerminateInstances", &ids, Params::new())
         }
         Command::Reboot { ids } => reboot(&client, json, &ids),
         Command::Console { id, follow } => console(&client, json, &id, follow),
@@ -399,12 +419,10 @@ fn change_state(
     json: bool,
     action: &str,
     ids: &[String],
-    force: bool,
+    extra: Params,
 ) -> Result<()> {
     let mut p = by_ids(ids);
-    if force {
-        p.set("Force", "true");
-    }
+    p.0.extend(extra.0);
     let changes = model::state_changes(&client.call(action, &p)?);
     if json {
         return print_json(&changes);
@@ -431,6 +449,50 @@ fn expect_true(root: &Element, action: &str) -> Result<()> {
             other.unwrap_or("(none)")
         ))),
     }
+}
+
+fn migrate(
+    client: &Client,
+    json: bool,
+    id: &str,
+    to: Option<u32>,
+    downtime_ms: Option<u64>,
+) -> Result<()> {
+    let mut p = Params::new();
+    p.set("InstanceId", id);
+    if let Some(t) = to {
+        p.set("TargetHost", t.to_string());
+    }
+    if let Some(d) = downtime_ms {
+        p.set("DowntimeMs", d.to_string());
+    }
+    let doc = client.call("MigrateInstance", &p)?;
+    let field = |name: &str| doc.text_at(name).unwrap_or("-").to_string();
+    if json {
+        #[derive(Serialize)]
+        struct Migrated {
+            instance_id: String,
+            source_host: String,
+            target_host: String,
+            downtime_ms: String,
+            total_ms: String,
+        }
+        return print_json(&Migrated {
+            instance_id: id.to_string(),
+            source_host: field("sourceHost"),
+            target_host: field("targetHost"),
+            downtime_ms: field("downtimeMs"),
+            total_ms: field("totalMs"),
+        });
+    }
+    println!(
+        "{id}  host {} -> host {}  (downtime {} ms, total {} ms)",
+        field("sourceHost"),
+        field("targetHost"),
+        field("downtimeMs"),
+        field("totalMs")
+    );
+    Ok(())
 }
 
 fn reboot(client: &Client, json: bool, ids: &[String]) -> Result<()> {

@@ -61,10 +61,24 @@ pub enum Command {
     /// Stop running instances
     Stop {
         /// Stop without waiting for the guest to shut down
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hibernate")]
         force: bool,
+        /// Hibernate: save the VM's memory and state; `vireo start` resumes it
+        #[arg(long)]
+        hibernate: bool,
         #[arg(required = true, value_name = "INSTANCE_ID")]
         ids: Vec<String>,
+    },
+    /// Live-migrate a running instance to another host (vireod's MigrateInstance)
+    Migrate {
+        #[arg(value_name = "INSTANCE_ID")]
+        id: String,
+        /// The migration host to move to (default: host 1 from host 0, host 0 from the others)
+        #[arg(long, value_name = "HOST")]
+        to: Option<u32>,
+        /// Longest acceptable pause of the guest, in milliseconds [default: 50]
+        #[arg(long, value_name = "MS")]
+        downtime_ms: Option<u64>,
     },
     /// Reboot instances
     Reboot {
@@ -301,6 +315,8 @@ mod tests {
         assert_eq!(ls.states, ["running"]);
         let cli = parse(&["--profile", "p", "stop", "--force", "i-1", "i-2"]).unwrap();
         assert_eq!(cli.profile.as_deref(), Some("p"));
-        assert!(matches!(cli.command, Command::Stop { force: true, ref ids } if ids.len() == 2));
+        assert!(
+            matches!(cli.command, Command::Stop { force: true, ref ids, .. } if ids.len() == 2)
+        );
     }
 }

@@ -200,6 +200,23 @@ async fn dispatch(
                     .elem("value", v);
             });
         }
+        // vireo's own action (`vireo migrate`): live-migrate a running instance to another host.
+        "MigrateInstance" => {
+            allow(&p, &["InstanceId", "TargetHost", "DowntimeMs"])?;
+            let id = one_instance_id(&p)?;
+            let target = p.int("TargetHost", 0..=8)?.map(|t| t as u32);
+            let downtime = p.int("DowntimeMs", 1..=60_000)?.unwrap_or(50) as u64;
+            let (from, to, report) = svc.migrate_instance(&id, target, downtime).await?;
+            r.elem("instanceId", &id)
+                .elem("sourceHost", from)
+                .elem("targetHost", to)
+                .opt_elem(
+                    "downtimeMs",
+                    report.get("downtime_ms").and_then(|v| v.as_u64()),
+                )
+                .opt_elem("totalMs", report.get("total_ms").and_then(|v| v.as_u64()))
+                .opt_elem("rounds", report.get("rounds").and_then(|v| v.as_u64()));
+        }
         "DescribeRegions" => {
             let region = svc.config().region.clone();
             r.list("regionInfo", [region], |r, name| {
@@ -528,7 +545,7 @@ fn describe_images(svc: &Service, p: &Params, r: &mut Response) -> Result<(), Ec
     }
     let owners: Vec<String> = p.list("Owner")?.into_iter().map(str::to_string).collect();
     let images = svc.describe_images(&ids, &owners, &p.filters()?)?;
-    r.list("imagesSet", &images, |r, i| image_xml(r, i));
+    r.list("imagesSet", &images, image_xml);
     Ok(())
 }
 

@@ -22,8 +22,10 @@ pub enum DbError {
 pub type Result<T> = std::result::Result<T, DbError>;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    Migrations::new(vec![
+        // 1: the first schema.
+        M::up(
+            "CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
          CREATE TABLE access_keys(
              access_key_id TEXT PRIMARY KEY,
              secret TEXT NOT NULL,
@@ -74,7 +76,10 @@ fn migrations() -> Migrations<'static> {
              request_hash TEXT NOT NULL,
              reservation_id TEXT NOT NULL,
              PRIMARY KEY(owner_id, token));",
-    )])
+        ),
+        // 2: the migration host an instance's VMM runs on (0: vireod's own namespace).
+        M::up("ALTER TABLE instances ADD COLUMN host INTEGER NOT NULL DEFAULT 0;"),
+    ])
 }
 
 /// The open state database.
@@ -85,7 +90,7 @@ pub struct Db {
 const INSTANCE_COLUMNS: &str =
     "seq, instance_id, reservation_id, owner_id, image_id, instance_type, \
      vcpus, memory_mib, state, reason_code, reason_message, launch_time, launch_index, \
-     client_token, user_data, dir, pid, pid_start";
+     client_token, user_data, dir, pid, pid_start, host";
 
 const IMAGE_COLUMNS: &str =
     "image_id, name, description, owner_id, state, architecture, boot_mode, \
@@ -354,6 +359,7 @@ impl Db {
             dir: r.get(15)?,
             pid: r.get(16)?,
             pid_start: r.get::<_, Option<i64>>(17)?.map(|s| s as u64),
+            host: r.get(18)?,
             tags: Vec::new(),
         })
     }
@@ -437,6 +443,14 @@ impl Db {
         self.conn.execute(
             "UPDATE instances SET pid = ?2, pid_start = ?3 WHERE instance_id = ?1",
             params![instance_id, pid, pid_start.map(|s| s as i64)],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_host(&self, instance_id: &str, host: u32) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET host = ?2 WHERE instance_id = ?1",
+            params![instance_id, host],
         )?;
         Ok(())
     }
@@ -531,7 +545,7 @@ mod tests {
         {
             let db = Db::open(&path).unwrap();
             db.set_setting("owner_id", "123456789012").unwrap();
-            assert_eq!(db.schema_version().unwrap(), 1);
+            assert_eq!(db.schema_version().unwrap(), 2);
         }
         let db = Db::open(&path).unwrap();
         assert_eq!(

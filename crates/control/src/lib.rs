@@ -4,6 +4,7 @@ pub mod api;
 pub mod db;
 pub mod error;
 pub mod filter;
+pub mod hosts;
 pub mod manifest;
 pub mod model;
 pub mod process;

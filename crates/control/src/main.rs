@@ -65,6 +65,14 @@ enum Cmd {
         /// Seconds a guest gets to shut down cleanly on StopInstances before its VMM is killed.
         #[arg(long, default_value_t = 30)]
         shutdown_timeout: u64,
+        /// Network namespaces standing for other hosts, for `vireo migrate` (0 to 8; needs root).
+        #[arg(long, default_value_t = 0)]
+        migration_hosts: u32,
+    },
+    /// Remove the migration hosts' network namespaces (after every instance on them is gone).
+    RemoveHosts {
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -78,6 +86,9 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let result = match args.cmd {
+        Cmd::RemoveHosts { data_dir } => {
+            vireo_control::hosts::remove(&data_dir).map_err(Into::into)
+        }
         Cmd::Init {
             data_dir,
             images,
@@ -93,6 +104,7 @@ fn main() -> ExitCode {
             capacity_vcpus,
             capacity_memory_mib,
             shutdown_timeout,
+            migration_hosts,
         } => {
             if !(cpu_overcommit > 0.0 && memory_overcommit > 0.0) {
                 Err(anyhow::anyhow!("overcommit ratios must be positive"))
@@ -108,6 +120,7 @@ fn main() -> ExitCode {
                     vmm,
                     capacity,
                     Duration::from_secs(shutdown_timeout),
+                    migration_hosts,
                 )
             }
         }
@@ -194,6 +207,7 @@ fn init(dir: &Path, images: &[PathBuf], region: &str) -> anyhow::Result<()> {
                 },
                 Duration::ZERO,
                 region,
+                Vec::new(),
             )?)?;
             for m in manifests {
                 let name = m.name.clone().ok_or_else(|| {
@@ -263,6 +277,7 @@ fn config(
     capacity: Capacity,
     shutdown_timeout: Duration,
     region: &str,
+    hosts: Vec<vireo_control::hosts::Host>,
 ) -> anyhow::Result<Config> {
     Ok(Config {
         data_dir: std::path::absolute(dir)?,
@@ -270,6 +285,7 @@ fn config(
         capacity,
         shutdown_timeout,
         region: region.to_string(),
+        hosts,
     })
 }
 
@@ -279,6 +295,7 @@ fn serve(
     vmm: Option<PathBuf>,
     capacity: Capacity,
     shutdown_timeout: Duration,
+    migration_hosts: u32,
 ) -> anyhow::Result<()> {
     if !dir.join("state.db").exists() {
         anyhow::bail!(
@@ -291,7 +308,10 @@ fn serve(
         .setting("region")?
         .unwrap_or_else(|| "vireo-local-1".into());
     let vmm = find_vmm(vmm)?;
-    let cfg = config(dir, Some(vmm), capacity, shutdown_timeout, &region)?;
+    let abs = std::path::absolute(dir)?;
+    let hosts = vireo_control::hosts::plan(&abs, migration_hosts)?;
+    vireo_control::hosts::ensure(&abs, &hosts)?;
+    let cfg = config(dir, Some(vmm), capacity, shutdown_timeout, &region, hosts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()

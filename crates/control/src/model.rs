@@ -157,5 +157,7 @@ pub struct Instance {
     /// from /proc/PID/stat) so a recycled PID is never mistaken for our VMM.
     pub pid: Option<i32>,
     pub pid_start: Option<u64>,
+    /// The migration host its VMM runs on (0: vireod's own network namespace).
+    pub host: u32,
     pub tags: Vec<(String, String)>,
 }

@@ -31,6 +31,15 @@ pub struct VmmSpec {
     /// Resume from this snapshot (a hibernated instance) instead of booting: the VM's
     /// configuration, disks included, comes from the snapshot.
     pub restore: Option<PathBuf>,
+    /// Run the VMM in this network namespace (a migration host), through `ip netns exec`,
+    /// which enters it and then executes the VMM in the same process.
+    pub netns: Option<String>,
+    /// Wait for a live migration on this address instead of booting (the destination of
+    /// `vireo migrate`), allowing the devices of the VM configuration file given.
+    pub incoming: Option<(String, PathBuf)>,
+    /// The API socket, when not the instance's usual one (a migration destination's, until it
+    /// takes over).
+    pub api_socket: Option<PathBuf>,
 }
 
 /// The files of one instance's VMM, all inside the instance directory.
@@ -75,7 +84,21 @@ pub enum VmmExit {
 /// first; the console log is appended to, so reboots keep their history.
 pub fn spawn(spec: &VmmSpec) -> io::Result<ProcessId> {
     let dir = &spec.dir;
-    for stale in [VmmFiles::api_socket(dir), VmmFiles::exit_summary(dir)] {
+    // Every VMM gets a socket of its own name, and `vmm.sock` links to the current one: a VMM
+    // removes its socket when it exits, which must never be its successor's (after a live
+    // migration the old VMM exits while the new one serves).
+    let own_socket = spec
+        .api_socket
+        .clone()
+        .unwrap_or_else(|| unique_socket(dir));
+    // A migration destination starts while the source still runs: it must not remove the
+    // source's exit summary.
+    let stale: Vec<PathBuf> = if spec.incoming.is_some() {
+        vec![own_socket.clone()]
+    } else {
+        vec![own_socket.clone(), VmmFiles::exit_summary(dir)]
+    };
+    for stale in stale {
         match std::fs::remove_file(&stale) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -85,16 +108,25 @@ pub fn spawn(spec: &VmmSpec) -> io::Result<ProcessId> {
         .create(true)
         .append(true)
         .open(VmmFiles::log(dir))?;
-    let mut cmd = Command::new(&spec.bin);
+    let mut cmd = match &spec.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&spec.bin);
+            c
+        }
+        None => Command::new(&spec.bin),
+    };
     if let Some(snapshot) = &spec.restore {
         cmd.arg("--restore").arg(snapshot).arg("--resume");
+    } else if let Some((addr, config)) = &spec.incoming {
+        cmd.arg("--incoming").arg(addr).arg("--config").arg(config);
     } else {
         boot_args(&mut cmd, spec);
     }
     cmd.arg("--serial")
         .arg(format!("file:{}", VmmFiles::console(dir).display()))
         .arg("--api-sock")
-        .arg(VmmFiles::api_socket(dir))
+        .arg(&own_socket)
         .arg("--summary-json")
         .arg(VmmFiles::exit_summary(dir));
     // Its own process group: a Ctrl-C at vireod's terminal must not reach the guests.
@@ -109,7 +141,36 @@ pub fn spawn(spec: &VmmSpec) -> io::Result<ProcessId> {
     drop(child);
     let start_time = start_time(pid)
         .ok_or_else(|| io::Error::other("the VMM process ended before it could be recorded"))?;
+    if spec.incoming.is_none() {
+        publish_socket(dir, &own_socket)?;
+    }
     Ok(ProcessId { pid, start_time })
+}
+
+/// A fresh socket path in `dir` for a new VMM.
+pub fn unique_socket(dir: &Path) -> PathBuf {
+    dir.join(format!("vmm-{:08x}.sock", rand::random::<u32>()))
+}
+
+/// Points `vmm.sock` at `socket` (atomically, by renaming a new symlink over it) and removes the
+/// sockets of earlier VMMs, which have exited.
+pub fn publish_socket(dir: &Path, socket: &Path) -> io::Result<()> {
+    let link = VmmFiles::api_socket(dir);
+    let tmp = dir.join("vmm.sock.new");
+    let _ = std::fs::remove_file(&tmp);
+    let name = socket
+        .file_name()
+        .ok_or_else(|| io::Error::other("socket path has no name"))?;
+    std::os::unix::fs::symlink(name, &tmp)?;
+    std::fs::rename(&tmp, &link)?;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with("vmm-") && n.ends_with(".sock") && *n != *name.to_string_lossy() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
 }
 
 /// The arguments that describe a VM booted from its kernel.
@@ -211,7 +272,7 @@ pub async fn wait_exit(id: ProcessId) -> io::Result<()> {
     let afd = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
     }
-    .map_err(|e| io::Error::from(e))?;
+    .map_err(io::Error::from)?;
     let _ = afd.readable().await?;
     reap(id.pid);
     Ok(())
@@ -361,7 +422,7 @@ mod tests {
 
     #[tokio::test]
     async fn wait_and_kill_through_pidfds() {
-        let child = Command::new("sleep").arg("60").spawn().unwrap();
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
         let pid = child.id() as i32;
         let id = ProcessId {
             pid,
@@ -376,5 +437,7 @@ mod tests {
             .unwrap();
         assert!(!is_alive(id));
         assert!(!kill(id).unwrap(), "a second kill finds it gone");
+        // wait_exit reaped it already; this only satisfies the type's contract.
+        let _ = child.wait();
     }
 }

@@ -79,6 +79,8 @@ pub struct Config {
     /// How long a graceful stop may take before the VMM is killed.
     pub shutdown_timeout: Duration,
     pub region: String,
+    /// Host 0 (this namespace) and the migration hosts (`--migration-hosts`).
+    pub hosts: Vec<crate::hosts::Host>,
 }
 
 impl Config {
@@ -680,6 +682,7 @@ impl Service {
                 dir: dir.to_string_lossy().into_owned(),
                 pid: None,
                 pid_start: None,
+                host: 0,
                 tags: req.tags.clone(),
             });
         }
@@ -764,6 +767,9 @@ impl Service {
             cmdline: boot.cmdline.clone(),
             vcpus: inst.vcpus,
             memory_mib: inst.memory_mib,
+            netns: self.host_netns(inst.host),
+            incoming: None,
+            api_socket: None,
             restore: dir
                 .join(HIBERNATE_DONE)
                 .exists()
@@ -1074,12 +1080,12 @@ impl Service {
         );
         let made = tokio::task::spawn_blocking(move || -> Result<(), String> {
             forget_hibernation(snap.parent().expect("in the instance directory"));
-            let call = |method: &str, path: &str, body: Option<&str>| {
-                match process::api_call(&sock, method, path, body) {
-                    Ok((code, _)) if code / 100 == 2 => Ok(()),
-                    Ok((code, body)) => Err(format!("{path}: {code} {}", body.trim())),
-                    Err(e) => Err(format!("{path}: {e}")),
-                }
+            let call = |method: &str, path: &str, body: Option<&str>| match process::api_call(
+                &sock, method, path, body,
+            ) {
+                Ok((code, _)) if code / 100 == 2 => Ok(()),
+                Ok((code, body)) => Err(format!("{path}: {code} {}", body.trim())),
+                Err(e) => Err(format!("{path}: {e}")),
             };
             call("PUT", "/vm/pause", None)?;
             let body = serde_json::json!({ "path": snap }).to_string();
@@ -1344,6 +1350,153 @@ impl Service {
             .map(crate::time::iso8601)
             .unwrap_or_else(|_| now_iso());
         Ok((bytes, stamp))
+    }
+
+    fn host_netns(&self, host: u32) -> Option<String> {
+        self.inner
+            .cfg
+            .hosts
+            .iter()
+            .find(|h| h.index == host)
+            .and_then(|h| h.netns.clone())
+    }
+
+    /// Live-migrates a running instance's VM to a new VMM process on another migration host
+    /// (`target`, or by default host 1 from host 0 and host 0 from the others). The instance
+    /// keeps its id, state, disk and console; if anything fails, it goes on running where it
+    /// was. Returns (from, to, the source VMM's migration report).
+    pub async fn migrate_instance(
+        &self,
+        id: &str,
+        target: Option<u32>,
+        downtime_ms: u64,
+    ) -> ApiResult<(u32, u32, serde_json::Value)> {
+        let hosts = self.inner.cfg.hosts.clone();
+        if hosts.len() < 2 {
+            return Err(ApiError::new(
+                "UnsupportedOperation",
+                "this vireod has no other host to migrate to: start it with --migration-hosts N",
+            ));
+        }
+        let _g = self.lock(id).await;
+        let inst = self.instance(id)?;
+        if inst.state != InstanceState::Running {
+            return Err(ApiError::incorrect_state(id, inst.state.name(), "migrated"));
+        }
+        let Some(src_pid) = inst
+            .pid
+            .zip(inst.pid_start)
+            .map(|(pid, start_time)| ProcessId { pid, start_time })
+        else {
+            return Err(ApiError::internal(format!(
+                "instance {id} has no VMM process"
+            )));
+        };
+        let from = inst.host;
+        let to = target.unwrap_or(if from == 0 { 1 } else { 0 });
+        let Some(dest) = hosts.iter().find(|h| h.index == to) else {
+            return Err(ApiError::invalid_value(format!(
+                "no migration host {to}: this vireod has hosts 0 to {}",
+                hosts.len() - 1
+            )));
+        };
+        if to == from {
+            return Err(ApiError::invalid_value(format!(
+                "instance {id} already runs on host {to}"
+            )));
+        }
+        // Host 0 is reached from host N at the root side of N's link.
+        let listen_ip = if to == 0 {
+            hosts
+                .iter()
+                .find(|h| h.index == from)
+                .map(|h| h.peer)
+                .expect("source host exists")
+        } else {
+            dest.addr
+        };
+        let port: u16 = 20000 + rand::random::<u16>() % 40000;
+        let dir = PathBuf::from(&inst.dir);
+        let boot = read_boot(&dir)?;
+        // The destination may open the instance's disk (and nothing else the stream names).
+        let mut drives = Vec::new();
+        if let Some(root) = &boot.root_disk {
+            drives.push(serde_json::json!({"path": root, "format": boot.root_format.as_deref().unwrap_or("raw")}));
+        }
+        let cfg_path = dir.join("incoming.json");
+        std::fs::write(
+            &cfg_path,
+            serde_json::json!({"kernel": boot.kernel, "drives": drives}).to_string(),
+        )?;
+        let incoming_sock = process::unique_socket(&dir);
+        let spec = VmmSpec {
+            bin: self.inner.cfg.vmm_bin.clone(),
+            dir: dir.clone(),
+            kernel: boot.kernel.clone(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: inst.vcpus,
+            memory_mib: inst.memory_mib,
+            root_disk: None,
+            restore: None,
+            netns: dest.netns.clone(),
+            incoming: Some((format!("{listen_ip}:{port}"), cfg_path.clone())),
+            api_socket: Some(incoming_sock.clone()),
+        };
+        let dest_sock = incoming_sock.clone();
+        let dst_pid = blocking(move || process::spawn(&spec).map_err(ApiError::from)).await?;
+        let abort = |why: String| {
+            let _ = process::kill(dst_pid);
+            let _ = std::fs::remove_file(&cfg_path);
+            let _ = std::fs::remove_file(&incoming_sock);
+            ApiError::new(
+                "MigrationFailed",
+                format!("{why}; instance {id} keeps running on host {from}"),
+            )
+        };
+        // Ready when its listener is up (seen in its own namespace's socket table).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !crate::hosts::listening(dst_pid.pid, port) {
+            if !process::is_alive(dst_pid) || tokio::time::Instant::now() > deadline {
+                return Err(abort(format!(
+                    "the destination VMM did not listen on {listen_ip}:{port}: {}",
+                    process::last_log_line(&dir).unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sock = VmmFiles::api_socket(&dir);
+        let body = serde_json::json!({"destination": format!("{listen_ip}:{port}"), "downtime_ms": downtime_ms}).to_string();
+        let answer = blocking(move || {
+            process::api_call(&sock, "PUT", "/vm/migrate", Some(&body)).map_err(ApiError::from)
+        })
+        .await;
+        let report = match answer {
+            Ok((200, body)) => serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+            Ok((code, body)) => {
+                return Err(abort(format!(
+                    "the migration failed ({code}): {}",
+                    body.trim()
+                )))
+            }
+            Err(e) => return Err(abort(format!("the migration failed: {}", e.message))),
+        };
+        // The source exits once the destination runs the guest; the destination takes over
+        // the instance's socket name, and the source's exit summary is not the instance's.
+        let _ = tokio::time::timeout(Duration::from_secs(10), process::wait_exit(src_pid)).await;
+        if process::is_alive(src_pid) {
+            let _ = process::kill(src_pid);
+        }
+        let _ = std::fs::remove_file(VmmFiles::exit_summary(&dir));
+        process::publish_socket(&dir, &dest_sock)?;
+        let _ = std::fs::remove_file(dir.join("incoming.json"));
+        {
+            let db = self.db();
+            db.set_process(id, Some(dst_pid.pid), Some(dst_pid.start_time))?;
+            db.set_host(id, to)?;
+        }
+        self.spawn_monitor(id.to_string(), dst_pid);
+        Ok((from, to, report))
     }
 
     // --- queries -------------------------------------------------------------------------------

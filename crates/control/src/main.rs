@@ -65,6 +65,9 @@ enum Cmd {
         /// Seconds a guest gets to shut down cleanly on StopInstances before its VMM is killed.
         #[arg(long, default_value_t = 30)]
         shutdown_timeout: u64,
+        /// Do not serve GET /metrics (it needs no credentials; see docs/metrics.md).
+        #[arg(long)]
+        no_metrics: bool,
     },
 }
 
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             capacity_vcpus,
             capacity_memory_mib,
             shutdown_timeout,
+            no_metrics,
         } => {
             if !(cpu_overcommit > 0.0 && memory_overcommit > 0.0) {
                 Err(anyhow::anyhow!("overcommit ratios must be positive"))
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
                     vmm,
                     capacity,
                     Duration::from_secs(shutdown_timeout),
+                    !no_metrics,
                 )
             }
         }
@@ -279,6 +284,7 @@ fn serve(
     vmm: Option<PathBuf>,
     capacity: Capacity,
     shutdown_timeout: Duration,
+    metrics: bool,
 ) -> anyhow::Result<()> {
     if !dir.join("state.db").exists() {
         anyhow::bail!(
@@ -309,7 +315,7 @@ fn serve(
             svc.config().capacity.memory_mib
         );
         tokio::select! {
-            r = vireo_control::api::serve(svc, listener) => r?,
+            r = vireo_control::api::serve_with(svc, listener, metrics) => r?,
             _ = tokio::signal::ctrl_c() => tracing::info!("vireod stopping; instances keep running"),
         }
         Ok(())

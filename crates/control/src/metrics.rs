@@ -224,6 +224,18 @@ pub async fn collect(svc: &Service) -> Result<String, String> {
         }
     }
 
+    for i in &targets {
+        fam.gauge(
+            "vireod_instance_info",
+            "Always 1: the state of each instance that has a VMM (for joins and `vireo top`).",
+            &[
+                (INSTANCE_ID, &i.instance_id),
+                (INSTANCE_TYPE, &i.instance_type),
+                ("state", i.state.name()),
+            ],
+            1.0,
+        );
+    }
     for (i, v) in up {
         fam.gauge(
             "vireod_vmm_up",

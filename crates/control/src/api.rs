@@ -564,7 +564,7 @@ fn describe_images(svc: &Service, p: &Params, r: &mut Response) -> Result<(), Ec
     }
     let owners: Vec<String> = p.list("Owner")?.into_iter().map(str::to_string).collect();
     let images = svc.describe_images(&ids, &owners, &p.filters()?)?;
-    r.list("imagesSet", &images, |r, i| image_xml(r, i));
+    r.list("imagesSet", &images, image_xml);
     Ok(())
 }
 

@@ -199,7 +199,7 @@ pub async fn wait_exit(id: ProcessId) -> io::Result<()> {
     let afd = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
     }
-    .map_err(|e| io::Error::from(e))?;
+    .map_err(io::Error::from)?;
     let _ = afd.readable().await?;
     reap(id.pid);
     Ok(())
@@ -348,6 +348,8 @@ mod tests {
     }
 
     #[tokio::test]
+    // The child is reaped by wait_exit (waitpid on its PID), which is what this tests.
+    #[allow(clippy::zombie_processes)]
     async fn wait_and_kill_through_pidfds() {
         let child = Command::new("sleep").arg("60").spawn().unwrap();
         let pid = child.id() as i32;

@@ -47,14 +47,17 @@ impl CliError {
 type Result<T> = std::result::Result<T, CliError>;
 
 pub fn run(cli: Cli) -> Result<()> {
-    let resolved = config::resolve(
-        &Flags {
-            endpoint: cli.endpoint,
-            profile: cli.profile,
-            region: cli.region,
-        },
-        &ProcessEnv,
-    )?;
+    let flags = Flags {
+        endpoint: cli.endpoint,
+        profile: cli.profile,
+        region: cli.region,
+    };
+    // `top` reads the unauthenticated /metrics: it must work without credentials.
+    if let Command::Top { interval, once } = cli.command {
+        let endpoint = config::resolve_endpoint(&flags, &ProcessEnv)?;
+        return crate::top::run(&endpoint, interval, once, cli.json);
+    }
+    let resolved = config::resolve(&flags, &ProcessEnv)?;
     let client = Client::new(resolved);
     let json = cli.json;
     match cli.command {
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Some(cmd) => image_command(&client, json, cmd),
         },
         Command::Types => types(&client, json),
+        Command::Top { .. } => unreachable!("handled before credentials are read"),
     }
 }
 

@@ -186,14 +186,19 @@ fn read_ini(path: &Path) -> Result<Option<Ini>, ConfigError> {
     }
 }
 
-pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Resolved, ConfigError> {
-    let endpoint = Endpoint::parse(
+/// The endpoint alone, for commands that need no credentials (`vireo top`).
+pub fn resolve_endpoint(flags: &Flags, env: &dyn Env) -> Result<Endpoint, ConfigError> {
+    Endpoint::parse(
         &flags
             .endpoint
             .clone()
             .or_else(|| env.var("VIREO_ENDPOINT"))
             .unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
-    )?;
+    )
+}
+
+pub fn resolve(flags: &Flags, env: &dyn Env) -> Result<Resolved, ConfigError> {
+    let endpoint = resolve_endpoint(flags, env)?;
     let profile = flags
         .profile
         .clone()

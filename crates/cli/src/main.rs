@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod model;
 mod output;
+mod top;
 mod xmltree;
 
 use std::path::PathBuf;
@@ -102,6 +103,15 @@ pub enum Command {
     Images(ImagesArgs),
     /// List instance types (DescribeInstanceTypes)
     Types,
+    /// Live per-instance CPU, exits, memory, disk and network rates from vireod's /metrics
+    Top {
+        /// Seconds between scrapes (the rates are over this interval)
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+        interval: f64,
+        /// Print one table after one interval and exit
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Debug, Args)]

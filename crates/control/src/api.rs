@@ -23,11 +23,28 @@ use crate::service::{self, RegisterRequest, RunRequest, Service, StateChange};
 /// The API version vireod speaks (the one the AWS SDKs and CLI send).
 pub const API_VERSION: &str = "2016-11-15";
 
-/// Serves the API on `listener` until the process ends.
+/// Serves the API on `listener` until the process ends, with `GET /metrics`.
 pub async fn serve(svc: Service, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let app = axum::Router::new().fallback(handle).with_state(svc).layer(
-        axum::extract::DefaultBodyLimit::max(Limits::default().max_body_bytes),
-    );
+    serve_with(svc, listener, true).await
+}
+
+/// Serves the API on `listener` until the process ends; `metrics` adds the unauthenticated,
+/// read-only `GET /metrics` (Prometheus scrapers cannot sign requests with SigV4).
+pub async fn serve_with(
+    svc: Service,
+    listener: tokio::net::TcpListener,
+    metrics: bool,
+) -> std::io::Result<()> {
+    let mut app = axum::Router::new();
+    if metrics {
+        app = app.route("/metrics", axum::routing::get(metrics_handler));
+    }
+    let app = app
+        .fallback(handle)
+        .with_state(svc)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            Limits::default().max_body_bytes,
+        ));
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -45,6 +62,23 @@ impl From<ApiError> for Ec2Error {
 fn xml_response(status: u16, body: String) -> HttpResponse {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, [("content-type", "text/xml;charset=UTF-8")], body).into_response()
+}
+
+async fn metrics_handler(State(svc): State<Service>) -> HttpResponse {
+    match crate::metrics::collect(&svc).await {
+        Ok(text) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain; charset=utf-8")],
+            format!("vireod cannot read its state: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn handle(

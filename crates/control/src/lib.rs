@@ -6,6 +6,7 @@ pub mod error;
 pub mod filter;
 pub mod hosts;
 pub mod manifest;
+pub mod metrics;
 pub mod model;
 pub mod process;
 pub mod service;

@@ -68,6 +68,9 @@ enum Cmd {
         /// Network namespaces standing for other hosts, for `vireo migrate` (0 to 8; needs root).
         #[arg(long, default_value_t = 0)]
         migration_hosts: u32,
+        /// Do not serve GET /metrics (it needs no credentials; see docs/metrics.md).
+        #[arg(long)]
+        no_metrics: bool,
     },
     /// Remove the migration hosts' network namespaces (after every instance on them is gone).
     RemoveHosts {
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
             capacity_memory_mib,
             shutdown_timeout,
             migration_hosts,
+            no_metrics,
         } => {
             if !(cpu_overcommit > 0.0 && memory_overcommit > 0.0) {
                 Err(anyhow::anyhow!("overcommit ratios must be positive"))
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
                     capacity,
                     Duration::from_secs(shutdown_timeout),
                     migration_hosts,
+                    !no_metrics,
                 )
             }
         }
@@ -296,6 +301,7 @@ fn serve(
     capacity: Capacity,
     shutdown_timeout: Duration,
     migration_hosts: u32,
+    metrics: bool,
 ) -> anyhow::Result<()> {
     if !dir.join("state.db").exists() {
         anyhow::bail!(
@@ -329,7 +335,7 @@ fn serve(
             svc.config().capacity.memory_mib
         );
         tokio::select! {
-            r = vireo_control::api::serve(svc, listener) => r?,
+            r = vireo_control::api::serve_with(svc, listener, metrics) => r?,
             _ = tokio::signal::ctrl_c() => tracing::info!("vireod stopping; instances keep running"),
         }
         Ok(())

@@ -421,6 +421,8 @@ mod tests {
     }
 
     #[tokio::test]
+    // The child is reaped by wait_exit (waitpid on its PID), which is what this tests.
+    #[allow(clippy::zombie_processes)]
     async fn wait_and_kill_through_pidfds() {
         let mut child = Command::new("sleep").arg("60").spawn().unwrap();
         let pid = child.id() as i32;

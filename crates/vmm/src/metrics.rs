@@ -123,10 +123,14 @@ fn vma_range(line: &str) -> Option<(usize, usize)> {
     ))
 }
 
+/// A parsed sample: name, labels, value.
+#[cfg(test)]
+pub(crate) type Sample = (String, Vec<(String, String)>, f64);
+
 /// A small parser of the exposition format, for tests here and in the API's: checks every
 /// line and returns the samples as (name, labels, value).
 #[cfg(test)]
-pub(crate) fn parse(text: &str) -> Result<Vec<(String, Vec<(String, String)>, f64)>, String> {
+pub(crate) fn parse(text: &str) -> Result<Vec<Sample>, String> {
     use std::collections::{HashMap, HashSet};
 
     fn valid_name(n: &str) -> bool {
@@ -237,7 +241,7 @@ pub(crate) fn parse(text: &str) -> Result<Vec<(String, Vec<(String, String)>, f6
 /// Buckets cumulative with increasing `le`, ending at `+Inf` equal to `_count`.
 #[cfg(test)]
 fn check_histograms(
-    samples: &[(String, Vec<(String, String)>, f64)],
+    samples: &[Sample],
     types: &std::collections::HashMap<String, String>,
 ) -> Result<(), String> {
     use std::collections::BTreeMap;

@@ -146,6 +146,118 @@ fn control_api_drives_a_running_vm() {
     assert!(!sock.exists(), "the socket is removed when the VMM exits");
 }
 
+/// Every sample of a Prometheus text exposition as ("name{labels}", value), after checking
+/// each line's shape: `# HELP`/`# TYPE` comments, or `name{labels} value` with a valid name.
+fn samples(text: &str) -> Vec<(String, f64)> {
+    let valid = |n: &str| {
+        let mut c = n.chars();
+        matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_' || ch == ':')
+            && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(valid(name), "bad name in {line:?}");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with("}"), "{line:?}");
+        }
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        out.push((series.to_string(), value));
+    }
+    out
+}
+
+fn value(samples: &[(String, f64)], series: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| s == series)
+        .unwrap_or_else(|| panic!("no {series}"))
+        .1
+}
+
+#[test]
+fn metrics_report_real_values_that_never_go_down() {
+    require_kvm();
+    let sock = scratch("metrics.sock");
+    let disk = scratch("metrics-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut vm = Command::new(vmm_bin())
+        .args(["--kernel", guest("power").to_str().unwrap()])
+        .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
+        .arg("--drive")
+        .arg(format!("path={},serial=vol-1,iops=100", disk.display()))
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the API socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The guest writes its banner (port I/O exits) and halts; give it a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, text) = call(&sock, "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let first = samples(&text);
+    assert!(
+        value(&first, "vireo_vcpu_seconds_total{vcpu=\"0\"}") > 0.0,
+        "{text}"
+    );
+    assert!(value(&first, "vireo_vcpu_steal_seconds_total{vcpu=\"1\"}") >= 0.0);
+    assert!(value(&first, "vireo_vm_exits_total") > 0.0, "{text}");
+    assert_eq!(value(&first, "vireo_memory_bytes"), (64u64 << 20) as f64);
+    assert!(value(&first, "vireo_memory_resident_bytes") > 0.0, "{text}");
+    assert!(value(&first, "vireo_memory_resident_bytes") <= (64u64 << 20) as f64);
+    assert!(value(&first, "vireo_vmm_resident_bytes") > 0.0);
+    // The guest never touches its drive: present, labelled, zero.
+    let d = "drive=\"0\",serial=\"vol-1\"";
+    for series in [
+        format!("vireo_block_requests_total{{{d},op=\"read\"}}"),
+        format!("vireo_block_read_bytes_total{{{d}}}"),
+        format!("vireo_block_written_bytes_total{{{d}}}"),
+        format!("vireo_block_errors_total{{{d}}}"),
+        format!("vireo_block_request_seconds_bucket{{{d},le=\"+Inf\"}}"),
+        format!("vireo_block_request_seconds_count{{{d}}}"),
+        format!("vireo_block_throttled_total{{{d}}}"),
+        format!("vireo_block_throttled_seconds_total{{{d}}}"),
+    ] {
+        assert_eq!(value(&first, &series), 0.0, "{series}");
+    }
+    assert!(
+        !text.contains("vireo_net_"),
+        "no net device, no net metrics"
+    );
+
+    std::thread::sleep(Duration::from_millis(100));
+    let second = samples(&call(&sock, "GET", "/metrics", None).1);
+    assert_eq!(first.len(), second.len(), "the same series both times");
+    for (series, v) in &first {
+        let name = series.split('{').next().unwrap();
+        let monotonic = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .any(|s| name.ends_with(s));
+        if monotonic {
+            let now = value(&second, series);
+            assert!(now >= *v, "{series} went down: {v} then {now}");
+        }
+    }
+
+    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait().unwrap().code(), Some(0));
+}
+
 /// Sends `requests` on one connection and returns the status code of each response.
 fn pipelined(sock: &Path, requests: &[(&str, &str)]) -> Vec<u16> {
     let mut s = UnixStream::connect(sock).expect("connect to the API socket");

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::metrics::Counter;
+
 /// One bucket's shape, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketConfig {
@@ -107,12 +109,24 @@ pub struct ThrottleStats {
     pub throttled_requests: u64,
 }
 
+/// How often and how long a device's limiter held its queue back, for `GET /metrics`. Kept by
+/// the [`LimiterHandle`] so that it survives the guest resetting the device (a new limiter).
+#[derive(Debug, Default)]
+pub struct ThrottleCounters {
+    /// Times a request found a bucket short and the queue stopped until the timer.
+    pub throttled: Counter,
+    /// Nanoseconds the queue spent stopped, counted when each wait ends.
+    pub throttled_ns: Counter,
+}
+
 pub struct RateLimiter {
     ops: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
     timer: TimerFd,
     blocked: bool,
-    stats: ThrottleStats,
+    /// When the current wait began (while `blocked`).
+    blocked_since: Option<Instant>,
+    counters: Arc<ThrottleCounters>,
     /// Where changed limits come from, and the generation last applied.
     control: Option<(LimiterHandle, u64)>,
 }
@@ -124,6 +138,7 @@ pub struct LimiterHandle(Arc<HandleShared>);
 
 struct HandleShared {
     generation: AtomicU64,
+    counters: Arc<ThrottleCounters>,
     state: Mutex<HandleState>,
 }
 
@@ -138,6 +153,7 @@ impl LimiterHandle {
     pub fn new(ops: Option<BucketConfig>, bytes: Option<BucketConfig>) -> Self {
         Self(Arc::new(HandleShared {
             generation: AtomicU64::new(0),
+            counters: Arc::default(),
             state: Mutex::new(HandleState {
                 ops,
                 bytes,
@@ -169,6 +185,11 @@ impl LimiterHandle {
         }
     }
 
+    /// How much the device's limiters (this one's and earlier ones') throttled.
+    pub fn counters(&self) -> Arc<ThrottleCounters> {
+        self.0.counters.clone()
+    }
+
     /// A limiter for a device that is starting, following this handle from now on.
     pub fn limiter(&self) -> std::io::Result<RateLimiter> {
         let mut s = self.state();
@@ -182,6 +203,7 @@ impl LimiterHandle {
         // SAFETY: `dup` is a valid, owned duplicate of a timerfd.
         s.timer = Some(unsafe { TimerFd::from_raw_fd(dup) });
         limiter.control = Some((self.clone(), generation));
+        limiter.counters = self.0.counters.clone();
         Ok(limiter)
     }
 }
@@ -195,7 +217,8 @@ impl RateLimiter {
             bytes: bytes.and_then(|c| TokenBucket::new(c, now)),
             timer: TimerFd::new()?,
             blocked: false,
-            stats: ThrottleStats::default(),
+            blocked_since: None,
+            counters: Arc::default(),
             control: None,
         })
     }
@@ -257,10 +280,12 @@ impl RateLimiter {
 
     fn block(&mut self, wait: Duration) -> bool {
         self.blocked = true;
-        self.stats.throttled_requests += 1;
+        self.counters.throttled.inc();
         if let Err(e) = self.timer.reset(wait, None) {
             tracing::warn!("rate limiter timer: {e}");
             self.blocked = false;
+        } else {
+            self.blocked_since = Some(Instant::now());
         }
         false
     }
@@ -269,10 +294,16 @@ impl RateLimiter {
     pub fn on_timer(&mut self) {
         let _ = self.timer.wait();
         self.blocked = false;
+        if let Some(t) = self.blocked_since.take() {
+            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.counters.throttled_ns.add(ns);
+        }
     }
 
     pub fn stats(&self) -> ThrottleStats {
-        self.stats
+        ThrottleStats {
+            throttled_requests: self.counters.throttled.get(),
+        }
     }
 }
 
@@ -306,6 +337,12 @@ mod tests {
         h.set(None, None);
         // The timer fires within a millisecond instead of a minute.
         l.on_timer();
+        assert_eq!(
+            h.counters().throttled.get(),
+            1,
+            "the handle sees the limiter's count"
+        );
+        assert!(h.counters().throttled_ns.get() > 0);
         for _ in 0..1000 {
             assert!(l.consume(Cost { ops: 1, bytes: 0 }));
         }
@@ -332,9 +369,19 @@ mod tests {
         assert!(!l.consume(Cost { ops: 1, bytes: 0 }));
         assert!(l.is_blocked());
         assert_eq!(l.stats().throttled_requests, 1);
+        assert_eq!(
+            l.counters.throttled_ns.get(),
+            0,
+            "counted when the wait ends"
+        );
         // The timer fires when one token is back (10 ms for 10 tokens per 100 ms).
         l.on_timer();
         assert!(!l.is_blocked());
+        let waited = l.counters.throttled_ns.get();
+        assert!(
+            (5_000_000..1_000_000_000).contains(&waited),
+            "waited {waited} ns for a 10 ms refill"
+        );
         assert!(l.consume(Cost { ops: 1, bytes: 0 }));
     }
 

@@ -10,7 +10,7 @@
 //! | `PATCH /balloon` `{"target_mib": N}` | ask the guest to give back N MiB |
 //! | `GET /drives/{i}`, `PATCH /drives/{i}` `{"rate_limiter": {"ops": B, "bytes": B}}` | drive i's limits |
 //! | `GET /net/{i}`, `PATCH /net/{i}` `{"rx_rate_limiter": L, "tx_rate_limiter": L}` | net device i's limits |
-//! | `GET /metrics` | Prometheus text: VM exits by vCPU and reason, balloon |
+//! | `GET /metrics` | Prometheus text: vCPU time and steal, VM exits, memory, drives, net (docs/api.md) |
 //! | `PUT /vm/snapshot` `{"path": DIR}` | write a snapshot of the paused VM to DIR |
 //! | `PUT /vm/migrate` `{"destination": "HOST:PORT", "downtime_ms": N}` | live-migrate |
 //! | `GET /vm/migrate` | the migration's progress |
@@ -33,9 +33,12 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use devices::rate_limiter::LimiterHandle;
+use devices::virtio::net::NetCounters;
+use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _, MemoryRegionAddress};
 
 use crate::config::RateLimiterConfig;
 use crate::machine::DeviceControls;
+use crate::metrics::{self, Exposition};
 use crate::migration::{self, MigrationError, SharedProgress};
 use crate::snapshot::{MachineAccess, SnapshotError};
 use crate::vstate::control::{ExitCounters, RunControl, StopReason};
@@ -466,10 +469,46 @@ impl Api {
     }
 
     fn metrics(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP vireo_vcpu_exits_total VM exits by vCPU and reason.\n");
-        out.push_str("# TYPE vireo_vcpu_exits_total counter\n");
-        for (i, c) in self.ctx.exit_counters.iter().enumerate() {
+        let mut e = Exposition::default();
+        self.vcpu_metrics(&mut e);
+        self.memory_metrics(&mut e);
+        self.block_metrics(&mut e);
+        self.net_metrics(&mut e);
+        e.finish()
+    }
+
+    fn vcpu_metrics(&self, e: &mut Exposition) {
+        let counters = &self.ctx.exit_counters;
+        let ids: Vec<String> = (0..counters.len()).map(|i| i.to_string()).collect();
+        let times: Vec<(u64, u64)> = counters.iter().map(|c| c.thread_times()).collect();
+        e.family(
+            "vireo_vcpu_seconds_total",
+            "counter",
+            "CPU time (user and system, guest mode included) of each vCPU thread.",
+        );
+        for (id, (cpu, _)) in ids.iter().zip(&times) {
+            e.sample("vireo_vcpu_seconds_total", &[("vcpu", id)], secs(*cpu));
+        }
+        e.family(
+            "vireo_vcpu_steal_seconds_total",
+            "counter",
+            "Time each vCPU thread was runnable but waiting for a host CPU (the steal time \
+             KVM reports to the guest).",
+        );
+        for (id, (_, wait)) in ids.iter().zip(&times) {
+            e.sample(
+                "vireo_vcpu_steal_seconds_total",
+                &[("vcpu", id)],
+                secs(*wait),
+            );
+        }
+        e.family(
+            "vireo_vcpu_exits_total",
+            "counter",
+            "VM exits handled by the VMM, by vCPU and reason.",
+        );
+        let mut all = 0u64;
+        for (id, c) in ids.iter().zip(counters) {
             let s = c.snapshot();
             for (reason, n) in [
                 ("io_in", s.io_in),
@@ -480,37 +519,283 @@ impl Api {
                 ("interrupted", s.interrupted),
                 ("other", s.other),
             ] {
-                out.push_str(&format!(
-                    "vireo_vcpu_exits_total{{vcpu=\"{i}\",reason=\"{reason}\"}} {n}\n"
-                ));
+                all += n;
+                e.sample(
+                    "vireo_vcpu_exits_total",
+                    &[("vcpu", id), ("reason", reason)],
+                    n,
+                );
             }
         }
-        out.push_str(
-            "# HELP vireo_memory_bytes Guest memory size.\n# TYPE vireo_memory_bytes gauge\n",
+        e.family(
+            "vireo_vm_exits_total",
+            "counter",
+            "VM exits handled by the VMM, every vCPU and reason together.",
         );
-        out.push_str(&format!(
-            "vireo_memory_bytes {}\n",
-            self.ctx.memory_mib << 20
-        ));
+        e.sample("vireo_vm_exits_total", &[], all);
+    }
+
+    fn memory_metrics(&self, e: &mut Exposition) {
+        e.family("vireo_memory_bytes", "gauge", "Guest memory size.");
+        e.sample("vireo_memory_bytes", &[], self.ctx.memory_mib << 20);
+        let guest: Vec<(usize, usize)> = self
+            .ctx
+            .machine
+            .mem
+            .iter()
+            .filter_map(|r| {
+                let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                Some((host as usize, r.len() as usize))
+            })
+            .collect();
+        if let Some((guest_rss, vmm_rss)) = metrics::resident_bytes(&guest) {
+            e.family(
+                "vireo_memory_resident_bytes",
+                "gauge",
+                "Guest memory backed by host RAM (resident in the VMM process).",
+            );
+            e.sample("vireo_memory_resident_bytes", &[], guest_rss);
+            e.family(
+                "vireo_vmm_resident_bytes",
+                "gauge",
+                "Resident memory of the VMM process other than guest memory.",
+            );
+            e.sample("vireo_vmm_resident_bytes", &[], vmm_rss);
+        }
         if let Some(b) = &self.ctx.devices.balloon {
             let s = b.status();
-            out.push_str("# TYPE vireo_balloon_target_bytes gauge\n");
-            out.push_str(&format!(
-                "vireo_balloon_target_bytes {}\n",
-                u64::from(s.target_pages) * 4096
-            ));
-            out.push_str("# TYPE vireo_balloon_actual_bytes gauge\n");
-            out.push_str(&format!(
-                "vireo_balloon_actual_bytes {}\n",
-                u64::from(s.actual_pages) * 4096
-            ));
+            e.family(
+                "vireo_balloon_target_bytes",
+                "gauge",
+                "Memory the balloon asks the guest to give back.",
+            );
+            e.sample(
+                "vireo_balloon_target_bytes",
+                &[],
+                u64::from(s.target_pages) * 4096,
+            );
+            e.family(
+                "vireo_balloon_actual_bytes",
+                "gauge",
+                "Memory the guest has given back to the balloon.",
+            );
+            e.sample(
+                "vireo_balloon_actual_bytes",
+                &[],
+                u64::from(s.actual_pages) * 4096,
+            );
             if let Some(free) = s.stats.and_then(|st| st.free_memory) {
-                out.push_str("# TYPE vireo_guest_free_memory_bytes gauge\n");
-                out.push_str(&format!("vireo_guest_free_memory_bytes {free}\n"));
+                e.family(
+                    "vireo_guest_free_memory_bytes",
+                    "gauge",
+                    "Free memory the guest last reported through the balloon.",
+                );
+                e.sample("vireo_guest_free_memory_bytes", &[], free);
             }
         }
-        out
     }
+
+    fn block_metrics(&self, e: &mut Exposition) {
+        let drives = &self.ctx.devices.drive_stats;
+        if drives.is_empty() {
+            return;
+        }
+        let config = &self.ctx.machine.config.drives;
+        let ids: Vec<String> = (0..drives.len()).map(|i| i.to_string()).collect();
+        let labels = |i: usize| -> Vec<(&str, &str)> {
+            let mut l = vec![("drive", ids[i].as_str())];
+            if let Some(serial) = config.get(i).and_then(|d| d.serial.as_deref()) {
+                l.push(("serial", serial));
+            }
+            l
+        };
+        e.family(
+            "vireo_block_requests_total",
+            "counter",
+            "Requests a drive completed, by operation (failed ones too).",
+        );
+        for (i, s) in drives.iter().enumerate() {
+            for (op, c) in [
+                ("read", &s.reads),
+                ("write", &s.writes),
+                ("flush", &s.flushes),
+                ("discard", &s.discards),
+                ("other", &s.other),
+            ] {
+                let mut l = labels(i);
+                l.push(("op", op));
+                e.sample("vireo_block_requests_total", &l, c.get());
+            }
+        }
+        type Get = fn(&devices::virtio::block::Stats) -> u64;
+        let simple: [(&str, &str, Get); 5] = [
+            (
+                "vireo_block_read_bytes_total",
+                "Bytes a drive read for the guest.",
+                |s| s.read_bytes.get(),
+            ),
+            (
+                "vireo_block_written_bytes_total",
+                "Bytes the guest wrote to a drive.",
+                |s| s.written_bytes.get(),
+            ),
+            (
+                "vireo_block_errors_total",
+                "Requests that failed or were malformed.",
+                |s| s.errors.get(),
+            ),
+            (
+                "vireo_block_notifications_total",
+                "Queue notifications from the guest (each a VM exit handled in the kernel).",
+                |s| s.notifications.get(),
+            ),
+            (
+                "vireo_block_interrupts_total",
+                "Interrupts the drive raised in the guest.",
+                |s| s.interrupts.get(),
+            ),
+        ];
+        for (name, help, get) in simple {
+            e.family(name, "counter", help);
+            for (i, s) in drives.iter().enumerate() {
+                e.sample(name, &labels(i), get(s));
+            }
+        }
+        e.family(
+            "vireo_block_request_seconds",
+            "histogram",
+            "Time to serve a request once taken off the queue (after any rate-limit wait).",
+        );
+        for (i, s) in drives.iter().enumerate() {
+            e.histogram(
+                "vireo_block_request_seconds",
+                &labels(i),
+                &s.latency.snapshot(),
+            );
+        }
+        let throttle: Vec<_> = self
+            .ctx
+            .devices
+            .drives
+            .iter()
+            .map(|h| h.counters())
+            .collect();
+        e.family(
+            "vireo_block_throttled_total",
+            "counter",
+            "Times a drive's rate limiter held its queue back.",
+        );
+        for (i, t) in throttle.iter().enumerate() {
+            e.sample("vireo_block_throttled_total", &labels(i), t.throttled.get());
+        }
+        e.family(
+            "vireo_block_throttled_seconds_total",
+            "counter",
+            "Time a drive's queue was held back by its rate limiter (counted as each wait ends).",
+        );
+        for (i, t) in throttle.iter().enumerate() {
+            e.sample(
+                "vireo_block_throttled_seconds_total",
+                &labels(i),
+                secs(t.throttled_ns.get()),
+            );
+        }
+    }
+
+    fn net_metrics(&self, e: &mut Exposition) {
+        let ifaces = &self.ctx.devices.net_stats;
+        if ifaces.is_empty() {
+            return;
+        }
+        let config = &self.ctx.machine.config.net;
+        let ids: Vec<String> = (0..ifaces.len()).map(|i| i.to_string()).collect();
+        let labels = |i: usize| -> Vec<(&str, &str)> {
+            let mut l = vec![("iface", ids[i].as_str())];
+            if let Some(n) = config.get(i) {
+                l.push(("tap", n.tap.as_str()));
+            }
+            l
+        };
+        type Get = fn(&devices::virtio::net::NetCounters) -> u64;
+        let families: [(&str, &str, Get); 6] = [
+            (
+                "vireo_net_rx_packets_total",
+                "Frames delivered to the guest.",
+                |c| NetCounters::get(&c.rx_packets),
+            ),
+            (
+                "vireo_net_rx_bytes_total",
+                "Bytes delivered to the guest (Ethernet frames, no virtio header).",
+                |c| NetCounters::get(&c.rx_bytes),
+            ),
+            (
+                "vireo_net_rx_dropped_total",
+                "Frames from the TAP not delivered: malformed, or the guest's buffers unusable.",
+                |c| NetCounters::get(&c.rx_dropped),
+            ),
+            (
+                "vireo_net_tx_packets_total",
+                "Frames the guest sent to the TAP.",
+                |c| NetCounters::get(&c.tx_packets),
+            ),
+            (
+                "vireo_net_tx_bytes_total",
+                "Bytes the guest sent (Ethernet frames, no virtio header).",
+                |c| NetCounters::get(&c.tx_bytes),
+            ),
+            (
+                "vireo_net_tx_dropped_total",
+                "Guest frames not sent: malformed, oversize, or refused by the TAP.",
+                |c| NetCounters::get(&c.tx_dropped),
+            ),
+        ];
+        for (name, help, get) in families {
+            e.family(name, "counter", help);
+            for (i, c) in ifaces.iter().enumerate() {
+                e.sample(name, &labels(i), get(c));
+            }
+        }
+        let throttle: Vec<_> = self
+            .ctx
+            .devices
+            .net
+            .iter()
+            .map(|(rx, tx)| (rx.counters(), tx.counters()))
+            .collect();
+        e.family(
+            "vireo_net_throttled_total",
+            "counter",
+            "Times an interface's rate limiter held a direction back.",
+        );
+        for (i, (rx, tx)) in throttle.iter().enumerate() {
+            for (dir, t) in [("rx", rx), ("tx", tx)] {
+                let mut l = labels(i);
+                l.push(("direction", dir));
+                e.sample("vireo_net_throttled_total", &l, t.throttled.get());
+            }
+        }
+        e.family(
+            "vireo_net_throttled_seconds_total",
+            "counter",
+            "Time an interface's direction was held back by its rate limiter.",
+        );
+        for (i, (rx, tx)) in throttle.iter().enumerate() {
+            for (dir, t) in [("rx", rx), ("tx", tx)] {
+                let mut l = labels(i);
+                l.push(("direction", dir));
+                e.sample(
+                    "vireo_net_throttled_seconds_total",
+                    &l,
+                    secs(t.throttled_ns.get()),
+                );
+            }
+        }
+    }
+}
+
+/// Nanoseconds as the seconds Prometheus expects.
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
 }
 
 type Parsed = Result<(String, String, Vec<u8>), String>;

@@ -7,6 +7,7 @@ pub mod arch;
 pub mod config;
 pub mod machine;
 pub mod memory;
+pub mod metrics;
 pub mod migration;
 pub mod snapshot;
 pub mod vstate;

@@ -12,9 +12,9 @@ use std::time::Duration;
 use devices::legacy::{EventFdTrigger, Serial, SerialOutput, I8042};
 use devices::rate_limiter::LimiterHandle;
 use devices::virtio::balloon::{Balloon, BalloonControl};
-use devices::virtio::block::{Block, BlockOptions, Drive};
+use devices::virtio::block::{Block, BlockOptions, Drive, Stats as BlockStats};
 use devices::virtio::mmio::MmioTransport;
-use devices::virtio::net::{Limits as NetLimits, MacAddr, Net, Tap};
+use devices::virtio::net::{Limits as NetLimits, MacAddr, Net, NetCounters, Tap};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockHost};
 use devices::virtio::{self, EventLoop, EventLoopHandle, Interrupt, VirtioDevice};
@@ -191,6 +191,7 @@ fn net_devices(
         .map(|t| -> Box<dyn VirtioDevice> {
             let net = Net::new(io.clone(), t.tap, t.mac, t.rx, t.tx);
             controls.net.push(net.limits());
+            controls.net_stats.push(net.counters());
             Box::new(net)
         })
         .collect()
@@ -611,6 +612,10 @@ pub struct DeviceControls {
     pub drives: Vec<LimiterHandle>,
     /// Each net device's (rx, tx) rate limits, in device order.
     pub net: Vec<(LimiterHandle, LimiterHandle)>,
+    /// Each drive's counters, in drive order (`GET /metrics`).
+    pub drive_stats: Vec<Arc<BlockStats>>,
+    /// Each net device's counters, in device order.
+    pub net_stats: Vec<Arc<NetCounters>>,
     /// The i8042, whose keyboard presses Ctrl-Alt-Del for a graceful shutdown.
     pub keyboard: Option<Arc<Mutex<I8042>>>,
 }
@@ -626,6 +631,7 @@ fn virtio_devices(
     for d in drives {
         let block = Block::new(io.clone(), d);
         controls.drives.push(block.limits());
+        controls.drive_stats.push(block.stats());
         devices.push(Box::new(block));
     }
     if config.rng {

@@ -1,6 +1,6 @@
 //! How a machine's run ends: the first stop request wins, every vCPU thread sees it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -167,6 +167,13 @@ pub struct ExitCounters {
     pub hlt: AtomicU64,
     pub interrupted: AtomicU64,
     pub other: AtomicU64,
+    /// The vCPU thread's kernel thread id while it runs (0 before and after), so that the API
+    /// thread can read its scheduler statistics from /proc.
+    pub tid: AtomicI32,
+    /// The largest CPU time and run-queue wait (ns) seen for the thread: what the metrics
+    /// report once the thread is gone, and a floor that keeps them monotonic.
+    pub cpu_ns: AtomicU64,
+    pub wait_ns: AtomicU64,
 }
 
 /// A copy of [`ExitCounters`] at one moment.
@@ -186,6 +193,43 @@ impl ExitCounters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Called by the vCPU thread when it starts.
+    pub fn thread_started(&self) {
+        // SAFETY: gettid has no preconditions and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        self.tid.store(tid, Ordering::Relaxed);
+    }
+
+    /// Called by the vCPU thread as it ends: records its final times, then forgets its tid
+    /// (which the kernel may give to another thread of this process).
+    pub fn thread_ending(&self) {
+        let tid = self.tid.load(Ordering::Relaxed);
+        if tid > 0 {
+            self.record(read_schedstat(tid));
+        }
+        self.tid.store(0, Ordering::Relaxed);
+    }
+
+    fn record(&self, times: Option<(u64, u64)>) {
+        if let Some((cpu, wait)) = times {
+            self.cpu_ns.fetch_max(cpu, Ordering::Relaxed);
+            self.wait_ns.fetch_max(wait, Ordering::Relaxed);
+        }
+    }
+
+    /// The vCPU thread's (CPU time, run-queue wait) in nanoseconds so far: read now while the
+    /// thread runs, its last values after.
+    pub fn thread_times(&self) -> (u64, u64) {
+        let tid = self.tid.load(Ordering::Relaxed);
+        if tid > 0 {
+            self.record(read_schedstat(tid));
+        }
+        (
+            self.cpu_ns.load(Ordering::Relaxed),
+            self.wait_ns.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn snapshot(&self) -> ExitCounts {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ExitCounts {
@@ -198,6 +242,18 @@ impl ExitCounters {
             other: g(&self.other),
         }
     }
+}
+
+/// A thread of this process's schedstat: nanoseconds on a CPU (user and system time, what
+/// CLOCK_THREAD_CPUTIME_ID counts) and nanoseconds runnable but waiting on a run queue.
+fn read_schedstat(tid: i32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    parse_schedstat(&s)
+}
+
+fn parse_schedstat(s: &str) -> Option<(u64, u64)> {
+    let mut f = s.split_ascii_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
 }
 
 impl std::ops::Add for ExitCounts {
@@ -218,6 +274,49 @@ impl std::ops::Add for ExitCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedstat_parses_run_and_wait_times() {
+        assert_eq!(
+            parse_schedstat("217382558 25118392 272\n"),
+            Some((217382558, 25118392))
+        );
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("12 x 3"), None);
+    }
+
+    #[test]
+    fn thread_times_follow_the_thread_and_stay_after_it_ends() {
+        let c = std::sync::Arc::new(ExitCounters::default());
+        assert_eq!(c.thread_times(), (0, 0), "no thread yet");
+        let c2 = c.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            c2.thread_started();
+            // Burn 20 ms of CPU (however long that takes on a busy host), as the thread
+            // itself measures it.
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let mut x = 0u64;
+            while read_schedstat(tid).unwrap().0 < 20_000_000 {
+                for _ in 0..100_000 {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            tx.send(()).unwrap();
+            done_rx.recv().unwrap();
+            c2.thread_ending();
+        });
+        rx.recv().unwrap();
+        let (cpu, _) = c.thread_times();
+        assert!(cpu >= 20_000_000, "the thread ran {cpu} ns");
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(c.tid.load(Ordering::Relaxed), 0);
+        let (after, _) = c.thread_times();
+        assert!(after >= cpu, "monotonic after the thread ended");
+    }
 
     #[test]
     fn first_stop_reason_wins() {

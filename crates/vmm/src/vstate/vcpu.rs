@@ -274,6 +274,12 @@ impl Vcpu {
 
     /// Runs the vCPU until the machine stops. A guest-caused failure stops the whole machine.
     pub fn run(mut self) {
+        self.counters.thread_started();
+        self.run_loop();
+        self.counters.thread_ending();
+    }
+
+    fn run_loop(&mut self) {
         while !self.ctx.control.should_stop() {
             if self.ctx.control.pause_requested() {
                 self.settle();

@@ -13,6 +13,7 @@ use std::mem::offset_of;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
 use vireo_storage::Format;
@@ -22,11 +23,14 @@ use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
 use self::io::{DiskFile, SECTOR_SIZE};
-use self::request::{Request, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SEG_MAX, SIZE_MAX};
+use self::request::{
+    Request, RequestType, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SEG_MAX, SIZE_MAX,
+};
 use super::{
     device_type, features, ActivateContext, ActivateError, EventLoopHandle, GuestMemory, Interrupt,
     InterruptKind, VirtioDevice,
 };
+use crate::metrics::{Counter, LatencyHistogram};
 use crate::rate_limiter::{BucketConfig, LimiterHandle, RateLimiter};
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -62,6 +66,7 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     handler: Option<SubscriberId>,
     limits: LimiterHandle,
+    stats: Arc<Stats>,
 }
 
 /// A drive whose file is open, ready to become a [`Block`] device.
@@ -101,7 +106,13 @@ impl Block {
             disk: Arc::new(drive.disk),
             opts: drive.opts,
             handler: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// The drive's counters; they survive the guest resetting the device.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// The drive's rate limits, changeable while it runs.
@@ -206,7 +217,7 @@ impl VirtioDevice for Block {
             serial: self.opts.serial.clone().unwrap_or_default().into_bytes(),
             limiter,
             broken: false,
-            stats: Stats::default(),
+            stats: self.stats.clone(),
         };
         self.handler = Some(self.io.add(Arc::new(Mutex::new(handler)))?);
         Ok(())
@@ -229,34 +240,73 @@ struct BlockHandler {
     limiter: RateLimiter,
     /// The queue itself is unusable (its rings point outside guest memory): stop serving it.
     broken: bool,
-    stats: Stats,
+    stats: Arc<Stats>,
 }
 
-/// What it costs the guest to use the drive, in the events that leave guest mode: its queue
-/// notifications (each one a VM exit) and our interrupts (each one an injection, and with
-/// virtio-mmio two register accesses that exit to the VMM). Logged with `VIREO_LOG=debug`.
+/// What the drive did, for `GET /metrics` (atomics: the I/O thread counts, the API thread
+/// reads). Operations are counted when they complete, failed ones too; bytes only when they
+/// moved.
 #[derive(Debug, Default)]
-pub(crate) struct Stats {
-    kicks: u64,
-    requests: u64,
-    interrupts: u64,
+pub struct Stats {
+    pub reads: Counter,
+    pub writes: Counter,
+    pub flushes: Counter,
+    /// Discard and write-zeroes requests.
+    pub discards: Counter,
+    /// GET_ID and request types the device does not know.
+    pub other: Counter,
+    pub read_bytes: Counter,
+    pub written_bytes: Counter,
+    /// Requests answered with an error status, and malformed ones (not answered at all when
+    /// their status byte was unusable).
+    pub errors: Counter,
+    /// Time from taking a request off the queue (after any rate-limit wait) to writing its
+    /// status: what the backing file costs.
+    pub latency: LatencyHistogram,
+    /// What it costs the guest to use the drive, in the events that leave guest mode: its
+    /// queue notifications (each one a VM exit) and our interrupts (each one an injection,
+    /// and with virtio-mmio two register accesses that exit to the VMM).
+    pub notifications: Counter,
+    pub interrupts: Counter,
+    pub requests: Counter,
 }
 
 impl Stats {
-    /// Requests between two log lines.
+    /// Requests between two debug log lines.
     const LOG_EVERY: u64 = 1 << 14;
 
-    fn completed(&mut self, n: u64) {
-        let before = self.requests / Self::LOG_EVERY;
-        self.requests += n;
-        if self.requests / Self::LOG_EVERY != before {
+    fn completed(&self, n: u64) {
+        let before = self.requests.get() / Self::LOG_EVERY;
+        self.requests.add(n);
+        let after = self.requests.get();
+        if after / Self::LOG_EVERY != before {
             tracing::debug!(
-                "virtio-blk: {} requests, {} notifications, {} interrupts",
-                self.requests,
-                self.kicks,
-                self.interrupts
+                "virtio-blk: {after} requests, {} notifications, {} interrupts",
+                self.notifications.get(),
+                self.interrupts.get()
             );
         }
+    }
+
+    fn executed(&self, req: &Request, status: u8, len: u32, took: Duration) {
+        let op = match req.kind {
+            RequestType::In => &self.reads,
+            RequestType::Out => &self.writes,
+            RequestType::Flush => &self.flushes,
+            RequestType::Discard | RequestType::WriteZeroes => &self.discards,
+            RequestType::GetId | RequestType::Unsupported(_) => &self.other,
+        };
+        op.inc();
+        if status != VIRTIO_BLK_S_OK as u8 {
+            self.errors.inc();
+        } else {
+            match req.kind {
+                RequestType::In => self.read_bytes.add(u64::from(len)),
+                RequestType::Out => self.written_bytes.add(req.cost().map_or(0, |c| c.bytes)),
+                _ => {}
+            }
+        }
+        self.latency.observe(took);
     }
 }
 
@@ -280,11 +330,14 @@ impl BlockHandler {
                                 break 'outer;
                             }
                         }
+                        let start = Instant::now();
                         let (status, len) = req.execute(mem, &self.disk, &self.serial);
+                        self.stats.executed(&req, status, len, start.elapsed());
                         (Some((req.status, status)), len)
                     }
                     Err(r) => {
                         tracing::debug!("virtio-blk: bad request: {}", r.error);
+                        self.stats.errors.inc();
                         (r.status.map(|a| (a, VIRTIO_BLK_S_IOERR as u8)), 0)
                     }
                 };
@@ -308,7 +361,7 @@ impl BlockHandler {
         }
         if used > 0 && self.queue.needs_notification(mem)? {
             self.interrupt.trigger(InterruptKind::UsedBuffer);
-            self.stats.interrupts += 1;
+            self.stats.interrupts.inc();
         }
         self.stats.completed(used);
         Ok(())
@@ -340,7 +393,7 @@ impl MutEventSubscriber for BlockHandler {
             self.limiter.on_timer();
         } else if let Ok(n) = self.event.read() {
             // The eventfd counts the notifications since the last read.
-            self.stats.kicks += n;
+            self.stats.notifications.add(n);
         }
         self.run();
     }

@@ -692,3 +692,65 @@ fn missing_files_and_long_serials_are_refused() {
     o.serial = Some("x".repeat(20));
     assert!(Drive::open(o).is_ok());
 }
+
+#[test]
+fn stats_count_operations_bytes_errors_and_latency() {
+    let f = Fixture::new();
+    let vq = MockSplitQueue::new(&*f.mem, 16);
+    let n = VRING_DESC_F_NEXT as u16;
+    // (type, sector, data length, device-writable data): a 1 KiB read, a 512-byte write, a
+    // flush, and a read past the end of the disk (an error moving nothing).
+    let reqs = [
+        (VIRTIO_BLK_T_IN, 0, 1024, true),
+        (VIRTIO_BLK_T_OUT, 4, 512, false),
+        (VIRTIO_BLK_T_FLUSH, 0, 0, false),
+        (VIRTIO_BLK_T_IN, DISK_SECTORS, 512, true),
+    ];
+    let mut first = 0u16;
+    for (i, &(kind, sector, len, writable)) in reqs.iter().enumerate() {
+        let hdr = HDR + 0x100 * i as u64;
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        f.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+        let status = STATUS + i as u64;
+        let mut chain = vec![RawDescriptor::from(SplitDescriptor::new(
+            hdr,
+            16,
+            n,
+            first + 1,
+        ))];
+        if len > 0 {
+            let flags = if writable { W | n } else { n };
+            let data = DATA + 0x1_0000 * i as u64;
+            chain.push(RawDescriptor::from(SplitDescriptor::new(
+                data,
+                len,
+                flags,
+                first + 2,
+            )));
+        }
+        chain.push(RawDescriptor::from(SplitDescriptor::new(status, 1, W, 0)));
+        vq.add_desc_chains(&chain, first).unwrap();
+        first += chain.len() as u16;
+    }
+    let mut h = f.handler_with_queue(false, None, &vq);
+    h.run();
+    assert_eq!(used(&vq).len(), 4);
+    let s = &h.stats;
+    assert_eq!(
+        (
+            s.reads.get(),
+            s.writes.get(),
+            s.flushes.get(),
+            s.discards.get()
+        ),
+        (2, 1, 1, 0)
+    );
+    assert_eq!((s.read_bytes.get(), s.written_bytes.get()), (1024, 512));
+    assert_eq!(s.errors.get(), 1, "the read past the end");
+    assert_eq!(s.requests.get(), 4);
+    let l = s.latency.snapshot();
+    assert_eq!(l.count, 4);
+    assert!(l.sum_seconds > 0.0);
+}

@@ -26,7 +26,9 @@ images: deps
 smoke: build images
 	@scripts/smoke.sh $(VMM) $(GUEST_DIR)
 
+# The main job: the VMM boots Debian (smoke), then vireod launches an instance through its API.
 run: smoke
+	@scripts/vireod-demo.sh $(BIN_DIR) $(GUEST_DIR)
 
 # Rust tests (unit, host KVM, lab), then vireod end to end with boto3 and the AWS CLI.
 test: build images

@@ -132,12 +132,12 @@ def test_bad_input_gets_ec2_errors_and_changes_nothing(vireod, ec2):
     run = {"Action": "RunInstances", "Version": "2016-11-15", "ImageId": ami, "MinCount": 1, "MaxCount": 1, "InstanceType": "t3.nano"}
 
     status, body = raw_request(vireod, run, sign=False)
-    assert status == 401 and "<Code>MissingAuthenticationToken</Code>" in body
+    assert status == 401 and "<Code>AuthFailure</Code>" in body and "missing Authentication Token" in body
     status, body = raw_request(vireod, run, secret="x" * 40)
     assert status == 401 and "<Code>AuthFailure</Code>" in body
     stale = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=20)
     status, body = raw_request(vireod, run, when=stale)
-    assert status == 400 and "<Code>RequestExpired</Code>" in body
+    assert status == 401 and "<Code>AuthFailure</Code>" in body and "Signature expired" in body
     status, body = raw_request(vireod, {"Action": "LaunchRockets", "Version": "2016-11-15"})
     assert status == 400 and "<Code>InvalidAction</Code>" in body
     status, body = raw_request(vireod, dict(run, Frobnicate="1"))

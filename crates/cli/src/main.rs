@@ -4,7 +4,7 @@
 //! Exit status: 0 on success, 1 when the call fails (an EC2 error is printed as
 //! `vireo: <Code>: <Message>`), 2 for a usage error.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod client;
 mod commands;
@@ -214,6 +214,13 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
+    // `vireo ls | head` must end quietly when the reader goes away, as command-line tools do,
+    // instead of panicking on a failed write to stdout (Rust ignores SIGPIPE by default).
+    // SAFETY: called first thing, before any other thread exists; SIG_DFL is a valid handler.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL)
+    };
     // clap prints usage errors itself and exits with status 2.
     let cli = Cli::parse();
     match commands::run(cli) {

@@ -16,16 +16,20 @@
 //!
 //! # How failures map to EC2 error codes
 //!
-//! | [`AuthError`] | EC2 code | HTTP |
-//! |---|---|---|
-//! | `Missing` (no Authorization header, no `X-Amz-Algorithm`) | `MissingAuthenticationToken` | 401 |
-//! | `Malformed` (header or parameters not in SigV4 form, date unparseable, `host`/`x-amz-date` not signed, scope date ≠ request date, both forms at once) | `IncompleteSignature` | 400 |
-//! | `UnknownAccessKey`, `SignatureMismatch` | `AuthFailure` "AWS was not able to validate the provided access credentials" | 401 |
-//! | `WrongScope` (service is not `ec2`, terminator is not `aws4_request`), `PayloadHash` (unsigned or mismatched `X-Amz-Content-Sha256`) | `AuthFailure` with the reason | 401 |
-//! | `Expired` (more than 5 minutes from the server's clock; a presigned URL past `X-Amz-Expires`) | `RequestExpired` | 400 |
+//! Every authentication failure is `AuthFailure` (HTTP 401), as the project's API contract says
+//! of unsigned, badly signed and expired requests; the message tells which:
 //!
-//! An unknown key and a wrong secret give the same message, as in EC2, so the answer does not
-//! tell a caller which access keys exist.
+//! | [`AuthError`] | message |
+//! |---|---|
+//! | `Missing` (no Authorization header, no `X-Amz-Algorithm`) | "Request is missing Authentication Token" |
+//! | `Malformed` (header or parameters not in SigV4 form, date unparseable, `host`/`x-amz-date` not signed, scope date ≠ request date, both forms at once) | the defect |
+//! | `UnknownAccessKey`, `SignatureMismatch` | "AWS was not able to validate the provided access credentials" |
+//! | `WrongScope` (service is not `ec2`, terminator is not `aws4_request`), `PayloadHash` (unsigned or mismatched `X-Amz-Content-Sha256`) | the reason |
+//! | `Expired` (more than 5 minutes from the server's clock; a presigned URL past `X-Amz-Expires`) | "Signature expired: …" |
+//!
+//! (EC2 itself answers the first with `MissingAuthenticationToken` and the last with
+//! `RequestExpired`; botocore raises a `ClientError` either way.) An unknown key and a wrong
+//! secret give the same message, so the answer does not tell a caller which access keys exist.
 
 use std::time::{Duration, SystemTime};
 
@@ -140,14 +144,20 @@ impl AuthError {
     /// The EC2 error to answer with.
     pub fn to_ec2_error(&self) -> Ec2Error {
         match self {
-            AuthError::Missing => Ec2Error::missing_authentication_token(),
-            AuthError::Malformed(m) => Ec2Error::incomplete_signature(m.clone()),
+            AuthError::Missing => Ec2Error::new(
+                "AuthFailure",
+                "Request is missing Authentication Token",
+                401,
+            ),
+            AuthError::Malformed(m) => Ec2Error::new("AuthFailure", m.clone(), 401),
             AuthError::UnknownAccessKey(_) | AuthError::SignatureMismatch => {
                 Ec2Error::auth_failure()
             }
             AuthError::WrongScope(m) => Ec2Error::new("AuthFailure", m.clone(), 401),
             AuthError::PayloadHash(m) => Ec2Error::new("AuthFailure", m.clone(), 401),
-            AuthError::Expired(m) => Ec2Error::request_expired(m.clone()),
+            AuthError::Expired(m) => {
+                Ec2Error::new("AuthFailure", format!("Signature expired: {m}"), 401)
+            }
         }
     }
 }
@@ -1049,7 +1059,8 @@ mod tests {
         );
         let late = verify(&r.parts(), lookup, at("20240102T030906Z")).unwrap_err();
         assert!(matches!(late, AuthError::Expired(_)));
-        assert_eq!(late.to_ec2_error().code, "RequestExpired");
+        assert_eq!(late.to_ec2_error().code, "AuthFailure");
+        assert!(late.to_ec2_error().message.starts_with("Signature expired"));
         let early = verify(&r.parts(), lookup, at("20240102T025904Z")).unwrap_err();
         assert!(matches!(early, AuthError::Expired(_)), "{early}");
     }
@@ -1065,7 +1076,11 @@ mod tests {
         };
         let e = check(&r).unwrap_err();
         assert_eq!(e, AuthError::Missing);
-        assert_eq!(e.to_ec2_error().code, "MissingAuthenticationToken");
+        assert_eq!(e.to_ec2_error().code, "AuthFailure");
+        assert_eq!(
+            e.to_ec2_error().message,
+            "Request is missing Authentication Token"
+        );
         assert_eq!(e.to_ec2_error().http_status, 401);
 
         let good = signed_post("Action=X", false);
@@ -1111,10 +1126,7 @@ mod tests {
         let mut r = signed_post("Action=X", false);
         set_header(&mut r, "x-amz-date", "2024-01-02T03:04:05Z");
         assert!(matches!(check(&r), Err(AuthError::Malformed(_))));
-        assert_eq!(
-            check(&r).unwrap_err().to_ec2_error().code,
-            "IncompleteSignature"
-        );
+        assert_eq!(check(&r).unwrap_err().to_ec2_error().code, "AuthFailure");
 
         let mut r = signed_post("Action=X", false);
         r.headers

@@ -3,7 +3,6 @@
 //! ticks. A restored or migrated guest must go on from the next tick with the pattern intact.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,24 +12,7 @@ use vireo_tests::{guest, require_kvm, scratch, vmm_bin};
 
 /// One HTTP request on the API socket; returns (status, body).
 fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).expect("connect to the API socket");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: vm\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    (status, body)
+    vireo_tests::api_call(sock, method, path, body)
 }
 
 /// A vireo-vmm process, killed if the test ends early.

@@ -384,11 +384,16 @@ impl Service {
                 return Err(e);
             }
         };
+        self.save_image(&img)?;
+        Ok(image_id)
+    }
+
+    fn save_image(&self, img: &Image) -> ApiResult<()> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        Db::insert_image(&tx, &img)?;
+        Db::insert_image(&tx, img)?;
         tx.commit().map_err(db::DbError::from)?;
-        Ok(image_id)
+        Ok(())
     }
 
     pub fn describe_images(
@@ -564,10 +569,7 @@ impl Service {
             source_instance_id: Some(instance_id.to_string()),
             tags,
         };
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        Db::insert_image(&tx, &img)?;
-        tx.commit().map_err(db::DbError::from)?;
+        self.save_image(&img)?;
         Ok(image_id)
     }
 

@@ -195,8 +195,10 @@ impl ExitCounters {
 
     /// Called by the vCPU thread when it starts.
     pub fn thread_started(&self) {
-        // SAFETY: gettid has no preconditions and cannot fail.
-        let tid = unsafe { libc::gettid() };
+        // The raw syscall, not glibc's gettid(): in the static release build (LTO) that wrapper
+        // resolved to a null weak symbol and the vCPU thread jumped to address 0.
+        // SAFETY: SYS_gettid takes no arguments, has no preconditions and cannot fail.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
         self.tid.store(tid, Ordering::Relaxed);
     }
 

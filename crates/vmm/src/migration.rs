@@ -349,7 +349,9 @@ fn migrate_inner(
         let estimate_ms = bytes / rate * 1000.0;
         let n = pending.len() as u64;
         update(&|p| p.dirty_pages = n);
-        if estimate_ms <= downtime_ms as f64 || round > MAX_ROUNDS {
+        // Half the downtime budget goes to the last pages, the other half to the machine
+        // state and to starting the vCPUs on the destination.
+        if estimate_ms <= downtime_ms as f64 / 2.0 || round > MAX_ROUNDS {
             break;
         }
         let start = Instant::now();
@@ -365,8 +367,14 @@ fn migrate_inner(
         });
     }
 
-    // Stop and copy.
+    // Stop and copy. The I/O thread is asked to stop first and the vCPUs are paused while it
+    // does: vCPUs never wait on a device, so the order does not matter to the guest, and the
+    // two waits overlap.
     let stop = Instant::now();
+    let lap = |what: &str| tracing::debug!("stop-and-copy: {what} at {:?}", stop.elapsed());
+    let pending_freeze =
+        m.io.request_freeze()
+            .map_err(|e| MigrationError::Source(e.to_string()))?;
     let kick = m.kick_vcpus.clone();
     if !m.control.pause_requested() {
         *paused_here = true;
@@ -374,22 +382,29 @@ fn migrate_inner(
             return Err(MigrationError::Source("the VM stopped".into()));
         }
     }
-    let frozen =
-        m.io.freeze()
-            .map_err(|e| MigrationError::Source(e.to_string()))?;
+    lap("paused");
+    let frozen = pending_freeze
+        .wait()
+        .map_err(|e| MigrationError::Source(e.to_string()))?;
+    lap("I/O frozen");
     let mut last = take_dirty(m)?;
     last.extend_from_slice(&pending);
     last.sort_unstable();
     last.dedup();
+    lap("dirty log read");
     send_pages(&m.mem, &last, &mut sender)?;
+    lap("last pages sent");
     let state = m
         .save_state()
         .map_err(|e| MigrationError::Source(e.to_string()))?;
+    lap("state saved");
     let json = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
     let (pages, bytes) = (sender.pages, sender.bytes + json.len() as u64);
     write_frame(&mut w, STATE, &json)?;
     w.flush()?;
+    lap("state sent");
     expect_reply(&mut reader, RUNNING)?;
+    lap("destination running");
     let downtime = stop.elapsed().as_millis() as u64;
     update(&|p| {
         p.rounds = round;
@@ -557,8 +572,10 @@ fn receive(
             }
             continue;
         }
+        let t = Instant::now();
         let mut state: MachineState =
             serde_json::from_slice(&payload).map_err(|e| proto(format!("state: {e}")))?;
+        tracing::debug!("state parsed in {:?}", t.elapsed());
         state.config.serial = parts.config.serial.clone();
         if state.config.vcpus != parts.config.vcpus
             || state.config.memory_mib != parts.config.memory_mib
@@ -575,6 +592,7 @@ fn receive(
             ));
         }
         snapshot::apply_state(&parts, &state).map_err(|e| MigrationError::Source(e.to_string()))?;
+        tracing::debug!("state applied {:?} after it arrived", t.elapsed());
         return Ok((parts, state));
     }
 }

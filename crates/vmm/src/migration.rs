@@ -10,6 +10,8 @@
 //! | HELLO | source → destination | JSON: the source's host facts and VM configuration |
 //! | ACK | destination → source | empty: the destination built the machine and waits for pages |
 //! | PAGES | source → destination | up to 256 × (guest address: u64, 4096 bytes) |
+//! | SYNC | source → destination | empty: answer SYNCED once every page before it is in place |
+//! | SYNCED | destination → source | empty |
 //! | STATE | source → destination | the machine state (JSON, as in a snapshot) |
 //! | RUNNING | destination → source | empty: the destination's vCPUs run |
 //! | ERROR | destination → source | a one-line reason |
@@ -39,9 +41,11 @@ pub const VERSION: u32 = 1;
 const HELLO: u32 = 1;
 const PAGES: u32 = 2;
 const STATE: u32 = 3;
+const SYNC: u32 = 4;
 const ACK: u32 = 16;
 const RUNNING: u32 = 17;
 const ERROR: u32 = 18;
+const SYNCED: u32 = 19;
 
 const PAGES_PER_FRAME: usize = 256;
 const PAGE_ENTRY: usize = 8 + PAGE_SIZE;
@@ -334,6 +338,7 @@ fn migrate_inner(
     };
     let pass = Instant::now();
     send_all(&m.mem, m.anonymous, &mut sender)?;
+    sync(sender.w, &mut reader)?;
     let mut rate = sender.bytes as f64 / pass.elapsed().as_secs_f64().max(1e-6);
     update(&|p| {
         p.rounds = 1;
@@ -357,7 +362,9 @@ fn migrate_inner(
         let start = Instant::now();
         let before = sender.bytes;
         send_pages(&m.mem, &pending, &mut sender)?;
-        sender.w.flush()?;
+        // The rate counts until the destination has the pages in place: a destination that
+        // lags behind would otherwise work off its backlog during the downtime.
+        sync(sender.w, &mut reader)?;
         rate = (sender.bytes - before) as f64 / start.elapsed().as_secs_f64().max(1e-6);
         round += 1;
         update(&|p| {
@@ -417,9 +424,16 @@ fn migrate_inner(
     Ok(frozen)
 }
 
+/// Waits until the destination has consumed everything sent so far.
+fn sync(w: &mut impl Write, r: &mut impl Read) -> Result<(), MigrationError> {
+    write_frame(w, SYNC, &[])?;
+    w.flush()?;
+    expect_reply(r, SYNCED)
+}
+
 fn expect_reply(r: &mut impl Read, want: u32) -> Result<(), MigrationError> {
     let (kind, payload) = read_frame(r, |k| match k {
-        ACK | RUNNING => Some(0),
+        ACK | RUNNING | SYNCED => Some(0),
         ERROR => Some(MAX_ERROR),
         _ => None,
     })?;
@@ -554,8 +568,14 @@ fn receive(
         let (kind, payload) = read_frame(r, |k| match k {
             PAGES => Some(max_pages),
             STATE => Some(max_state),
+            SYNC => Some(0),
             _ => None,
         })?;
+        if kind == SYNC {
+            write_frame(w, SYNCED, &[])?;
+            w.flush()?;
+            continue;
+        }
         if kind == PAGES {
             if payload.len() % PAGE_ENTRY != 0 {
                 return Err(proto("a page frame that is not whole pages".into()));

@@ -76,7 +76,7 @@ fn to_hex(b: &[u8], out: &mut String) {
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let nib = |c: u8| match c {

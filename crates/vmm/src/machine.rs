@@ -513,7 +513,7 @@ pub(crate) fn launch(
     let machine = Arc::new(crate::snapshot::MachineAccess {
         vm: vm.clone(),
         mem: mem.clone(),
-        anonymous: ram.is_anonymous(),
+        backed: ram.backed().clone(),
         config: config.clone(),
         vcpus: handles,
         transports,

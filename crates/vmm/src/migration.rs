@@ -84,8 +84,12 @@ pub struct Progress {
     /// Dirty pages found by the last round.
     pub dirty_pages: u64,
     pub total_ms: u64,
-    /// From pausing the vCPUs here to the destination's RUNNING.
+    /// From pausing the vCPUs here to the destination's RUNNING: how long the guest stood
+    /// still.
     pub downtime_ms: u64,
+    /// From pausing the vCPUs here to the last byte sent (what QEMU reports as its downtime,
+    /// which leaves out the destination's loading of the state).
+    pub downtime_source_ms: u64,
     pub error: Option<String>,
 }
 
@@ -95,6 +99,8 @@ pub type SharedProgress = Arc<Mutex<Progress>>;
 struct Hello {
     host: HostInfo,
     config: VmConfig,
+    /// The VM was paused when the migration began: it stays paused on the destination.
+    paused: bool,
 }
 
 fn crc_frame(kind: u32, payload: &[u8]) -> u64 {
@@ -176,7 +182,7 @@ impl<W: Write> PageSender<'_, W> {
 /// Every page of guest memory that is not all zero (the destination starts from zeros).
 fn send_all<W: Write>(
     mem: &GuestMemoryMmap,
-    anonymous: bool,
+    backed: &crate::memory::Backed,
     s: &mut PageSender<'_, W>,
 ) -> std::io::Result<()> {
     // Offsets in the "file" for_each_chunk walks are region offsets laid end to end.
@@ -190,7 +196,7 @@ fn send_all<W: Write>(
             })
             .collect()
     };
-    snapshot::for_each_chunk(mem, anonymous, |off, bytes| {
+    snapshot::for_each_chunk(mem, backed, |off, bytes| {
         let Some(&(roff, gpa, _)) = regions
             .iter()
             .find(|(roff, _, len)| off >= *roff && off < roff + len)
@@ -314,6 +320,7 @@ fn migrate_inner(
     let hello = Hello {
         host: snapshot::host_info(&m.vm.kvm, m.config.vcpus).map_err(MigrationError::Source)?,
         config: m.config.clone(),
+        paused: m.control.pause_requested(),
     };
     w.write_all(MAGIC)?;
     w.write_all(&VERSION.to_le_bytes())?;
@@ -337,7 +344,7 @@ fn migrate_inner(
         bytes: 0,
     };
     let pass = Instant::now();
-    send_all(&m.mem, m.anonymous, &mut sender)?;
+    send_all(&m.mem, &m.backed, &mut sender)?;
     sync(sender.w, &mut reader)?;
     let mut rate = sender.bytes as f64 / pass.elapsed().as_secs_f64().max(1e-6);
     update(&|p| {
@@ -410,6 +417,7 @@ fn migrate_inner(
     write_frame(&mut w, STATE, &json)?;
     w.flush()?;
     lap("state sent");
+    let sent = stop.elapsed().as_millis() as u64;
     expect_reply(&mut reader, RUNNING)?;
     lap("destination running");
     let downtime = stop.elapsed().as_millis() as u64;
@@ -419,6 +427,7 @@ fn migrate_inner(
         p.bytes_sent = bytes;
         p.dirty_pages = last.len() as u64;
         p.downtime_ms = downtime;
+        p.downtime_source_ms = sent;
         p.total_ms = t0.elapsed().as_millis() as u64;
     });
     Ok(frozen)
@@ -504,13 +513,18 @@ pub fn incoming(listen: &str, inc: IncomingOptions, opts: RunOptions) -> Result<
     let mut writer = stream.try_clone().map_err(|e| fail(e.to_string()))?;
     let mut r = BufReader::with_capacity(1 << 20, stream);
     match receive(&mut r, &mut writer, inc) {
-        Ok((parts, _state)) => {
+        Ok((parts, paused)) => {
             let on_started: machine::OnStarted = Box::new(move || {
                 write_frame(&mut writer, RUNNING, &[])
                     .and_then(|_| writer.flush())
                     .map_err(|e| fail(format!("cannot tell the source the guest runs: {e}")))
             });
-            machine::launch(parts, opts, Launch::Running, Some(on_started))
+            let start = if paused {
+                Launch::Paused
+            } else {
+                Launch::Running
+            };
+            machine::launch(parts, opts, start, Some(on_started))
         }
         Err(e) => {
             let msg = e.to_string();
@@ -529,7 +543,7 @@ fn receive(
     r: &mut impl Read,
     w: &mut impl Write,
     inc: IncomingOptions,
-) -> Result<(machine::Parts, MachineState), MigrationError> {
+) -> Result<(machine::Parts, bool), MigrationError> {
     let proto = |s: String| MigrationError::Protocol(s);
     let mut head = [0u8; 12];
     r.read_exact(&mut head)?;
@@ -549,6 +563,7 @@ fn receive(
     snapshot::check_host_info(&kvm, &hello.host, &hello.config)
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     let hello_host = hello.host.clone();
+    let paused = hello.paused;
     let mut config = hello.config;
     let host_mib = host_memory_mib().map_err(|e| MigrationError::Source(e.to_string()))?;
     config
@@ -613,7 +628,7 @@ fn receive(
         }
         snapshot::apply_state(&parts, &state).map_err(|e| MigrationError::Source(e.to_string()))?;
         tracing::debug!("state applied {:?} after it arrived", t.elapsed());
-        return Ok((parts, state));
+        return Ok((parts, paused));
     }
 }
 

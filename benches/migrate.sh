@@ -104,10 +104,22 @@ done; done
 qemu-system-x86_64 --version | head -1
 LAB
 
-out=$(SIZES="$SIZES" lab/lab run --with-qemu --smp 2 --mem 4096 --timeout 1500 --bin-dir "$BIN_DIR" \
-      --put "$work/extra.gz:/tmp/extra.gz" --put "$work/lab.sh:/tmp/lab.sh" \
-      -- "SIZES='$SIZES' bash /tmp/lab.sh")
-printf '%s\n' "$out" > "$work/out.txt"
+# One lab boot per guest size (vireo-vmm and QEMU measured in the same boot). Nested KVM under
+# TCG is not flawless: the lab's L1 kernel has been seen to crash inside QEMU's KVM_RUN during
+# a migration (a kernel stack overflow in its FPU switch); such a boot (status 125) is retried
+# once and reported.
+: > "$work/out.txt"
+for size in $SIZES; do
+  for try in 1 2; do
+    rc=0
+    out=$(lab/lab run --with-qemu --smp 2 --mem 4096 --timeout 900 --bin-dir "$BIN_DIR" \
+          --put "$work/extra.gz:/tmp/extra.gz" --put "$work/lab.sh:/tmp/lab.sh" \
+          -- "SIZES='$size' bash /tmp/lab.sh") || rc=$?
+    printf '%s\n' "$out" >> "$work/out.txt"
+    [ $rc = 125 ] || break
+    echo "bench-migrate: the lab failed for $size MiB (try $try): $(tail -1 build/lab/last/console.log)" >&2
+  done
+done
 python3 - "$work/out.txt" <<'PY'
 import json, sys
 res = {}
@@ -137,28 +149,32 @@ def fmt(v, unit="ms"):
 
 print("bench-migrate: Debian 6.1 cloud vmlinux + busybox initrd, 1 vCPU, in the lab (TCG host, nested KVM);")
 print("idle = a shell printing a tick every 50 ms; dirty = also 16 MiB of tmpfs rewritten every 0.1 s\n")
+print("restore: exec of vireo-vmm --restore --resume to running vCPU threads.")
+print("vireo downtime: pause to the destination's RUNNING; in brackets pause to the last byte")
+print("sent, which is what QEMU's query-migrate calls downtime. All times in ms.\n")
 print(f"{'guest':<14}{'snapshot':>16}{'restore':>12}{'restore,':>12}"
-      f"{'vireo migration':>26}{qemu + ' migration':>30}")
+      f"{'vireo migration':>34}{qemu + ' migration':>28}")
 print(f"{'':<14}{'(data written)':>16}{'no verify':>12}{'verified':>12}"
-      f"{'total / downtime / rounds':>26}{'total / downtime':>30}")
+      f"{'total / downtime (src) / rounds':>34}{'total / downtime':>28}")
 for case in sorted(res, key=lambda c: [int(x) for x in c.split('-')]):
     r = res[case]
     size, dirty = case.split("-")
-    snap = (r.get(("vireo", "snapshot")) or [{}])[0]
+    # The last of each (a retried lab boot leaves the first try's lines before).
+    snap = (r.get(("vireo", "snapshot")) or [{}])[-1]
     rest = {x.get("verify_memory"): x for x in r.get(("vireo", "restore"), [])}
-    vm = (r.get(("vireo", "migrate")) or [{}])[0]
-    qm = (r.get(("qemu", "migrate")) or [{}])[0]
+    vm = (r.get(("vireo", "migrate")) or [{}])[-1]
+    qm = (r.get(("qemu", "migrate")) or [{}])[-1]
     s = f"{snap.get('millis', 'n/a')} ms ({(snap.get('memory_data_bytes') or 0) >> 20} MiB)"
     rn = rest.get("no", {})
     rv = rest.get("yes", {})
     vrep = vm.get("report") or {}
-    vstr = (f"{g(vrep, 'total_ms')} / {g(vrep, 'downtime_ms')} / {g(vrep, 'rounds')} ms,ms,n"
+    vstr = (f"{g(vrep, 'total_ms')} / {g(vrep, 'downtime_ms')} ({g(vrep, 'downtime_source_ms')}) / {g(vrep, 'rounds')}"
             if isinstance(vrep, dict) and vrep.get("state") == "completed" else f"failed: {vrep}")
     qrep = g(qm, "report", "return") or {}
     qstr = (f"{qrep.get('total-time')} / {qrep.get('downtime')} ms"
             if qrep.get("status") == "completed" else f"{qrep.get('status', 'n/a')}")
     label = f"{size} MiB {'dirty' if dirty == '1' else 'idle'}"
-    print(f"{label:<14}{s:>16}{fmt(rn.get('ms')):>12}{fmt(rv.get('ms')):>12}{vstr:>26}{qstr:>30}")
+    print(f"{label:<14}{s:>16}{fmt(rn.get('ms')):>12}{fmt(rv.get('ms')):>12}{vstr:>34}{qstr:>28}")
     bad = [x for x in (rn, rv, vm, qm) if x.get("guest") not in (None, "ticking")]
     if bad:
         print(f"  !! a guest did not keep ticking: {bad}")

@@ -760,3 +760,52 @@ fn a_destination_opens_only_the_devices_its_own_config_allows() {
     wait_tick(&console, now + 2);
     assert_continuous(&console);
 }
+
+/// A restored VM's memory is its snapshot's file mapped privately: pages it has not touched
+/// since are only in that file. Snapshotting it again (into the very directory it runs from)
+/// and migrating it right away must still carry those pages.
+#[test]
+fn a_restored_vm_snapshots_into_its_own_directory_and_migrates_with_file_pages() {
+    let (dir, console) = take_snapshot("restored-again");
+    let at_snapshot = *ticks(&console).last().unwrap();
+    let serial = format!("file:{}", console.display());
+
+    // Restored paused (nothing touched yet), snapshotted at once over its own files.
+    let sock = scratch("restored-again-1.sock");
+    let mut vm = Vmm::spawn(
+        &["--restore", dir.to_str().unwrap(), "--serial", &serial],
+        &sock,
+    );
+    vm.wait_api();
+    let (code, body) = call(&sock, "PUT", "/vm/snapshot", Some(json!({ "path": dir })));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
+
+    // Restored from the rewritten files, migrated before its next pattern check.
+    let mut vm = Vmm::spawn(
+        &["--restore", dir.to_str().unwrap(), "--serial", &serial],
+        &scratch("restored-again-2.sock"),
+    );
+    vm.wait_api();
+    let (mut dst, addr) = destination("restored-again-dst", &console);
+    let report = migrate(&vm.sock, &addr);
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
+    dst.wait_api();
+    // A VM paused when its migration began stays paused on the destination.
+    let (_, st) = call(&dst.sock, "GET", "/vm", None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&st).unwrap()["state"],
+        "paused"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(*ticks(&console).last().unwrap(), at_snapshot);
+    assert_eq!(call(&dst.sock, "PUT", "/vm/resume", None).0, 204);
+    wait_tick(&console, (at_snapshot / 8 + 2) * 8 + 1);
+    assert_eq!(call(&dst.sock, "PUT", "/vm/stop", None).0, 204);
+    assert_continuous(&console);
+    let text = std::fs::read_to_string(&console).unwrap();
+    let after = &text[text.find(&format!("tick {}\n", at_snapshot + 1)).unwrap()..];
+    assert!(after.contains("pattern ok"), "{text}");
+}

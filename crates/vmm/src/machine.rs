@@ -512,13 +512,23 @@ pub(crate) fn launch(
             }
         }
     }
+    // A migration's source waits for this before it lets go: it comes before anything that is
+    // not needed for the guest to run (console input, the API).
+    let mut result = Ok(());
+    if let Some(f) = on_started {
+        tracing::debug!("telling the migration source that the vCPUs run");
+        if let Err(e) = f() {
+            control.request_stop(StopReason::Host);
+            result = Err(e);
+        }
+    }
     if opts.console_input {
         spawn_console_input(serial.clone(), control.clone());
     }
     let machine = Arc::new(crate::snapshot::MachineAccess {
         vm: vm.clone(),
         mem: mem.clone(),
-        anonymous: ram.is_anonymous(),
+        backed: ram.backed().clone(),
         config: config.clone(),
         vcpus: handles,
         transports,
@@ -564,13 +574,6 @@ pub(crate) fn launch(
             "vCPUs running {:.3} ms after process start",
             t0.elapsed().as_secs_f64() * 1000.0
         );
-    }
-    let mut result = Ok(());
-    if let Some(f) = on_started {
-        if let Err(e) = f() {
-            control.request_stop(StopReason::Host);
-            result = Err(e);
-        }
     }
     let reason = control.wait();
     // The API thread may kick vCPU threads, so it ends before they are joined.

@@ -32,9 +32,82 @@ pub enum Backing<'a> {
 }
 
 /// Guest memory and the host mappings behind it, unmapped when this is dropped.
+/// What is behind guest memory, for finding the pages worth reading (see [`Backed::runs`]).
+#[derive(Clone)]
+pub enum Backed {
+    Anonymous,
+    /// A snapshot's memory file, mapped privately from offset 0, regions end to end.
+    File(Arc<std::fs::File>),
+}
+
+impl Backed {
+    /// The runs (offset, length) of the region of `len` bytes at host address `host` and
+    /// offset `file_off` in the backing that may hold something other than zeros: pages the
+    /// process was ever given (pagemap), and for a file also the file's data extents (pages
+    /// not yet read from it are not in the page tables). None when that cannot be known.
+    pub fn runs(&self, host: *const u8, len: usize, file_off: u64) -> Option<Vec<(usize, usize)>> {
+        let touched = touched_runs(host, len).ok()?;
+        match self {
+            Backed::Anonymous => Some(touched),
+            Backed::File(f) => {
+                let data = data_extents(f, file_off, len).ok()?;
+                Some(union_runs(&touched, &data))
+            }
+        }
+    }
+}
+
+/// The data extents of `f` within [off, off + len), as runs relative to `off`, page-aligned.
+fn data_extents(f: &std::fs::File, off: u64, len: usize) -> std::io::Result<Vec<(usize, usize)>> {
+    let fd = f.as_raw_fd();
+    let end = off + len as u64;
+    let mut runs = Vec::new();
+    let mut pos = off;
+    while pos < end {
+        // SAFETY: lseek on a descriptor we own; no memory is passed.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(e);
+        }
+        let data = data as u64;
+        if data >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let page = PAGE_SIZE as u64;
+        let start = (data / page) * page;
+        let stop = (hole as u64).min(end).next_multiple_of(page).min(end);
+        runs.push(((start - off) as usize, (stop - start) as usize));
+        pos = stop.max(start + page);
+    }
+    Ok(runs)
+}
+
+/// The union of two sorted lists of runs, sorted and merged.
+fn union_runs(a: &[(usize, usize)], b: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut all: Vec<(usize, usize)> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(all.len());
+    for (s, l) in all {
+        match out.last_mut() {
+            Some((ps, pl)) if s <= *ps + *pl => *pl = (*pl).max(s + l - *ps),
+            _ => out.push((s, l)),
+        }
+    }
+    out
+}
+
 pub struct GuestRam {
     mem: Arc<GuestMemoryMmap>,
-    anonymous: bool,
+    backed: Backed,
     mappings: Vec<(*mut libc::c_void, usize)>,
 }
 
@@ -60,7 +133,12 @@ impl GuestRam {
     ) -> std::io::Result<Self> {
         let mut ram = GuestRam {
             mem: Arc::new(GuestMemoryMmap::new()),
-            anonymous: matches!(backing, Backing::Anonymous),
+            backed: match backing {
+                Backing::Anonymous => Backed::Anonymous,
+                Backing::File(fd) => {
+                    Backed::File(Arc::new(std::fs::File::from(fd.try_clone_to_owned()?)))
+                }
+            },
             mappings: Vec::new(),
         };
         let mut guest_regions = Vec::new();
@@ -173,9 +251,8 @@ impl GuestRam {
         &self.mem
     }
 
-    /// Whether every page not yet touched reads as zero (no file behind the memory).
-    pub fn is_anonymous(&self) -> bool {
-        self.anonymous
+    pub fn backed(&self) -> &Backed {
+        &self.backed
     }
 }
 
@@ -239,6 +316,43 @@ impl Drop for GuestRam {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_are_merged() {
+        assert_eq!(
+            union_runs(&[(0, 4096), (16384, 4096)], &[(4096, 8192), (40960, 4096)]),
+            vec![(0, 12288), (16384, 4096), (40960, 4096)]
+        );
+        assert_eq!(union_runs(&[(0, 8192)], &[(4096, 4096)]), vec![(0, 8192)]);
+    }
+
+    #[test]
+    fn only_touched_pages_and_file_data_are_runs() {
+        let ram = GuestRam::new(&[(GuestAddress(0), 8 << 20)], false).unwrap();
+        let mem = ram.memory();
+        vm_memory::Bytes::write_obj(&**mem, 1u64, GuestAddress(0x10_0000)).unwrap();
+        let host =
+            vm_memory::GuestMemoryBackend::get_host_address(&**mem, GuestAddress(0)).unwrap();
+        let runs = Backed::Anonymous.runs(host, 8 << 20, 0).unwrap();
+        assert_eq!(runs, vec![(0x10_0000, 4096)]);
+
+        let path = std::env::temp_dir().join(format!("vireo-runs-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 4096], 0x20_0000).unwrap();
+        f.sync_all().unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let runs = data_extents(&f, 0, 8 << 20).unwrap();
+        assert!(
+            runs.iter()
+                .any(|&(s, l)| s <= 0x20_0000 && s + l >= 0x20_1000),
+            "{runs:?}"
+        );
+        assert!(runs.iter().all(|&(s, _)| s % 4096 == 0));
+        let file = Backed::File(Arc::new(f)).runs(host, 8 << 20, 0).unwrap();
+        assert!(file.iter().any(|&(s, _)| s == 0x10_0000), "{file:?}");
+    }
     use vm_memory::{Bytes, GuestMemoryBackend};
 
     #[test]

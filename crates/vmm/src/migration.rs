@@ -10,6 +10,8 @@
 //! | HELLO | source → destination | JSON: the source's host facts and VM configuration |
 //! | ACK | destination → source | empty: the destination built the machine and waits for pages |
 //! | PAGES | source → destination | up to 256 × (guest address: u64, 4096 bytes) |
+//! | SYNC | source → destination | empty: answer SYNCED once every page before it is in place |
+//! | SYNCED | destination → source | empty |
 //! | STATE | source → destination | the machine state (JSON, as in a snapshot) |
 //! | RUNNING | destination → source | empty: the destination's vCPUs run |
 //! | ERROR | destination → source | a one-line reason |
@@ -39,9 +41,11 @@ pub const VERSION: u32 = 1;
 const HELLO: u32 = 1;
 const PAGES: u32 = 2;
 const STATE: u32 = 3;
+const SYNC: u32 = 4;
 const ACK: u32 = 16;
 const RUNNING: u32 = 17;
 const ERROR: u32 = 18;
+const SYNCED: u32 = 19;
 
 const PAGES_PER_FRAME: usize = 256;
 const PAGE_ENTRY: usize = 8 + PAGE_SIZE;
@@ -80,8 +84,12 @@ pub struct Progress {
     /// Dirty pages found by the last round.
     pub dirty_pages: u64,
     pub total_ms: u64,
-    /// From pausing the vCPUs here to the destination's RUNNING.
+    /// From pausing the vCPUs here to the destination's RUNNING: how long the guest stood
+    /// still.
     pub downtime_ms: u64,
+    /// From pausing the vCPUs here to the last byte sent (what QEMU reports as its downtime,
+    /// which leaves out the destination's loading of the state).
+    pub downtime_source_ms: u64,
     pub error: Option<String>,
 }
 
@@ -91,6 +99,8 @@ pub type SharedProgress = Arc<Mutex<Progress>>;
 struct Hello {
     host: HostInfo,
     config: VmConfig,
+    /// The VM was paused when the migration began: it stays paused on the destination.
+    paused: bool,
 }
 
 fn crc_frame(kind: u32, payload: &[u8]) -> u64 {
@@ -172,7 +182,7 @@ impl<W: Write> PageSender<'_, W> {
 /// Every page of guest memory that is not all zero (the destination starts from zeros).
 fn send_all<W: Write>(
     mem: &GuestMemoryMmap,
-    anonymous: bool,
+    backed: &crate::memory::Backed,
     s: &mut PageSender<'_, W>,
 ) -> std::io::Result<()> {
     // Offsets in the "file" for_each_chunk walks are region offsets laid end to end.
@@ -186,7 +196,7 @@ fn send_all<W: Write>(
             })
             .collect()
     };
-    snapshot::for_each_chunk(mem, anonymous, |off, bytes| {
+    snapshot::for_each_chunk(mem, backed, |off, bytes| {
         let Some(&(roff, gpa, _)) = regions
             .iter()
             .find(|(roff, _, len)| off >= *roff && off < roff + len)
@@ -310,6 +320,7 @@ fn migrate_inner(
     let hello = Hello {
         host: snapshot::host_info(&m.vm.kvm, m.config.vcpus).map_err(MigrationError::Source)?,
         config: m.config.clone(),
+        paused: m.control.pause_requested(),
     };
     w.write_all(MAGIC)?;
     w.write_all(&VERSION.to_le_bytes())?;
@@ -333,7 +344,8 @@ fn migrate_inner(
         bytes: 0,
     };
     let pass = Instant::now();
-    send_all(&m.mem, m.anonymous, &mut sender)?;
+    send_all(&m.mem, &m.backed, &mut sender)?;
+    sync(sender.w, &mut reader)?;
     let mut rate = sender.bytes as f64 / pass.elapsed().as_secs_f64().max(1e-6);
     update(&|p| {
         p.rounds = 1;
@@ -349,13 +361,17 @@ fn migrate_inner(
         let estimate_ms = bytes / rate * 1000.0;
         let n = pending.len() as u64;
         update(&|p| p.dirty_pages = n);
-        if estimate_ms <= downtime_ms as f64 || round > MAX_ROUNDS {
+        // Half the downtime budget goes to the last pages, the other half to the machine
+        // state and to starting the vCPUs on the destination.
+        if estimate_ms <= downtime_ms as f64 / 2.0 || round > MAX_ROUNDS {
             break;
         }
         let start = Instant::now();
         let before = sender.bytes;
         send_pages(&m.mem, &pending, &mut sender)?;
-        sender.w.flush()?;
+        // The rate counts until the destination has the pages in place: a destination that
+        // lags behind would otherwise work off its backlog during the downtime.
+        sync(sender.w, &mut reader)?;
         rate = (sender.bytes - before) as f64 / start.elapsed().as_secs_f64().max(1e-6);
         round += 1;
         update(&|p| {
@@ -365,8 +381,14 @@ fn migrate_inner(
         });
     }
 
-    // Stop and copy.
+    // Stop and copy. The I/O thread is asked to stop first and the vCPUs are paused while it
+    // does: vCPUs never wait on a device, so the order does not matter to the guest, and the
+    // two waits overlap.
     let stop = Instant::now();
+    let lap = |what: &str| tracing::debug!("stop-and-copy: {what} at {:?}", stop.elapsed());
+    let pending_freeze =
+        m.io.request_freeze()
+            .map_err(|e| MigrationError::Source(e.to_string()))?;
     let kick = m.kick_vcpus.clone();
     if !m.control.pause_requested() {
         *paused_here = true;
@@ -374,22 +396,30 @@ fn migrate_inner(
             return Err(MigrationError::Source("the VM stopped".into()));
         }
     }
-    let frozen =
-        m.io.freeze()
-            .map_err(|e| MigrationError::Source(e.to_string()))?;
+    lap("paused");
+    let frozen = pending_freeze
+        .wait()
+        .map_err(|e| MigrationError::Source(e.to_string()))?;
+    lap("I/O frozen");
     let mut last = take_dirty(m)?;
     last.extend_from_slice(&pending);
     last.sort_unstable();
     last.dedup();
+    lap("dirty log read");
     send_pages(&m.mem, &last, &mut sender)?;
+    lap("last pages sent");
     let state = m
         .save_state()
         .map_err(|e| MigrationError::Source(e.to_string()))?;
+    lap("state saved");
     let json = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
     let (pages, bytes) = (sender.pages, sender.bytes + json.len() as u64);
     write_frame(&mut w, STATE, &json)?;
     w.flush()?;
+    lap("state sent");
+    let sent = stop.elapsed().as_millis() as u64;
     expect_reply(&mut reader, RUNNING)?;
+    lap("destination running");
     let downtime = stop.elapsed().as_millis() as u64;
     update(&|p| {
         p.rounds = round;
@@ -397,14 +427,22 @@ fn migrate_inner(
         p.bytes_sent = bytes;
         p.dirty_pages = last.len() as u64;
         p.downtime_ms = downtime;
+        p.downtime_source_ms = sent;
         p.total_ms = t0.elapsed().as_millis() as u64;
     });
     Ok(frozen)
 }
 
+/// Waits until the destination has consumed everything sent so far.
+fn sync(w: &mut impl Write, r: &mut impl Read) -> Result<(), MigrationError> {
+    write_frame(w, SYNC, &[])?;
+    w.flush()?;
+    expect_reply(r, SYNCED)
+}
+
 fn expect_reply(r: &mut impl Read, want: u32) -> Result<(), MigrationError> {
     let (kind, payload) = read_frame(r, |k| match k {
-        ACK | RUNNING => Some(0),
+        ACK | RUNNING | SYNCED => Some(0),
         ERROR => Some(MAX_ERROR),
         _ => None,
     })?;
@@ -475,13 +513,18 @@ pub fn incoming(listen: &str, inc: IncomingOptions, opts: RunOptions) -> Result<
     let mut writer = stream.try_clone().map_err(|e| fail(e.to_string()))?;
     let mut r = BufReader::with_capacity(1 << 20, stream);
     match receive(&mut r, &mut writer, inc) {
-        Ok((parts, _state)) => {
+        Ok((parts, paused)) => {
             let on_started: machine::OnStarted = Box::new(move || {
                 write_frame(&mut writer, RUNNING, &[])
                     .and_then(|_| writer.flush())
                     .map_err(|e| fail(format!("cannot tell the source the guest runs: {e}")))
             });
-            machine::launch(parts, opts, Launch::Running, Some(on_started))
+            let start = if paused {
+                Launch::Paused
+            } else {
+                Launch::Running
+            };
+            machine::launch(parts, opts, start, Some(on_started))
         }
         Err(e) => {
             let msg = e.to_string();
@@ -500,7 +543,7 @@ fn receive(
     r: &mut impl Read,
     w: &mut impl Write,
     inc: IncomingOptions,
-) -> Result<(machine::Parts, MachineState), MigrationError> {
+) -> Result<(machine::Parts, bool), MigrationError> {
     let proto = |s: String| MigrationError::Protocol(s);
     let mut head = [0u8; 12];
     r.read_exact(&mut head)?;
@@ -520,6 +563,7 @@ fn receive(
     snapshot::check_host_info(&kvm, &hello.host, &hello.config)
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     let hello_host = hello.host.clone();
+    let paused = hello.paused;
     let mut config = hello.config;
     let host_mib = host_memory_mib().map_err(|e| MigrationError::Source(e.to_string()))?;
     config
@@ -539,8 +583,14 @@ fn receive(
         let (kind, payload) = read_frame(r, |k| match k {
             PAGES => Some(max_pages),
             STATE => Some(max_state),
+            SYNC => Some(0),
             _ => None,
         })?;
+        if kind == SYNC {
+            write_frame(w, SYNCED, &[])?;
+            w.flush()?;
+            continue;
+        }
         if kind == PAGES {
             if payload.len() % PAGE_ENTRY != 0 {
                 return Err(proto("a page frame that is not whole pages".into()));
@@ -557,8 +607,10 @@ fn receive(
             }
             continue;
         }
+        let t = Instant::now();
         let mut state: MachineState =
             serde_json::from_slice(&payload).map_err(|e| proto(format!("state: {e}")))?;
+        tracing::debug!("state parsed in {:?}", t.elapsed());
         state.config.serial = parts.config.serial.clone();
         if state.config.vcpus != parts.config.vcpus
             || state.config.memory_mib != parts.config.memory_mib
@@ -575,7 +627,8 @@ fn receive(
             ));
         }
         snapshot::apply_state(&parts, &state).map_err(|e| MigrationError::Source(e.to_string()))?;
-        return Ok((parts, state));
+        tracing::debug!("state applied {:?} after it arrived", t.elapsed());
+        return Ok((parts, paused));
     }
 }
 

@@ -129,8 +129,8 @@ pub struct MachineState {
 pub struct MachineAccess {
     pub vm: Arc<Vm>,
     pub mem: Arc<GuestMemoryMmap>,
-    /// Guest memory is anonymous: untouched pages are zero and need not be read.
-    pub anonymous: bool,
+    /// What backs guest memory: which pages need reading.
+    pub backed: crate::memory::Backed,
     pub config: VmConfig,
     pub vcpus: Vec<VcpuHandle>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
@@ -245,7 +245,7 @@ impl MachineAccess {
         let mem_path = dir.join(MEMORY_FILE);
         let mem_tmp = dir.join("memory.tmp");
         let (mem_len, mem_crc, data_bytes) =
-            write_memory(&self.mem, self.anonymous, &mem_tmp).map_err(io_err(&mem_tmp))?;
+            write_memory(&self.mem, &self.backed, &mem_tmp).map_err(io_err(&mem_tmp))?;
         let state_path = dir.join(STATE_FILE);
         write_state(&state_path, &state, mem_len, mem_crc).map_err(io_err(&state_path))?;
         std::fs::rename(&mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
@@ -285,11 +285,11 @@ impl MemoryDigest {
 
 /// Copies guest memory out, at most `CHUNK` bytes at a time, through vm-memory (so that a
 /// concurrent guest write is a torn copy, not undefined behaviour), calling
-/// `f(file offset, bytes)`. With `skip_untouched` (anonymous memory), pages the guest never
-/// touched are skipped unread: they are zero.
+/// `f(file offset, bytes)`. Pages that cannot hold anything but zeros (never touched, and not
+/// in the memory file behind them) are skipped unread.
 pub fn for_each_chunk(
     mem: &GuestMemoryMmap,
-    skip_untouched: bool,
+    backed: &crate::memory::Backed,
     mut f: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     const CHUNK: usize = 1 << 20;
@@ -297,14 +297,10 @@ pub fn for_each_chunk(
     let mut file_off = 0u64;
     for region in mem.iter() {
         let len = region.len();
-        let runs = if skip_untouched {
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            crate::memory::touched_runs(host, len as usize).ok()
-        } else {
-            None
-        };
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let runs = backed.runs(host, len as usize, file_off);
         let runs = runs.unwrap_or_else(|| vec![(0, len as usize)]);
         for (start, run_len) in runs {
             let (start, end) = (start as u64, (start + run_len) as u64);
@@ -325,7 +321,7 @@ pub fn for_each_chunk(
 /// Writes guest memory to `path` as a sparse file; returns (length, checksum, data bytes).
 fn write_memory(
     mem: &GuestMemoryMmap,
-    anonymous: bool,
+    backed: &crate::memory::Backed,
     path: &Path,
 ) -> std::io::Result<(u64, u64, u64)> {
     let file = File::create(path)?;
@@ -333,7 +329,7 @@ fn write_memory(
     file.set_len(total)?;
     let mut digest = MemoryDigest::default();
     let mut data = 0u64;
-    for_each_chunk(mem, anonymous, |off, bytes| {
+    for_each_chunk(mem, backed, |off, bytes| {
         // Runs of non-zero pages are written with one call each.
         let mut run_start: Option<usize> = None;
         for (i, page) in bytes.chunks(PAGE_SIZE).enumerate() {

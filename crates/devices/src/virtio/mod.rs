@@ -205,6 +205,12 @@ impl EventLoopHandle {
     /// Stops the I/O thread until the returned guard is dropped: no device touches guest
     /// memory or its queues meanwhile (snapshots, the last round of a migration).
     pub fn freeze(&self) -> Result<IoFreeze, ActivateError> {
+        self.request_freeze()?.wait()
+    }
+
+    /// Asks the I/O thread to stop without waiting for it (the caller does other work, then
+    /// waits on the returned request).
+    pub fn request_freeze(&self) -> Result<PendingFreeze, ActivateError> {
         let (parked_tx, parked_rx) = std::sync::mpsc::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         self.0
@@ -214,14 +220,30 @@ impl EventLoopHandle {
                 let _ = release_rx.recv();
             })
             .map_err(|e| ActivateError::Handler(format!("{e:?}")))?;
-        parked_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .map_err(|_| ActivateError::Handler("the device I/O thread did not stop".into()))?;
-        Ok(IoFreeze(release_tx))
+        Ok(PendingFreeze {
+            parked: parked_rx,
+            release: release_tx,
+        })
     }
 
     pub fn kick(&self) {
         let _ = self.0.kick();
+    }
+}
+
+/// A freeze asked for and perhaps not yet in effect.
+pub struct PendingFreeze {
+    parked: std::sync::mpsc::Receiver<()>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+impl PendingFreeze {
+    /// Waits (10 s at most) until the I/O thread has stopped.
+    pub fn wait(self) -> Result<IoFreeze, ActivateError> {
+        self.parked
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| ActivateError::Handler("the device I/O thread did not stop".into()))?;
+        Ok(IoFreeze(self.release))
     }
 }
 

@@ -13,6 +13,8 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
 
+use super::pod::{hex, hex_vec};
+
 use super::control::{ExitCounters, GuestFault, RunControl, StopReason};
 use crate::arch::{cpuid, msr, regs};
 
@@ -45,18 +47,28 @@ pub struct Vcpu {
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
     pub id: u8,
+    #[serde(with = "hex_vec")]
     pub cpuid: Vec<kvm_cpuid_entry2>,
+    #[serde(with = "hex")]
     pub mp_state: kvm_mp_state,
+    #[serde(with = "hex")]
     pub regs: kvm_regs,
+    #[serde(with = "hex")]
     pub sregs: kvm_sregs,
-    /// `kvm_fpu` has no serde implementation: its bytes.
-    pub fpu: Vec<u8>,
+    #[serde(with = "hex")]
+    pub fpu: kvm_fpu,
+    #[serde(with = "hex")]
     pub xsave: kvm_xsave,
+    #[serde(with = "hex")]
     pub xcrs: kvm_xcrs,
+    #[serde(with = "hex")]
     pub debugregs: kvm_debugregs,
+    #[serde(with = "hex")]
     pub lapic: kvm_lapic_state,
     /// Every MSR KVM lets us read, kvmclock's included.
+    #[serde(with = "hex_vec")]
     pub msrs: Vec<kvm_msr_entry>,
+    #[serde(with = "hex")]
     pub events: kvm_vcpu_events,
 }
 
@@ -92,7 +104,7 @@ impl VcpuHandle {
             mp_state: fd.get_mp_state().map_err(self.err("get MP state"))?,
             regs: fd.get_regs().map_err(self.err("get registers"))?,
             sregs: fd.get_sregs().map_err(self.err("get special registers"))?,
-            fpu: pod_bytes(&fpu),
+            fpu,
             xsave: fd.get_xsave().map_err(self.err("get XSAVE"))?,
             xcrs: fd.get_xcrs().map_err(self.err("get XCRs"))?,
             debugregs: fd
@@ -120,12 +132,7 @@ impl VcpuHandle {
             .map_err(self.err("set registers"))?;
         fd.set_sregs(&state.sregs)
             .map_err(self.err("set special registers"))?;
-        let fpu: kvm_fpu = pod_from_bytes(&state.fpu).ok_or(VcpuError {
-            vcpu: self.id,
-            what: "set FPU",
-            error: kvm_ioctls::Error::new(libc::EINVAL),
-        })?;
-        fd.set_fpu(&fpu).map_err(self.err("set FPU"))?;
+        fd.set_fpu(&state.fpu).map_err(self.err("set FPU"))?;
         // SAFETY: `kvm_xsave` is the legacy 4 KiB area that KVM_GET_XSAVE filled on the
         // source; KVM reads no more than that from it.
         unsafe { fd.set_xsave(&state.xsave) }.map_err(self.err("set XSAVE"))?;
@@ -182,28 +189,6 @@ fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), kvm_ioctls::Er
         }
     }
     Ok(())
-}
-
-/// The bytes of a plain-old-data KVM structure.
-fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
-    // SAFETY: T is a KVM ABI structure of plain integers: every byte of it is initialised
-    // (it came from an ioctl that filled all of it) and readable for size_of::<T>().
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-        .to_vec()
-}
-
-/// The inverse of [`pod_bytes`]; None when the length is wrong.
-fn pod_from_bytes<T: Copy + Default>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() != std::mem::size_of::<T>() {
-        return None;
-    }
-    let mut v = T::default();
-    // SAFETY: T is a KVM ABI structure of plain integers, for which any bit pattern is valid,
-    // and `bytes` holds exactly size_of::<T>() bytes.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut v as *mut T).cast::<u8>(), bytes.len())
-    };
-    Some(v)
 }
 
 impl Vcpu {

@@ -7,6 +7,8 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use serde::{Deserialize, Serialize};
+
+use super::pod::hex;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::GuestMemoryMmap;
@@ -40,10 +42,15 @@ pub struct Vm {
 /// The VM-wide KVM state a snapshot keeps: interrupt controllers, PIT, kvmclock.
 #[derive(Serialize, Deserialize)]
 pub struct VmState {
+    #[serde(with = "hex")]
     pub pic_master: kvm_irqchip,
+    #[serde(with = "hex")]
     pub pic_slave: kvm_irqchip,
+    #[serde(with = "hex")]
     pub ioapic: kvm_irqchip,
+    #[serde(with = "hex")]
     pub pit: kvm_pit_state2,
+    #[serde(with = "hex")]
     pub clock: kvm_clock_data,
 }
 

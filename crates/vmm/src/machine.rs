@@ -234,11 +234,10 @@ pub(crate) enum MemorySource<'a> {
 }
 
 /// A machine built but not yet running: the KVM VM, its memory, vCPUs and devices.
+/// Fields drop in declaration order: everything that holds guest memory comes before `ram`,
+/// which unmaps it only when nothing else holds it.
 pub(crate) struct Parts {
     pub vm: Arc<Vm>,
-    /// Declared before everything that uses guest memory, so that it is unmapped last.
-    pub ram: GuestRam,
-    pub mem: Arc<GuestMemoryMmap>,
     pub config: VmConfig,
     pub vcpus: Vec<Vcpu>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
@@ -247,12 +246,39 @@ pub(crate) struct Parts {
     pub serial_irq: EventFd,
     /// The device I/O thread, already running: a restored device starts (and registers its
     /// handler with the thread) before any vCPU runs.
-    pub io_thread: JoinHandle<()>,
+    pub io_thread: IoThread,
     pub io: EventLoopHandle,
     pub controls: DeviceControls,
     pub control: Arc<RunControl>,
     pub supported_cpuid: kvm_bindings::CpuId,
     pub cpuid_opts: cpuid::CpuidOptions,
+    pub mem: Arc<GuestMemoryMmap>,
+    pub ram: GuestRam,
+}
+
+/// The running device I/O thread. Dropped while it still owns the thread (a machine that
+/// failed before it ran), it stops and joins it, so that the devices it holds, and their guest
+/// memory, are gone before the memory is unmapped.
+pub(crate) struct IoThread {
+    thread: Option<JoinHandle<()>>,
+    control: Arc<RunControl>,
+    io: EventLoopHandle,
+}
+
+impl IoThread {
+    fn take(mut self) -> Option<JoinHandle<()>> {
+        self.thread.take()
+    }
+}
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.control.request_stop(StopReason::Host);
+            self.io.kick();
+            let _ = t.join();
+        }
+    }
 }
 
 /// Builds the machine described by `config` and runs it to its end.
@@ -361,11 +387,16 @@ pub(crate) fn build(
         RunControl::new().map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?,
     );
     let io_thread = {
-        let control = control.clone();
-        std::thread::Builder::new()
+        let stop = control.clone();
+        let thread = std::thread::Builder::new()
             .name("io".into())
-            .spawn(move || event_loop.run_until(|| control.should_stop()))
-            .map_err(|e| Error::Host(format!("cannot start the device I/O thread: {e}")))?
+            .spawn(move || event_loop.run_until(|| stop.should_stop()))
+            .map_err(|e| Error::Host(format!("cannot start the device I/O thread: {e}")))?;
+        IoThread {
+            thread: Some(thread),
+            control: control.clone(),
+            io: io.clone(),
+        }
     };
     let sink: PowerSink = {
         let control = control.clone();
@@ -485,12 +516,14 @@ pub(crate) fn launch(
         vcpus,
         transports,
         serial,
-        io_thread,
+        io_thread: io_thread_guard,
         io: io_handle,
         controls,
         control,
         ..
     } = parts;
+    // From here on the thread is stopped and joined explicitly, after the vCPUs.
+    let io_thread = io_thread_guard.take();
 
     install_kick_handler()?;
     if start == Launch::Paused {
@@ -554,7 +587,9 @@ pub(crate) fn launch(
                     control.request_stop(StopReason::Host);
                     stop_vcpus(threads);
                     io_handle.kick();
-                    let _ = io_thread.join();
+                    if let Some(t) = io_thread {
+                        let _ = t.join();
+                    }
                     return Err(Error::Host(format!(
                         "cannot serve the API on {}: {e}",
                         path.display()
@@ -582,7 +617,9 @@ pub(crate) fn launch(
     }
     stop_vcpus(threads);
     io_handle.kick();
-    let _ = io_thread.join();
+    if let Some(t) = io_thread {
+        let _ = t.join();
+    }
     drop(machine);
     drop(vm);
     drop(mem);

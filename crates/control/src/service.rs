@@ -1569,12 +1569,18 @@ impl Service {
         }
     }
 
-    pub fn create_tags(&self, resources: &[String], tags: &[(String, String)]) -> ApiResult<()> {
+    /// Every id names an existing instance or image (tag operations change all or nothing).
+    fn require_resources(&self, resources: &[String]) -> ApiResult<()> {
         for r in resources {
             if !self.resource_exists(r)? {
                 return Err(not_found_for(r));
             }
         }
+        Ok(())
+    }
+
+    pub fn create_tags(&self, resources: &[String], tags: &[(String, String)]) -> ApiResult<()> {
+        self.require_resources(resources)?;
         let mut db = self.db();
         let tx = db.transaction()?;
         for r in resources {
@@ -1591,11 +1597,7 @@ impl Service {
         resources: &[String],
         tags: &[(String, Option<String>)],
     ) -> ApiResult<()> {
-        for r in resources {
-            if !self.resource_exists(r)? {
-                return Err(not_found_for(r));
-            }
-        }
+        self.require_resources(resources)?;
         let mut db = self.db();
         let tx = db.transaction()?;
         for r in resources {

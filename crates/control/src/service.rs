@@ -1258,9 +1258,13 @@ impl Service {
             let dir = PathBuf::from(&inst.dir);
             let svc = self.clone();
             let id = id.clone();
-            let boot = tokio::spawn(async move { svc.boot(&id, &dir, g).await });
-            // Wait for the new VMM to be recorded (boot releases the lock once it is).
-            drop(boot);
+            // The boot task holds the instance's lock until the new VMM is recorded, so any
+            // later operation on this instance sees it; the reboot itself answers at once.
+            tokio::spawn(async move {
+                if let Err(e) = svc.boot(&id, &dir, g).await {
+                    tracing::warn!("{id}: reboot failed: {e}");
+                }
+            });
         }
         Ok(())
     }

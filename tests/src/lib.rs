@@ -91,13 +91,26 @@ pub fn run_in_lab(command: &str, extra: &[&str]) -> Ran {
         .arg(command)
         .stdin(std::process::Stdio::null());
     let ran: Ran = cmd.output().expect("cannot run lab/lab").into();
-    // 125/124: the lab itself failed or timed out, which is no verdict on the VMM.
-    assert!(
-        !matches!(ran.status, Some(124) | Some(125)),
-        "the lab failed: {}",
-        ran.stderr.lines().last().unwrap_or("(no message)")
-    );
+    // 125/124: the lab itself failed or timed out, which is no verdict on the VMM; what
+    // COMMAND printed until then and the end of the lab's own console tell where it stopped.
+    if matches!(ran.status, Some(124) | Some(125)) {
+        let console = std::fs::read_to_string(repo_root().join("build/lab/last/console.log"))
+            .unwrap_or_default();
+        panic!(
+            "the lab failed: {}\n--- COMMAND's output (last 60 lines) ---\n{}\n--- its stderr ---\n{}\n--- the lab's console (last 30 lines) ---\n{}",
+            ran.stderr.lines().last().unwrap_or("(no message)"),
+            tail(&ran.stdout, 60),
+            tail(&ran.stderr, 30),
+            tail(&console, 30)
+        );
+    }
     ran
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A unique scratch path for a test.

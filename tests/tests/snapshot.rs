@@ -809,3 +809,86 @@ fn a_restored_vm_snapshots_into_its_own_directory_and_migrates_with_file_pages()
     let after = &text[text.find(&format!("tick {}\n", at_snapshot + 1)).unwrap()..];
     assert!(after.contains("pattern ok"), "{text}");
 }
+
+/// A VMM started with nothing but its API socket waits for `PUT /vm/snapshot/load`: requests
+/// before that, a bad body and a damaged snapshot are refused with a reason and leave it
+/// waiting; a good snapshot then runs on the same socket and the counter goes on.
+#[test]
+fn a_vmm_started_with_only_its_api_loads_a_snapshot_through_it() {
+    let (dir, console) = take_snapshot("api-load");
+    let at_snapshot = *ticks(&console).last().unwrap();
+    let serial = format!("file:{}", console.display());
+    let sock = scratch("api-load-2.sock");
+    let mut vm = Vmm::spawn(&["--serial", &serial], &sock);
+    vm.wait_api();
+
+    let (code, body) = call(&sock, "GET", "/vm", None);
+    assert_eq!((code, body.as_str()), (200, r#"{"state":"not-loaded"}"#));
+    let (code, body) = call(&sock, "PUT", "/vm/pause", None);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("load a snapshot first"), "{body}");
+    assert_eq!(call(&sock, "GET", "/vm/snapshot/load", None).0, 405);
+    let (code, body) = call(
+        &sock,
+        "PUT",
+        "/vm/snapshot/load",
+        Some(json!({ "path": dir, "bogus": 1 })),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("bogus"), "{body}");
+    let missing = scratch("api-load-missing.snap");
+    let (code, body) = call(
+        &sock,
+        "PUT",
+        "/vm/snapshot/load",
+        Some(json!({ "path": missing })),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("api-load-missing.snap"), "{body}");
+    // A damaged memory file is refused (its checksum is verified by default).
+    let damaged = scratch("api-load-damaged.snap");
+    let _ = std::fs::remove_dir_all(&damaged);
+    std::fs::create_dir_all(&damaged).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), damaged.join(e.file_name())).unwrap();
+    }
+    let mem = std::fs::read_dir(&damaged)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&mem).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"damage", 0x1000).unwrap();
+    let (code, body) = call(
+        &sock,
+        "PUT",
+        "/vm/snapshot/load",
+        Some(json!({ "path": damaged })),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("checksum"), "{body}");
+    assert_eq!(
+        call(&sock, "GET", "/vm", None).1,
+        r#"{"state":"not-loaded"}"#
+    );
+    assert!(vm.child.try_wait().unwrap().is_none(), "the VMM gave up");
+
+    let (code, body) = call(
+        &sock,
+        "PUT",
+        "/vm/snapshot/load",
+        Some(json!({ "path": dir, "resume": true })),
+    );
+    assert_eq!(code, 204, "{body}");
+    wait_tick(&console, at_snapshot + 10);
+    let (_, body) = call(&sock, "GET", "/vm", None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["state"],
+        "running"
+    );
+    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
+    assert_continuous(&console);
+    assert!(!sock.exists(), "the API socket was left behind");
+}

@@ -66,7 +66,9 @@ struct Args {
     /// Back guest RAM with 4 KiB pages only (default: transparent huge pages where available).
     #[arg(long)]
     no_huge_pages: bool,
-    /// Serve the control API (HTTP/JSON) on this Unix socket; see docs/api.md.
+    /// Serve the control API (HTTP/JSON) on this Unix socket; see docs/api.md. Given alone
+    /// (with --serial and --summary-json at most), the VMM waits on it for a snapshot to
+    /// load: PUT /vm/snapshot/load {"path": DIR, "resume": true|false}.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
     /// Start from the snapshot in DIR (written by PUT /vm/snapshot) instead of booting; only
@@ -190,21 +192,31 @@ fn main() -> ExitCode {
     let opts = RunOptions {
         console_input: true,
         api_socket: args.api_sock.clone(),
+        api_listener: None,
     };
-    let result = if args.restore.is_some() || args.incoming.is_some() {
-        // A destination may be given the VM's configuration (--config): the devices the
-        // source may bring.
-        let booting = (args.config.is_some() && args.incoming.is_none())
-            || args.kernel.is_some()
-            || args.initrd.is_some()
-            || args.cmdline.is_some()
-            || args.vcpus.is_some()
-            || args.memory.is_some()
-            || !args.drive.is_empty()
-            || !args.net.is_empty()
-            || args.balloon.is_some()
-            || args.rng
-            || args.vsock.is_some();
+    // Flags that describe a VM to boot. A destination may be given the VM's configuration
+    // (--config): the devices the source may bring.
+    let booting = (args.config.is_some() && args.incoming.is_none())
+        || args.kernel.is_some()
+        || args.initrd.is_some()
+        || args.cmdline.is_some()
+        || args.vcpus.is_some()
+        || args.memory.is_some()
+        || !args.drive.is_empty()
+        || !args.net.is_empty()
+        || args.balloon.is_some()
+        || args.rng
+        || args.vsock.is_some();
+    let result = if let (false, None, None, Some(sock)) =
+        (booting, &args.restore, &args.incoming, &args.api_sock)
+    {
+        // Nothing to boot: wait for PUT /vm/snapshot/load on the API socket.
+        let serial = match args.serial.as_deref().map(parse_serial).transpose() {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        vmm::snapshot::restore_from_api(sock, serial, opts)
+    } else if args.restore.is_some() || args.incoming.is_some() {
         if booting {
             return fail(
                 "--restore and --incoming take the VM's configuration from the snapshot or the \

@@ -14,6 +14,7 @@
 //! | `PUT /vm/snapshot` `{"path": DIR}` | write a snapshot of the paused VM to DIR |
 //! | `PUT /vm/migrate` `{"destination": "HOST:PORT", "downtime_ms": N}` | live-migrate |
 //! | `GET /vm/migrate` | the migration's progress |
+//! | `PUT /vm/snapshot/load` `{"path": DIR, "resume": B, "verify_memory": B}` | start from a snapshot (only a VMM started with nothing but `--api-sock`; `serve_until_load`) |
 //!
 //! A bucket `B` is `{"size": N, "one_time_burst": N, "refill_time_ms": N}` or `null`
 //! (unlimited); changed limits apply to a running device within a millisecond.
@@ -101,9 +102,9 @@ impl Response {
     }
 }
 
-/// Binds `path` and serves the API on a thread until the machine stops. A stale socket file
-/// (nothing listening) is replaced; a live one is an error.
-pub fn spawn(path: &Path, ctx: ApiContext) -> std::io::Result<JoinHandle<()>> {
+/// Binds the API socket `path`. A stale socket file (nothing listening) is replaced; a live
+/// one is an error.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
@@ -113,7 +114,21 @@ pub fn spawn(path: &Path, ctx: ApiContext) -> std::io::Result<JoinHandle<()>> {
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
+    UnixListener::bind(path)
+}
+
+/// Binds `path` and serves the API on a thread until the machine stops.
+pub fn spawn(path: &Path, ctx: ApiContext) -> std::io::Result<JoinHandle<()>> {
+    spawn_on(Arc::new(bind(path)?), path, ctx)
+}
+
+/// Serves the API on `listener`, bound to `path`, on a thread until the machine stops; the
+/// socket file is removed then.
+pub fn spawn_on(
+    listener: Arc<UnixListener>,
+    path: &Path,
+    ctx: ApiContext,
+) -> std::io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let api = Arc::new(Api {
         ctx,
@@ -796,6 +811,81 @@ impl Api {
 /// Nanoseconds as the seconds Prometheus expects.
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
+}
+
+/// `PUT /vm/snapshot/load`: what a VMM started with only `--api-sock` is asked to run.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadRequest {
+    /// The snapshot directory (`PUT /vm/snapshot`'s `path`).
+    pub path: PathBuf,
+    /// Run the vCPUs at once; otherwise the VM waits, paused, for `PUT /vm/resume`.
+    #[serde(default)]
+    pub resume: bool,
+    /// Check the memory file's checksum too (reads every data page of it).
+    #[serde(default = "yes")]
+    pub verify_memory: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The API of a VMM that has no VM yet: serves `listener` one connection at a time until a
+/// `PUT /vm/snapshot/load` succeeds, and returns what `load` made of it. `load` builds the
+/// machine; when it fails, the client gets a 400 with its message, nothing is kept, and the
+/// VMM goes on waiting. `GET /vm` answers `{"state": "not-loaded"}`; anything else gets a
+/// 400 that says a snapshot must be loaded first.
+pub fn serve_until_load<T>(
+    listener: &UnixListener,
+    mut load: impl FnMut(LoadRequest) -> Result<T, String>,
+) -> std::io::Result<T> {
+    listener.set_nonblocking(false)?;
+    loop {
+        let mut stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = Vec::with_capacity(4096);
+        // A client that misbehaves costs only its own connection.
+        while let Ok(Some((request, used))) = read_request(&mut stream, &mut buf) {
+            let (method, path, body) = match request {
+                Ok(r) => r,
+                Err(msg) => {
+                    let _ = write_response(&mut stream, &Response::error(400, msg));
+                    break;
+                }
+            };
+            buf.drain(..used);
+            let response = match (method.as_str(), path.as_str()) {
+                ("GET", "/vm") => Response::json(200, json!({ "state": "not-loaded" })),
+                ("PUT", "/vm/snapshot/load") => {
+                    match serde_json::from_slice::<LoadRequest>(&body) {
+                        Err(e) => Response::error(400, format!("bad snapshot load request: {e}")),
+                        Ok(req) => match load(req) {
+                            Ok(loaded) => {
+                                let _ = write_response(&mut stream, &Response::no_content());
+                                return Ok(loaded);
+                            }
+                            Err(msg) => Response::error(400, msg),
+                        },
+                    }
+                }
+                (_, "/vm/snapshot/load") => {
+                    Response::error(405, "PUT /vm/snapshot/load loads a snapshot")
+                }
+                _ => Response::error(
+                    400,
+                    "no VM yet: load a snapshot first (PUT /vm/snapshot/load {\"path\": DIR})",
+                ),
+            };
+            if write_response(&mut stream, &response).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 type Parsed = Result<(String, String, Vec<u8>), String>;

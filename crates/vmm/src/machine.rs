@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub console_input: bool,
     /// Serve the control API (crate::api) on this Unix socket.
     pub api_socket: Option<std::path::PathBuf>,
+    /// `api_socket`, already bound (by the API that loaded a snapshot): served without a
+    /// moment in which the socket does not answer.
+    pub api_listener: Option<std::sync::Arc<std::os::unix::net::UnixListener>>,
 }
 
 /// How a run ended and what the vCPUs did.
@@ -581,7 +584,11 @@ pub(crate) fn launch(
                 exit_counters: counters.clone(),
                 machine: machine.clone(),
             };
-            match api::spawn(path, ctx) {
+            let served = match &opts.api_listener {
+                Some(listener) => api::spawn_on(listener.clone(), path, ctx),
+                None => api::spawn(path, ctx),
+            };
+            match served {
                 Ok(t) => Some(t),
                 Err(e) => {
                     control.request_stop(StopReason::Host);

@@ -717,8 +717,40 @@ pub struct RestoreOptions {
     pub serial: Option<crate::config::SerialConfig>,
 }
 
-/// Starts a machine from a snapshot directory and runs it to its end.
-pub fn restore(ropts: &RestoreOptions, opts: RunOptions) -> Result<RunReport, Error> {
+/// Serves the API on `socket` until a client loads a snapshot (`PUT /vm/snapshot/load`), then
+/// runs that machine to its end, its API on the same socket. A snapshot that cannot be loaded
+/// is refused to the client with the reason, leaves nothing behind, and the VMM waits on.
+pub fn restore_from_api(
+    socket: &Path,
+    serial: Option<crate::config::SerialConfig>,
+    mut opts: RunOptions,
+) -> Result<RunReport, Error> {
+    let listener = crate::api::bind(socket)
+        .map_err(|e| Error::Host(format!("cannot serve the API on {}: {e}", socket.display())))?;
+    let (parts, resume) = crate::api::serve_until_load(&listener, |req| {
+        let ropts = RestoreOptions {
+            dir: req.path,
+            resume: req.resume,
+            verify_memory: req.verify_memory,
+            serial: serial.clone(),
+        };
+        prepare(&ropts)
+            .map(|parts| (parts, ropts.resume))
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|e| Error::Host(format!("the API on {}: {e}", socket.display())))?;
+    opts.api_socket = Some(socket.to_path_buf());
+    opts.api_listener = Some(Arc::new(listener));
+    let start = if resume {
+        Launch::Running
+    } else {
+        Launch::Paused
+    };
+    machine::launch(parts, opts, start, None)
+}
+
+/// Builds the machine a snapshot directory describes, in its saved state, not yet running.
+fn prepare(ropts: &RestoreOptions) -> Result<Parts, Error> {
     let t0 = std::time::Instant::now();
     let loaded = load(&ropts.dir, ropts.verify_memory).map_err(|e| Error::Host(e.to_string()))?;
     let mut state = loaded.state;
@@ -730,6 +762,12 @@ pub fn restore(ropts: &RestoreOptions, opts: RunOptions) -> Result<RunReport, Er
     let parts = machine::build(kvm, &state.config, MemorySource::File(&loaded.memory))?;
     apply_state(&parts, &state)?;
     tracing::debug!("restored in {:?}", t0.elapsed());
+    Ok(parts)
+}
+
+/// Starts a machine from a snapshot directory and runs it to its end.
+pub fn restore(ropts: &RestoreOptions, opts: RunOptions) -> Result<RunReport, Error> {
+    let parts = prepare(ropts)?;
     let start = if ropts.resume {
         Launch::Running
     } else {

@@ -35,8 +35,24 @@ ip link set lo up
 cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz > /tmp/i.gz
 con=/tmp/con.log
 last() { grep -o 'TICK [0-9]*' $con | tail -1 | cut -d' ' -f2; }
+# stuck: what the VMM that should be running was doing (for a failure's report).
+stuck() {
+    echo "NO-TICK $1"
+    for s in /tmp/a.sock /tmp/b.sock /tmp/c.sock; do
+        [ -S $s ] || continue
+        echo "$s: $(vireo-api $s GET /vm)"
+        vireo-api $s GET /metrics | grep -E '^vireo_vcpu_exits_total|^vireo_vcpu_seconds'
+    done
+    for p in $(pgrep vireo-vmm); do
+        for t in /proc/$p/task/*; do echo "$p $(cat $t/comm) $(cut -d' ' -f3 $t/stat) $(cat $t/wchan)"; done
+    done
+    tail -n 5 /tmp/a.err /tmp/b.err /tmp/c.err 2>/dev/null
+    dmesg | tail -n 5
+    cat $con
+    exit 1
+}
 tick() { n=0; while [ "$(last)" = "" ] || [ "$(last)" -lt "$1" ]; do
-    sleep 0.1; n=$((n + 1)); if [ $n -gt 600 ]; then echo "NO-TICK $1"; cat $con; exit 1; fi; done; }
+    sleep 0.1; n=$((n + 1)); if [ $n -gt 600 ]; then stuck "$1"; fi; done; }
 timeout 150 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/i.gz --memory 256 --rng \
     --cmdline 'console=ttyS0 panic=-1 quiet vireo.run=snap vireo.exit=wait' \
     --api-sock /tmp/a.sock --serial file:$con 2>/tmp/a.err &

@@ -80,22 +80,51 @@ pub fn run_vmm(args: &[&str], timeout_s: u32) -> Ran {
         .into()
 }
 
+/// What L1's kernel prints when the emulated host itself broke (TCG's nested SVM): a CPU
+/// stuck in the kernel, a task blocked for minutes, a panic. A user-space VMM cannot cause
+/// these in a healthy host kernel.
+const L1_BROKE: [&str; 4] = [
+    "soft lockup",
+    "blocked for more than",
+    "Kernel panic",
+    "hard LOCKUP",
+];
+
 /// Runs `command` with /bin/sh inside the lab (lab/lab), returning its output and status.
+/// A run whose L1 kernel broke (L1_BROKE on its console) is run once more, saying so on
+/// stderr; a second such run, or any other lab failure, fails the test with the details.
 pub fn run_in_lab(command: &str, extra: &[&str]) -> Ran {
-    let mut cmd = Command::new(repo_root().join("lab/lab"));
-    cmd.arg("run")
-        .args(extra)
-        .arg("--bin-dir")
-        .arg(vmm_bin().parent().unwrap())
-        .arg("--")
-        .arg(command)
-        .stdin(std::process::Stdio::null());
-    let ran: Ran = cmd.output().expect("cannot run lab/lab").into();
-    // 125/124: the lab itself failed or timed out, which is no verdict on the VMM; what
-    // COMMAND printed until then and the end of the lab's own console tell where it stopped.
-    if matches!(ran.status, Some(124) | Some(125)) {
-        let console = std::fs::read_to_string(repo_root().join("build/lab/last/console.log"))
-            .unwrap_or_default();
+    let console_log = repo_root().join("build/lab/last/console.log");
+    let mut attempt = 1;
+    loop {
+        let ran: Ran = Command::new(repo_root().join("lab/lab"))
+            .arg("run")
+            .args(extra)
+            .arg("--bin-dir")
+            .arg(vmm_bin().parent().unwrap())
+            .arg("--")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("cannot run lab/lab")
+            .into();
+        // 125/124: the lab itself failed or timed out, which is no verdict on the VMM; what
+        // COMMAND printed until then and the end of the lab's own console tell where it stopped.
+        if !matches!(ran.status, Some(124) | Some(125)) {
+            return ran;
+        }
+        let console = std::fs::read_to_string(&console_log).unwrap_or_default();
+        let broke = console
+            .lines()
+            .find(|l| L1_BROKE.iter().any(|b| l.contains(b)));
+        if let (Some(line), 1) = (broke, attempt) {
+            eprintln!(
+                "the lab's L1 kernel broke ({}); running the lab again",
+                line.trim()
+            );
+            attempt += 1;
+            continue;
+        }
         panic!(
             "the lab failed: {}\n--- COMMAND's output (last 60 lines) ---\n{}\n--- its stderr ---\n{}\n--- the lab's console (last 30 lines) ---\n{}",
             ran.stderr.lines().last().unwrap_or("(no message)"),
@@ -104,7 +133,6 @@ pub fn run_in_lab(command: &str, extra: &[&str]) -> Ran {
             tail(&console, 30)
         );
     }
-    ran
 }
 
 /// The last `n` lines of `text`.

@@ -92,6 +92,12 @@ main() {
 
     read -r up _ </proc/uptime
     echo "BOOTED $up init=$t_init modules=$t_mods kvm=$t_kvm" >$CTL
+    # A heartbeat, so that lab/lab can tell a COMMAND that runs too long from an L1 that froze.
+    (while :; do
+        read -r up _ </proc/uptime
+        echo "ALIVE $up" >$CTL
+        sleep 5
+    done) &
     cd /vireo || fail "no /vireo"
     sh -c "$(cat /vireo/.lab/cmd)" </dev/null >/dev/ttyS1 2>/dev/ttyS2
     rc=$?

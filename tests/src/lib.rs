@@ -91,8 +91,8 @@ const L1_BROKE: [&str; 4] = [
 ];
 
 /// Runs `command` with /bin/sh inside the lab (lab/lab), returning its output and status.
-/// A run whose L1 kernel broke (L1_BROKE on its console) is run once more, saying so on
-/// stderr; a second such run, or any other lab failure, fails the test with the details.
+/// A run whose L1 kernel broke (L1_BROKE on its console) or froze (its heartbeat stopped) is
+/// run once more, saying so on stderr; a second such run, or any other lab failure, fails the test with the details.
 pub fn run_in_lab(command: &str, extra: &[&str]) -> Ran {
     let console_log = repo_root().join("build/lab/last/console.log");
     let mut attempt = 1;
@@ -114,9 +114,13 @@ pub fn run_in_lab(command: &str, extra: &[&str]) -> Ran {
             return ran;
         }
         let console = std::fs::read_to_string(&console_log).unwrap_or_default();
-        let broke = console
-            .lines()
-            .find(|l| L1_BROKE.iter().any(|b| l.contains(b)));
+        // lab/lab says "L1 froze" when L1's heartbeat stopped before the timeout.
+        let froze = ran.stderr.lines().find(|l| l.contains("L1 froze"));
+        let broke = froze.or_else(|| {
+            console
+                .lines()
+                .find(|l| L1_BROKE.iter().any(|b| l.contains(b)))
+        });
         if let (Some(line), 1) = (broke, attempt) {
             eprintln!(
                 "the lab's L1 kernel broke ({}); running the lab again",

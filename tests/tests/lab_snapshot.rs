@@ -43,7 +43,7 @@ stuck() {
         echo "$s: $(vireo-api $s GET /vm)"
         vireo-api $s GET /metrics | grep -E '^vireo_vcpu_exits_total|^vireo_vcpu_seconds'
     done
-    for p in $(pgrep vireo-vmm); do
+    for p in $(pidof vireo-vmm); do
         for t in /proc/$p/task/*; do echo "$p $(cat $t/comm) $(cut -d' ' -f3 $t/stat) $(cat $t/wchan)"; done
     done
     tail -n 5 /tmp/a.err /tmp/b.err /tmp/c.err 2>/dev/null

@@ -139,6 +139,26 @@ pub fn run_in_lab(command: &str, extra: &[&str]) -> Ran {
     }
 }
 
+/// An initrd extension (newc cpio, gzip) holding `script` as /etc/vireo/`name`.sh, for the
+/// Debian guest's `vireo.run=<name>`; appended to the standard initrd.
+pub fn guest_script_initrd(name: &str, script: &str) -> PathBuf {
+    let dir = scratch(&format!("{name}-extra"));
+    std::fs::create_dir_all(dir.join("etc/vireo")).unwrap();
+    std::fs::write(dir.join(format!("etc/vireo/{name}.sh")), script).unwrap();
+    let out = scratch(&format!("{name}-extra.cpio.gz"));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc 2>/dev/null | gzip > {}",
+            dir.display(),
+            out.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot build the initrd extension");
+    out
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

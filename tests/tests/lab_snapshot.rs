@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use vireo_tests::{run_in_lab, scratch, vmm_bin};
+use vireo_tests::{guest_script_initrd, run_in_lab, vmm_bin};
 
 static LAB: Mutex<()> = Mutex::new(());
 
@@ -82,24 +82,6 @@ echo CONSOLE-BEGIN
 cat $con
 "#;
 
-fn extra_initrd() -> std::path::PathBuf {
-    let dir = scratch("lab-snap-extra");
-    std::fs::create_dir_all(dir.join("etc/vireo")).unwrap();
-    std::fs::write(dir.join("etc/vireo/snap.sh"), GUEST).unwrap();
-    let out = scratch("lab-snap-extra.cpio.gz");
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd {} && find . | cpio -o -H newc 2>/dev/null | gzip > {}",
-            dir.display(),
-            out.display()
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success(), "cannot build the initrd extension");
-    out
-}
-
 #[test]
 fn debian_guest_survives_snapshot_restore_and_live_migration() {
     let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
@@ -109,7 +91,7 @@ fn debian_guest_survives_snapshot_restore_and_live_migration() {
         "{} is missing: build the workspace's binaries (make build)",
         api.display()
     );
-    let extra = extra_initrd();
+    let extra = guest_script_initrd("snap", GUEST);
     let put = format!("{}:/tmp/extra.gz", extra.display());
     let r = run_in_lab(SCRIPT, &["--put", &put, "--timeout", "400"]);
     let out = &r.stdout;

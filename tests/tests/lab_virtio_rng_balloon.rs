@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use vireo_tests::{run_in_lab, scratch};
+use vireo_tests::{guest_script_initrd, run_in_lab};
 
 static LAB: Mutex<()> = Mutex::new(());
 
@@ -24,25 +24,6 @@ done
 echo "MEMTOTAL $last"
 "#;
 
-/// Builds an initrd extension (newc cpio, gzip) holding /etc/vireo/virt.sh.
-fn extra_initrd() -> std::path::PathBuf {
-    let dir = scratch("rng-balloon-extra");
-    std::fs::create_dir_all(dir.join("etc/vireo")).unwrap();
-    std::fs::write(dir.join("etc/vireo/virt.sh"), GUEST).unwrap();
-    let out = scratch("rng-balloon-extra.cpio.gz");
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd {} && find . | cpio -o -H newc 2>/dev/null | gzip > {}",
-            dir.display(),
-            out.display()
-        ))
-        .status()
-        .unwrap();
-    assert!(status.success(), "cannot build the initrd extension");
-    out
-}
-
 fn line<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
     out.lines()
         .find_map(|l| l.trim_end_matches('\r').strip_prefix(key))
@@ -54,7 +35,7 @@ fn line<'a>(out: &'a str, key: &str) -> Vec<&'a str> {
 #[test]
 fn guest_drivers_get_entropy_and_give_back_ballooned_memory() {
     let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let extra = extra_initrd();
+    let extra = guest_script_initrd("virt", GUEST);
     let put = format!("{}:/tmp/extra.gz", extra.display());
     // The same guest twice: without a balloon for the baseline, then asked for 64 MiB. Each VM
     // is bounded; one that hangs prints its debug log.

@@ -93,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         ],
+        restored: false,
     };
     let Ok(mut h) = Handler::new(ctx, tap) else {
         return;

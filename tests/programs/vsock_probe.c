@@ -14,6 +14,9 @@
  *   vsock-probe send CID PORT BYTES     guest: send BYTES of a pattern, shut down writing,
  *                                       print "SENT ..." and the answer
  *   vsock-probe uds-sink PATH           host: as sink, on a Unix socket
+ *   vsock-probe hold CID PORT           guest: connect, print "GUEST-HELD PORT", then wait in
+ *                                       read() and print how it ended: "GUEST-HOLD-ENDED EOF"
+ *                                       or the error
  *   vsock-probe uds-send PATH PORT BYTES
  *                                       host: as send, through the VMM's socket; also prints
  *                                       the transfer's MB/s (host clock)
@@ -262,6 +265,27 @@ int main(int argc, char **argv) {
         sink(c, "HOST");
         return 0;
     }
+    if (argc == 4 && !strcmp(argv[1], "hold")) {
+        int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+        struct sockaddr_vm a = {.svm_family = AF_VSOCK,
+                                .svm_cid = (unsigned)strtoul(argv[2], NULL, 10),
+                                .svm_port = (unsigned)strtoul(argv[3], NULL, 10)};
+        if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
+            printf("GUEST-CONNECT-FAILED %s %s\n", argv[3], strerror(errno));
+            return 1;
+        }
+        printf("GUEST-HELD %s\n", argv[3]);
+        char c;
+        ssize_t r;
+        do
+            r = read(s, &c, 1);
+        while (r < 0 && errno == EINTR);
+        if (r < 0)
+            printf("GUEST-HOLD-ENDED %s\n", strerror(errno));
+        else
+            printf("GUEST-HOLD-ENDED %s\n", r == 0 ? "EOF" : "DATA");
+        return 0;
+    }
     if (argc == 5 && !strcmp(argv[1], "send")) {
         int s = socket(AF_VSOCK, SOCK_STREAM, 0);
         struct sockaddr_vm a = {.svm_family = AF_VSOCK,
@@ -293,6 +317,6 @@ int main(int argc, char **argv) {
     }
     fprintf(stderr, "usage: vsock-probe listen PORT | connect CID PORT MSG | "
                     "uds-listen PATH | uds-connect PATH PORT MSG | sink PORT | "
-                    "send CID PORT BYTES | uds-sink PATH | uds-send PATH PORT BYTES\n");
+                    "send CID PORT BYTES | uds-sink PATH | uds-send PATH PORT BYTES | hold CID PORT\n");
     return 2;
 }

@@ -42,7 +42,7 @@ start_vm() {
     (cd /tmp/extra && find . | cpio -o -H newc 2>/dev/null | gzip) >/tmp/extra.gz
     cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz >/tmp/initrd.gz
     timeout 240 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/initrd.gz --memory 256 \
-        --vsock cid=3,uds=/tmp/v.sock \
+        --vsock cid=3,uds=/tmp/v.sock $VMM_ARGS \
         --cmdline "console=ttyS0 panic=-1 quiet vireo.run=vsock" >/tmp/console 2>&1 &
     VMM=$!
     i=0
@@ -84,6 +84,35 @@ echo "VMM-EXIT=$?"
 wait $PEER
 cat /tmp/peer.out
 cat /tmp/console
+"#;
+
+/// A connection across a snapshot: the guest holds one open to the host; the VM is snapshotted,
+/// stopped and restored in a new VMM, whose host end knows nothing of it.
+const RESTORE_GUEST: &str = r#"#!/bin/sh
+vsock-probe listen 5000 &
+vsock-probe hold 2 6003
+"#;
+
+const RESTORE_HOST: &str = r#"
+VMM_ARGS="--api-sock /tmp/a.sock"
+start_peer "/vireo/vsock-probe uds-sink /tmp/v.sock_6003" /tmp/v.sock_6003
+start_vm
+i=0
+while ! grep -q GUEST-HELD /tmp/console && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+vireo-api /tmp/a.sock PUT /vm/pause
+vireo-api /tmp/a.sock PUT /vm/snapshot '{"path": "/tmp/snap"}'
+vireo-api /tmp/a.sock PUT /vm/stop
+wait $VMM
+timeout 120 vireo-vmm --restore /tmp/snap --resume --api-sock /tmp/b.sock --serial file:/tmp/console2 &
+VMM=$!
+i=0
+while ! grep -q GUEST-HOLD-ENDED /tmp/console2 2>/dev/null && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+vireo-api /tmp/b.sock PUT /vm/stop
+wait $VMM
+echo "VMM-EXIT=$?"
+cat /tmp/console
+echo ---- restored
+cat /tmp/console2
 "#;
 
 /// Builds tests/programs/vsock_probe.c static into target/vsock-probe/.
@@ -194,4 +223,18 @@ fn bulk_transfers_both_ways_arrive_intact() {
     for who in ["HOST", "GUEST"] {
         eprintln!("{}", line_with(&r, &format!("{who}-MBPS ")));
     }
+}
+
+#[test]
+fn a_restored_guest_sees_its_vsock_connections_reset_at_once() {
+    let _g = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let r = lab_run("restore", RESTORE_GUEST, RESTORE_HOST);
+    assert_eq!(line_with(&r, "GUEST-HELD"), "GUEST-HELD 6003", "{r:?}");
+    // Without the transport reset the guest would wait in read() until its watchdog.
+    assert_eq!(
+        line_with(&r, "GUEST-HOLD-ENDED"),
+        "GUEST-HOLD-ENDED Connection reset by peer",
+        "{r:?}"
+    );
+    assert_eq!(line_with(&r, "VMM-EXIT="), "VMM-EXIT=0", "{r:?}");
 }

@@ -217,7 +217,7 @@ impl MmioTransport {
             && self.status & status::FEATURES_OK != 0
             && self.status & status::DEVICE_NEEDS_RESET == 0
         {
-            self.activate();
+            self.activate(true);
             if !self.active {
                 return Err(RestoreError::Activate { dev });
             }
@@ -291,11 +291,13 @@ impl MmioTransport {
         }
         self.status = value;
         if new & status::DRIVER_OK != 0 && self.status & status::FEATURES_OK != 0 {
-            self.activate();
+            self.activate(false);
         }
     }
 
-    fn activate(&mut self) {
+    /// Starts the device on the queues the driver set up; `restored` when they come from a
+    /// snapshot or a migration rather than the driver.
+    fn activate(&mut self, restored: bool) {
         let mem = &*self.mem;
         let bad = self
             .queues
@@ -319,6 +321,7 @@ impl MmioTransport {
                 features: self.driver_features,
                 queues,
                 queue_events,
+                restored,
             }),
         };
         match result {

@@ -120,6 +120,9 @@ pub struct ActivateContext {
     pub queues: Vec<Queue>,
     /// The eventfd KVM signals when the driver notifies each queue.
     pub queue_events: Vec<EventFd>,
+    /// The device ran before a snapshot or a migration and starts again from its saved state;
+    /// what lived only in the old VMM process (a vsock device's connections) is gone.
+    pub restored: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -99,6 +99,7 @@ mod tests {
                 features: features::VERSION_1,
                 queues,
                 queue_events: vec![evt(), evt()],
+                restored: false,
             };
             let tap = OneFrame(evt(), Mutex::new(Some(vec![0; 60])));
             let mut h = Handler::new(ctx, Arc::new(tap)).unwrap();

@@ -108,6 +108,7 @@ impl Rig {
             features: features | crate::virtio::features::VERSION_1,
             queues,
             queue_events: vec![evt(), evt()],
+            restored: false,
         };
         let counters = Arc::new(NetCounters::default());
         let handler = NetHandler::new(

@@ -6,8 +6,11 @@
 //! that connects to CID 2 port P reaches whoever listens on `<uds_path>_<P>`; if nobody does,
 //! the guest's connect fails (RST).
 //!
-//! Queues: rx (0) carries packets to the guest, tx (1) packets from it, event (2) is there for
-//! the driver but never used: a transport reset only matters after a snapshot restore.
+//! Queues: rx (0) carries packets to the guest, tx (1) packets from it, event (2) carries one
+//! event, a transport reset, sent when the device starts again after a snapshot restore or a
+//! migration: its connections' host sockets stayed with the old process, and the reset makes
+//! the driver drop its connected sockets at once (they fail with ECONNRESET) instead of when
+//! they are next used.
 
 pub mod muxer;
 pub mod packet;
@@ -20,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -121,7 +125,7 @@ impl VirtioDevice for Vsock {
             .map_err(|e| ActivateError::Handler(format!("vsock timer: {e}")))?;
         let mut queues = ctx.queues.into_iter();
         let mut events = ctx.queue_events.into_iter();
-        let (Some(rxq), Some(txq), Some(_evq)) = (queues.next(), queues.next(), queues.next())
+        let (Some(rxq), Some(txq), Some(evq)) = (queues.next(), queues.next(), queues.next())
         else {
             return Err(ActivateError::BadQueue(0));
         };
@@ -135,6 +139,8 @@ impl VirtioDevice for Vsock {
             interrupt: ctx.interrupt,
             rxq,
             txq,
+            evq,
+            reset_pending: ctx.restored,
             rx_evt,
             tx_evt,
             ev_evt,
@@ -178,6 +184,9 @@ struct VsockHandler {
     interrupt: Arc<Interrupt>,
     rxq: Queue,
     txq: Queue,
+    evq: Queue,
+    /// A transport reset waits for an event buffer from the driver.
+    reset_pending: bool,
     rx_evt: EventFd,
     tx_evt: EventFd,
     ev_evt: EventFd,
@@ -190,7 +199,55 @@ struct VsockHandler {
     broken: bool,
 }
 
+/// Posts VIRTIO_VSOCK_EVENT_TRANSPORT_RESET in the next event buffer of `evq`. Returns whether
+/// there was a buffer to take it. A chain without a writable descriptor of at least 4 bytes is
+/// returned unused (length 0) and the next one tried.
+pub(crate) fn post_transport_reset(
+    mem: &GuestMemory,
+    evq: &mut Queue,
+) -> Result<bool, virtio_queue::Error> {
+    while let Some(chain) = evq.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let target = chain.writable().find(|d| d.len() >= 4).map(|d| d.addr());
+        let written = match target {
+            Some(addr) => mem
+                .write_obj(packet::EVENT_TRANSPORT_RESET.to_le(), addr)
+                .map(|_| 4)
+                .unwrap_or(0),
+            None => 0,
+        };
+        evq.add_used(mem, head, written)?;
+        if written == 4 {
+            return Ok(true);
+        }
+    }
+    // None for a bogus avail index or a queue not ready too: fail then.
+    evq.iter(mem)?;
+    Ok(false)
+}
+
 impl VsockHandler {
+    /// Sends the pending transport reset when the driver has given an event buffer.
+    fn post_reset(&mut self) {
+        if !self.reset_pending || self.broken {
+            return;
+        }
+        let mem = &*self.mem;
+        let r = post_transport_reset(mem, &mut self.evq).and_then(|posted| {
+            if posted {
+                self.reset_pending = false;
+                if self.evq.needs_notification(mem)? {
+                    self.interrupt.trigger(InterruptKind::UsedBuffer);
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::warn!("virtio-vsock: bad event queue, device stopped until reset: {e}");
+            self.broken = true;
+        }
+    }
+
     fn run_queues(&mut self, tx: bool) {
         let mem = &*self.mem;
         let mut result = Ok(());
@@ -276,6 +333,7 @@ impl MutEventSubscriber for VsockHandler {
                 tracing::error!("virtio-vsock: cannot watch its queues: {e:?}");
             }
         }
+        self.post_reset();
         // The driver may have queued packets before DRIVER_OK.
         self.run_queues(true);
         self.sync(ops);
@@ -293,6 +351,7 @@ impl MutEventSubscriber for VsockHandler {
             }
             TOKEN_EVQ => {
                 let _ = self.ev_evt.read();
+                self.post_reset();
             }
             TOKEN_TIMER => {
                 let _ = self.timer.wait();

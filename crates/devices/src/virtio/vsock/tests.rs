@@ -25,6 +25,7 @@ const QUEUE_SIZE: u16 = 256;
 const GUEST_CID: u64 = 3;
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENTS: usize = 2;
 /// A Linux-sized rx buffer: header plus 4 KiB.
 const RX_BUF: u32 = (HDR_LEN + 4096) as u32;
 
@@ -37,11 +38,11 @@ struct Rings {
 
 struct Rig {
     mem: Arc<GuestMemory>,
-    queues: [Queue; 2],
-    rings: [Rings; 2],
-    next_desc: [u16; 2],
+    queues: [Queue; 3],
+    rings: [Rings; 3],
+    next_desc: [u16; 3],
     /// Used entries of each queue already looked at.
-    seen: [u16; 2],
+    seen: [u16; 3],
     /// Head descriptor index → buffer address of the rx chains handed out.
     rx_addr: std::collections::HashMap<u16, u64>,
     next_buf: u64,
@@ -80,9 +81,9 @@ impl Rig {
         let uds = dir.join("v.sock");
         let host = HostListener::bind(&uds).unwrap();
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
-        let mut rings = [Rings::default(); 2];
+        let mut rings = [Rings::default(); 3];
         let mut queues = Vec::new();
-        for (i, at) in [0u64, 0x1_0000].into_iter().enumerate() {
+        for (i, at) in [0u64, 0x1_0000, 0x2_0000].into_iter().enumerate() {
             let m = MockSplitQueue::create(&*mem, GuestAddress(at), QUEUE_SIZE);
             rings[i] = Rings {
                 desc: m.desc_table_addr().0,
@@ -96,8 +97,8 @@ impl Rig {
             mem,
             queues: queues.try_into().unwrap(),
             rings,
-            next_desc: [0, 0],
-            seen: [0, 0],
+            next_desc: [0; 3],
+            seen: [0; 3],
             rx_addr: Default::default(),
             next_buf: 0x10_0000,
             muxer,
@@ -184,7 +185,7 @@ impl Rig {
     }
 
     fn process_tx(&mut self) {
-        let [_, txq] = &mut self.queues;
+        let [_, txq, _] = &mut self.queues;
         self.muxer.process_tx(&self.mem, txq).unwrap();
         for (_, len) in self.new_used(TX) {
             assert_eq!(len, 0, "tx buffers are only read");
@@ -210,7 +211,7 @@ impl Rig {
                     self.muxer.on_event(fd, revents);
                 }
             }
-            let [rxq, _] = &mut self.queues;
+            let [rxq, _, _] = &mut self.queues;
             self.muxer.process_rx(&self.mem, rxq).unwrap();
             drop(self.muxer.take_closed());
         }
@@ -713,11 +714,49 @@ fn bogus_avail_index_fails_instead_of_spinning() {
             let at = GuestAddress(r.rings[q].avail + 2);
             r.mem.write_obj(1000u16, at).unwrap();
         }
-        let [rxq, txq] = &mut r.queues;
+        let [rxq, txq, _] = &mut r.queues;
         let rx_result = r.muxer.process_rx(&r.mem, rxq).map(|_| ());
         let tx_result = r.muxer.process_tx(&r.mem, txq).map(|_| ());
         let _ = tx.send((rx_result.is_err(), tx_result.is_err()));
     });
     let errs = rx.recv_timeout(Duration::from_secs(10)).expect("no hang");
     assert_eq!(errs, (true, true));
+}
+
+/// After a restore the device tells the driver its connections are gone: one transport-reset
+/// event in the first event buffer that can hold it.
+#[test]
+fn a_transport_reset_goes_in_the_first_usable_event_buffer() {
+    let mut rig = Rig::new("transport-reset");
+    // Nothing posted yet: nothing sent, no error.
+    let mem = rig.mem.clone();
+    assert!(!super::post_transport_reset(&mem, &mut rig.queues[EVENTS]).unwrap());
+    // A read-only buffer (unusable), a writable one too short, then two usable ones.
+    let (ro, short, good, spare) = (rig.alloc(8), rig.alloc(2), rig.alloc(8), rig.alloc(8));
+    for at in [ro, short, good, spare] {
+        mem.write_obj(0xdead_beef_u32, GuestAddress(at)).unwrap();
+    }
+    let h_ro = rig.add_chain(EVENTS, &[(ro, 8, false)]);
+    let h_short = rig.add_chain(EVENTS, &[(short, 2, true)]);
+    let h_good = rig.add_chain(EVENTS, &[(good, 8, true)]);
+    rig.add_chain(EVENTS, &[(spare, 8, true)]);
+    assert!(super::post_transport_reset(&mem, &mut rig.queues[EVENTS]).unwrap());
+    assert_eq!(
+        rig.new_used(EVENTS),
+        vec![(h_ro, 0), (h_short, 0), (h_good, 4)]
+    );
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(good)).unwrap(),
+        EVENT_TRANSPORT_RESET
+    );
+    for untouched in [ro, short, spare] {
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(untouched)).unwrap(),
+            0xdead_beef
+        );
+    }
+    // A bogus available index (a whole queue ahead) is an error, not a loop.
+    let avail = rig.rings[EVENTS].avail;
+    mem.write_obj(1000u16, GuestAddress(avail + 2)).unwrap();
+    assert!(super::post_transport_reset(&mem, &mut rig.queues[EVENTS]).is_err());
 }

@@ -4,7 +4,8 @@
 # tmpfs file rewritten every 0.1 s), measures:
 #   - vireo-vmm snapshot: PUT /vm/snapshot time and size; restore time from exec of
 #     `vireo-vmm --restore --resume` to running vCPUs (the `vireo_timing` log line), with the
-#     memory checksum checked (default) and without (--no-verify-memory);
+#     memory checksum checked (default) and without (--no-verify-memory); and from the
+#     `PUT /vm/snapshot/load` request of a vireo-vmm started with only its API (3 times);
 #   - vireo-vmm live migration over loopback (PUT /vm/migrate, downtime_ms 50): total time and
 #     downtime (source pause to the destination's RUNNING), rounds;
 #   - QEMU's live migration of the same guest (-M microvm, QMP migrate over tcp, downtime-limit
@@ -55,26 +56,38 @@ for size in $SIZES; do for dirty in 0 1; do
   vireo-api /tmp/a.sock PUT /vm/pause >/dev/null
   echo "RESULT $case vireo snapshot $(vireo-api /tmp/a.sock PUT /vm/snapshot '{"path": "/tmp/snap"}')"
   vireo-api /tmp/a.sock PUT /vm/stop >/dev/null; wait $a
-  for verify in yes no; do
-    flag=; [ $verify = no ] && flag=--no-verify-memory
+  for verify in yes no api api api; do
     t=$(last $con)
-    VIREO_LOG=vireo_timing=info vireo-vmm --restore /tmp/snap --resume $flag --api-sock /tmp/b.sock \
-        --serial file:$con 2>/tmp/b.err & b=$!
+    if [ $verify = api ]; then
+      # A VMM started with only its API, waiting; the load request is timed to running vCPUs.
+      VIREO_LOG=vireo_timing=info vireo-vmm --api-sock /tmp/b.sock --serial file:$con 2>/tmp/b.err & b=$!
+      n=0; until vireo-api /tmp/b.sock GET /vm >/dev/null 2>&1; do sleep 0.05; n=$((n + 1)); [ $n -gt 200 ] && break; done
+      vireo-api /tmp/b.sock PUT /vm/snapshot/load '{"path": "/tmp/snap", "resume": true, "verify_memory": false}' >/dev/null
+      want='after the snapshot load request'
+    else
+      flag=; [ $verify = no ] && flag=--no-verify-memory
+      VIREO_LOG=vireo_timing=info vireo-vmm --restore /tmp/snap --resume $flag --api-sock /tmp/b.sock \
+          --serial file:$con 2>/tmp/b.err & b=$!
+      want='after process start'
+    fi
     wait_tick $con $((t + 3)) && ok=ticking || ok=stuck
-    ms=$(grep -o 'running [0-9.]* ms' /tmp/b.err | cut -d' ' -f2)
+    ms=$(grep "$want" /tmp/b.err | grep -o 'running [0-9.]* ms' | cut -d' ' -f2)
     echo "RESULT $case vireo restore {\"verify_memory\": \"$verify\", \"ms\": ${ms:-null}, \"guest\": \"$ok\"}"
-    if [ $verify = yes ]; then vireo-api /tmp/b.sock PUT /vm/stop >/dev/null; wait $b; continue; fi
-    # --- vireo-vmm: live migration of the restored guest
-    port=$((port + 1))
-    vireo-vmm --incoming 127.0.0.1:$port --api-sock /tmp/c.sock --serial file:$con 2>/tmp/c.err & c=$!
-    sleep 0.3
-    wait_tick $con $((t + 10))
-    r=$(vireo-api /tmp/b.sock PUT /vm/migrate "{\"destination\": \"127.0.0.1:$port\", \"downtime_ms\": 50}" 2>&1)
-    wait $b
-    t=$(last $con); wait_tick $con $((t + 3)) && ok=ticking || ok=stuck
-    echo "RESULT $case vireo migrate {\"guest\": \"$ok\", \"report\": $r}"
-    vireo-api /tmp/c.sock PUT /vm/stop >/dev/null; wait $c
+    vireo-api /tmp/b.sock PUT /vm/stop >/dev/null; wait $b
   done
+  # --- vireo-vmm: live migration of a restored guest
+  t=$(last $con)
+  vireo-vmm --restore /tmp/snap --resume --no-verify-memory --api-sock /tmp/b.sock --serial file:$con 2>/tmp/b.err & b=$!
+  wait_tick $con $((t + 3))
+  port=$((port + 1))
+  vireo-vmm --incoming 127.0.0.1:$port --api-sock /tmp/c.sock --serial file:$con 2>/tmp/c.err & c=$!
+  sleep 0.3
+  wait_tick $con $((t + 10))
+  r=$(vireo-api /tmp/b.sock PUT /vm/migrate "{\"destination\": \"127.0.0.1:$port\", \"downtime_ms\": 50}" 2>&1)
+  wait $b
+  t=$(last $con); wait_tick $con $((t + 3)) && ok=ticking || ok=stuck
+  echo "RESULT $case vireo migrate {\"guest\": \"$ok\", \"report\": $r}"
+  vireo-api /tmp/c.sock PUT /vm/stop >/dev/null; wait $c
   kill $b 2>/dev/null; wait $b 2>/dev/null
   # --- QEMU: live migration of the same guest
   q="qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m $size -smp 1 -nodefaults
@@ -149,12 +162,13 @@ def fmt(v, unit="ms"):
 
 print("bench-migrate: Debian 6.1 cloud vmlinux + busybox initrd, 1 vCPU, in the lab (TCG host, nested KVM);")
 print("idle = a shell printing a tick every 50 ms; dirty = also 16 MiB of tmpfs rewritten every 0.1 s\n")
-print("restore: exec of vireo-vmm --restore --resume to running vCPU threads.")
+print("restore: exec of vireo-vmm --restore --resume to running vCPU threads; API load: a waiting")
+print("vireo-vmm's PUT /vm/snapshot/load request to running vCPU threads (median of 3, range).")
 print("vireo downtime: pause to the destination's RUNNING; in brackets pause to the last byte")
 print("sent, which is what QEMU's query-migrate calls downtime. All times in ms.\n")
-print(f"{'guest':<14}{'snapshot':>16}{'restore':>12}{'restore,':>12}"
+print(f"{'guest':<14}{'snapshot':>16}{'API load':>14}{'restore':>12}{'restore,':>12}"
       f"{'vireo migration':>34}{qemu + ' migration':>28}")
-print(f"{'':<14}{'(data written)':>16}{'no verify':>12}{'verified':>12}"
+print(f"{'':<14}{'(data written)':>16}{'no verify':>14}{'no verify':>12}{'verified':>12}"
       f"{'total / downtime (src) / rounds':>34}{'total / downtime':>28}")
 for case in sorted(res, key=lambda c: [int(x) for x in c.split('-')]):
     r = res[case]
@@ -162,6 +176,9 @@ for case in sorted(res, key=lambda c: [int(x) for x in c.split('-')]):
     # The last of each (a retried lab boot leaves the first try's lines before).
     snap = (r.get(("vireo", "snapshot")) or [{}])[-1]
     rest = {x.get("verify_memory"): x for x in r.get(("vireo", "restore"), [])}
+    api = sorted(x["ms"] for x in r.get(("vireo", "restore"), [])
+                 if x.get("verify_memory") == "api" and isinstance(x.get("ms"), (int, float)))
+    api_s = "n/a" if not api else f"{api[len(api) // 2]:.0f} ({api[0]:.0f}-{api[-1]:.0f})"
     vm = (r.get(("vireo", "migrate")) or [{}])[-1]
     qm = (r.get(("qemu", "migrate")) or [{}])[-1]
     s = f"{snap.get('millis', 'n/a')} ms ({(snap.get('memory_data_bytes') or 0) >> 20} MiB)"
@@ -174,8 +191,9 @@ for case in sorted(res, key=lambda c: [int(x) for x in c.split('-')]):
     qstr = (f"{qrep.get('total-time')} / {qrep.get('downtime')} ms"
             if qrep.get("status") == "completed" else f"{qrep.get('status', 'n/a')}")
     label = f"{size} MiB {'dirty' if dirty == '1' else 'idle'}"
-    print(f"{label:<14}{s:>16}{fmt(rn.get('ms')):>12}{fmt(rv.get('ms')):>12}{vstr:>34}{qstr:>28}")
-    bad = [x for x in (rn, rv, vm, qm) if x.get("guest") not in (None, "ticking")]
+    print(f"{label:<14}{s:>16}{api_s:>14}{fmt(rn.get('ms')):>12}{fmt(rv.get('ms')):>12}{vstr:>34}{qstr:>28}")
+    bad = [x for x in r.get(("vireo", "restore"), []) + [vm, qm]
+           if x.get("guest") not in (None, "ticking")]
     if bad:
         print(f"  !! a guest did not keep ticking: {bad}")
 print("\ntargets: restore <= 20 ms; idle downtime <= 50 ms and below QEMU's")

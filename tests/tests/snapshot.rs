@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vireo_tests::{guest, require_kvm, scratch, vmm_bin};
+use vmm::snapshot::{decode_state, encode_state, MachineState};
 
 /// One HTTP request on the API socket; returns (status, body).
 fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
@@ -268,29 +269,32 @@ fn restore_fails(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
     )
 }
 
-fn crc64(b: &[u8]) -> u64 {
-    let mut d = crc64fast::Digest::new();
-    d.write(b);
-    d.sum64()
+/// The snapshot format version and the migration protocol version this vireo-vmm uses.
+const FORMAT: u32 = 2;
+const PROTOCOL: u32 = 2;
+
+/// The snapshot format's checksum (XXH64, seed 0).
+fn checksum(b: &[u8]) -> u64 {
+    xxhash_rust::xxh64::xxh64(b, 0)
 }
 
 /// Rewrites a snapshot's state file with `f` applied to the state (and optionally another
 /// version), with valid checksums, as a tampered but well-formed snapshot.
-fn rewrite_state(src: &Path, dst: &Path, version: u32, f: impl Fn(&mut Value)) {
+fn rewrite_state(src: &Path, dst: &Path, version: u32, f: impl Fn(&mut MachineState)) {
     let _ = std::fs::remove_dir_all(dst);
     std::fs::create_dir_all(dst).unwrap();
     std::fs::copy(src.join("memory"), dst.join("memory")).unwrap();
     let raw = std::fs::read(src.join("state")).unwrap();
-    let mut state: Value = serde_json::from_slice(&raw[64..]).unwrap();
+    let mut state = decode_state(&raw[64..]).unwrap();
     f(&mut state);
-    let json = serde_json::to_vec(&state).unwrap();
+    let encoded = encode_state(&state).unwrap();
     let mut h = raw[..64].to_vec();
     h[8..12].copy_from_slice(&version.to_le_bytes());
-    h[16..24].copy_from_slice(&(json.len() as u64).to_le_bytes());
-    h[24..32].copy_from_slice(&crc64(&json).to_le_bytes());
-    let c = crc64(&h[..56]);
+    h[16..24].copy_from_slice(&(encoded.len() as u64).to_le_bytes());
+    h[24..32].copy_from_slice(&checksum(&encoded).to_le_bytes());
+    let c = checksum(&h[..56]);
     h[56..64].copy_from_slice(&c.to_le_bytes());
-    h.extend_from_slice(&json);
+    h.extend_from_slice(&encoded);
     std::fs::write(dst.join("state"), h).unwrap();
 }
 
@@ -380,25 +384,25 @@ fn damaged_or_mismatched_snapshots_are_refused_with_one_line() {
     // that does not match the vCPU states, CPU features this host lacks.
     let d = scratch("refuse-version");
     rewrite_state(&good, &d, 99, |_| {});
-    assert_refused(&d, &[], "format version 99, this vireo-vmm reads version 1");
+    assert_refused(&d, &[], "format version 99, this vireo-vmm reads version 2");
     let d = scratch("refuse-vcpus");
-    rewrite_state(&good, &d, 1, |s| s["config"]["vcpus"] = json!(2));
+    rewrite_state(&good, &d, FORMAT, |s| s.config.vcpus = 2);
     assert_refused(&d, &[], "1 vCPU states for 2 vCPUs");
     let d = scratch("refuse-cpu");
-    rewrite_state(&good, &d, 1, |s| {
-        for leaf in s["host"]["cpu_features"].as_array_mut().unwrap() {
-            leaf[4] = json!(u32::MAX);
-            leaf[5] = json!(u32::MAX);
+    rewrite_state(&good, &d, FORMAT, |s| {
+        for leaf in &mut s.host.cpu_features {
+            leaf[4] = u32::MAX;
+            leaf[5] = u32::MAX;
         }
     });
     assert_refused(&d, &[], "CPU features this host lacks");
     let d = scratch("refuse-vendor");
-    rewrite_state(&good, &d, 1, |s| {
-        s["host"]["cpu_vendor"] = json!("CyrixInstead")
+    rewrite_state(&good, &d, FORMAT, |s| {
+        s.host.cpu_vendor = "CyrixInstead".into()
     });
     assert_refused(&d, &[], "CPU vendor");
     let d = scratch("refuse-regions");
-    rewrite_state(&good, &d, 1, |s| s["regions"] = json!([[0, 4096]]));
+    rewrite_state(&good, &d, FORMAT, |s| s.regions = vec![(0, 4096)]);
     assert_refused(&d, &[], "memory regions");
 
     // And the original still restores.
@@ -557,7 +561,7 @@ fn a_destination_refuses_a_bad_stream_with_status_1() {
         // A HELLO frame claiming an absurd length.
         [
             b"VIREOMIG".as_slice(),
-            &1u32.to_le_bytes(),
+            &PROTOCOL.to_le_bytes(),
             &1u32.to_le_bytes(),
             &u64::MAX.to_le_bytes(),
         ]

@@ -193,6 +193,7 @@ fn main() -> ExitCode {
         console_input: true,
         api_socket: args.api_sock.clone(),
         api_listener: None,
+        restore_requested: None,
     };
     // Flags that describe a VM to boot. A destination may be given the VM's configuration
     // (--config): the devices the source may bring.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod arch;
+pub mod checksum;
 pub mod config;
 pub mod machine;
 pub mod memory;

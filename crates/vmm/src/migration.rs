@@ -3,7 +3,7 @@
 //! state.
 //!
 //! The stream starts with `VIREOMIG` and the protocol version (u32, little-endian), then
-//! frames: `kind: u32, len: u64, payload[len], crc64(kind ‖ len ‖ payload): u64`.
+//! frames: `kind: u32, len: u64, payload[len], xxh64(kind ‖ len ‖ payload): u64`.
 //!
 //! | kind | direction | payload |
 //! |---|---|---|
@@ -12,7 +12,7 @@
 //! | PAGES | source → destination | up to 256 × (guest address: u64, 4096 bytes) |
 //! | SYNC | source → destination | empty: answer SYNCED once every page before it is in place |
 //! | SYNCED | destination → source | empty |
-//! | STATE | source → destination | the machine state (JSON, as in a snapshot) |
+//! | STATE | source → destination | the machine state (postcard, as in a snapshot) |
 //! | RUNNING | destination → source | empty: the destination's vCPUs run |
 //! | ERROR | destination → source | a one-line reason |
 //!
@@ -29,14 +29,14 @@ use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::config::{host_memory_mib, SerialConfig, VmConfig};
-use crate::machine::{self, Error, Launch, MemorySource, RunOptions, RunReport};
+use crate::machine::{self, Error, Launch, MemorySource, RunOptions, RunReport, Shell};
 use crate::memory::{is_zero_page, GuestMemoryMmap, PAGE_SIZE};
-use crate::snapshot::{self, HostInfo, MachineAccess, MachineState};
+use crate::snapshot::{self, HostInfo, MachineAccess};
 use crate::vstate::vm::Vm;
 use devices::virtio::IoFreeze;
 
 pub const MAGIC: &[u8; 8] = b"VIREOMIG";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 const HELLO: u32 = 1;
 const PAGES: u32 = 2;
@@ -103,8 +103,8 @@ struct Hello {
     paused: bool,
 }
 
-fn crc_frame(kind: u32, payload: &[u8]) -> u64 {
-    let mut d = crc64fast::Digest::new();
+fn frame_checksum(kind: u32, payload: &[u8]) -> u64 {
+    let mut d = crate::checksum::Digest::default();
     d.write(&kind.to_le_bytes());
     d.write(&(payload.len() as u64).to_le_bytes());
     d.write(payload);
@@ -115,7 +115,7 @@ fn write_frame(w: &mut impl Write, kind: u32, payload: &[u8]) -> std::io::Result
     w.write_all(&kind.to_le_bytes())?;
     w.write_all(&(payload.len() as u64).to_le_bytes())?;
     w.write_all(payload)?;
-    w.write_all(&crc_frame(kind, payload).to_le_bytes())
+    w.write_all(&frame_checksum(kind, payload).to_le_bytes())
 }
 
 /// Reads one frame whose payload may be at most `max(kind)` bytes.
@@ -143,7 +143,7 @@ fn read_frame(
     r.read_exact(&mut payload)?;
     let mut c = [0u8; 8];
     r.read_exact(&mut c)?;
-    if u64::from_le_bytes(c) != crc_frame(kind, &payload) {
+    if u64::from_le_bytes(c) != frame_checksum(kind, &payload) {
         return Err(MigrationError::Protocol(format!(
             "frame kind {kind}: checksum mismatch"
         )));
@@ -412,9 +412,9 @@ fn migrate_inner(
         .save_state()
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     lap("state saved");
-    let json = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
-    let (pages, bytes) = (sender.pages, sender.bytes + json.len() as u64);
-    write_frame(&mut w, STATE, &json)?;
+    let encoded = snapshot::encode_state(&state).map_err(MigrationError::Source)?;
+    let (pages, bytes) = (sender.pages, sender.bytes + encoded.len() as u64);
+    write_frame(&mut w, STATE, &encoded)?;
     w.flush()?;
     lap("state sent");
     let sent = stop.elapsed().as_millis() as u64;
@@ -500,6 +500,8 @@ pub fn incoming(listen: &str, inc: IncomingOptions, opts: RunOptions) -> Result<
     let fail = |what: String| Error::Host(format!("migration: {what}"));
     let listener =
         TcpListener::bind(listen).map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
+    // The machine's shell is made while no source has called yet.
+    let shell = Shell::create(Vm::open_kvm()?)?;
     let (stream, peer) = listener
         .accept()
         .map_err(|e| fail(format!("accept on {listen}: {e}")))?;
@@ -512,7 +514,7 @@ pub fn incoming(listen: &str, inc: IncomingOptions, opts: RunOptions) -> Result<
         .map_err(|e| fail(e.to_string()))?;
     let mut writer = stream.try_clone().map_err(|e| fail(e.to_string()))?;
     let mut r = BufReader::with_capacity(1 << 20, stream);
-    match receive(&mut r, &mut writer, inc) {
+    match receive(&mut r, &mut writer, inc, shell) {
         Ok((parts, paused)) => {
             let on_started: machine::OnStarted = Box::new(move || {
                 write_frame(&mut writer, RUNNING, &[])
@@ -543,6 +545,7 @@ fn receive(
     r: &mut impl Read,
     w: &mut impl Write,
     inc: IncomingOptions,
+    shell: Shell,
 ) -> Result<(machine::Parts, bool), MigrationError> {
     let proto = |s: String| MigrationError::Protocol(s);
     let mut head = [0u8; 12];
@@ -559,8 +562,8 @@ fn receive(
     let (_, payload) = read_frame(r, |k| (k == HELLO).then_some(MAX_HELLO))?;
     let hello: Hello =
         serde_json::from_slice(&payload).map_err(|e| proto(format!("hello: {e}")))?;
-    let kvm = Vm::open_kvm().map_err(|e| MigrationError::Source(e.to_string()))?;
-    snapshot::check_host_info(&kvm, &hello.host, &hello.config)
+    let kvm = shell.kvm();
+    snapshot::check_host_info(kvm, &hello.host, &hello.config)
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     let hello_host = hello.host.clone();
     let paused = hello.paused;
@@ -571,7 +574,7 @@ fn receive(
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     check_allowed(&config, inc.local.as_ref())?;
     config.serial = inc.serial.unwrap_or_default();
-    let parts = machine::build(kvm, &config, MemorySource::Anonymous)
+    let parts = machine::build(shell, &config, MemorySource::Anonymous)
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     let mem = parts.mem.clone();
     // Tell the source to go on only once the machine exists here.
@@ -608,8 +611,8 @@ fn receive(
             continue;
         }
         let t = Instant::now();
-        let mut state: MachineState =
-            serde_json::from_slice(&payload).map_err(|e| proto(format!("state: {e}")))?;
+        let mut state =
+            snapshot::decode_state(&payload).map_err(|e| proto(format!("state: {e}")))?;
         tracing::debug!("state parsed in {:?}", t.elapsed());
         state.config.serial = parts.config.serial.clone();
         if state.config.vcpus != parts.config.vcpus

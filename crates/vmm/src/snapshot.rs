@@ -3,9 +3,9 @@
 //! A snapshot directory holds two files:
 //!
 //! - `state`: a 64-byte header (magic `VIREOSNP`, format version, the state's length and
-//!   CRC-64, the memory file's length and CRC-64, the header's own CRC-64) followed by the
-//!   machine state as JSON ([`MachineState`]: the VM's configuration, KVM's VM and vCPU state,
-//!   every device's state);
+//!   checksum, the memory file's length and checksum, the header's own checksum; XXH64, see
+//!   [`crate::checksum`]) followed by the machine state ([`encode_state`]: [`MachineState`], the VM's
+//!   configuration, KVM's VM and vCPU state, every device's state);
 //! - `memory`: guest RAM, its regions one after the other, as a sparse file (pages that are all
 //!   zero are holes).
 //!
@@ -30,8 +30,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::api::Kicker;
 use crate::arch::{cpuid, layout};
+use crate::checksum;
 use crate::config::{host_memory_mib, VmConfig};
-use crate::machine::{self, Error, Launch, MemorySource, Parts, RunOptions, RunReport};
+use crate::machine::{self, Error, Launch, MemorySource, Parts, RunOptions, RunReport, Shell};
 use crate::memory::{is_zero_page, GuestMemoryMmap, PAGE_SIZE};
 use crate::vstate::control::RunControl;
 use crate::vstate::vcpu::{VcpuHandle, VcpuState};
@@ -40,7 +41,7 @@ use crate::vstate::vm::{Vm, VmState};
 pub const MAGIC: &[u8; 8] = b"VIREOSNP";
 /// The format version this build writes and reads. Bump it whenever [`MachineState`] or the
 /// layout of the files changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 64;
 pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
@@ -88,15 +89,30 @@ pub fn host_info(kvm: &kvm_ioctls::Kvm, nr_vcpus: u8) -> Result<HostInfo, String
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| format!("cannot read KVM's supported CPUID: {e}"))?;
+    Ok(host_info_from(
+        &supported,
+        kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        kvm.get_api_version(),
+        nr_vcpus,
+    ))
+}
+
+/// [`host_info`] from KVM's supported CPUID and facts already read.
+pub(crate) fn host_info_from(
+    supported: &kvm_bindings::CpuId,
+    tsc_deadline: bool,
+    kvm_api_version: i32,
+    nr_vcpus: u8,
+) -> HostInfo {
     let opts = cpuid::CpuidOptions {
         nr_vcpus,
-        tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        tsc_deadline,
     };
-    let template = cpuid::vcpu_cpuid(&supported, 0, opts);
+    let template = cpuid::vcpu_cpuid(supported, 0, opts);
     let entries = template.as_slice();
-    Ok(HostInfo {
+    HostInfo {
         cpu_vendor: cpu_vendor(entries),
-        kvm_api_version: kvm.get_api_version(),
+        kvm_api_version,
         cpu_features: FEATURE_LEAVES
             .iter()
             .filter_map(|&(f, i)| {
@@ -106,7 +122,7 @@ pub fn host_info(kvm: &kvm_ioctls::Kvm, nr_vcpus: u8) -> Result<HostInfo, String
                     .map(|e| [f, i, e.eax, e.ebx, e.ecx, e.edx])
             })
             .collect(),
-    })
+    }
 }
 
 /// Everything but guest memory.
@@ -244,10 +260,10 @@ impl MachineAccess {
         // must not be truncated under the guest (its inode lives on until unmapped).
         let mem_path = dir.join(MEMORY_FILE);
         let mem_tmp = dir.join("memory.tmp");
-        let (mem_len, mem_crc, data_bytes) =
+        let (mem_len, mem_sum, data_bytes) =
             write_memory(&self.mem, &self.backed, &mem_tmp).map_err(io_err(&mem_tmp))?;
         let state_path = dir.join(STATE_FILE);
-        write_state(&state_path, &state, mem_len, mem_crc).map_err(io_err(&state_path))?;
+        write_state(&state_path, &state, mem_len, mem_sum).map_err(io_err(&state_path))?;
         std::fs::rename(&mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
         Ok(SnapshotStats {
             memory_bytes: mem_len,
@@ -266,10 +282,10 @@ pub struct SnapshotStats {
     pub millis: u64,
 }
 
-/// Accumulates the memory checksum: a CRC-64 over (page number, page) of every page that is
+/// Accumulates the memory checksum: an XXH64 over (page number, page) of every page that is
 /// not all zero, in address order, so that a sparse file and a migration stream agree on it.
 #[derive(Default)]
-pub struct MemoryDigest(crc64fast::Digest);
+pub struct MemoryDigest(crate::checksum::Digest);
 
 impl MemoryDigest {
     pub fn page(&mut self, page_number: u64, page: &[u8]) {
@@ -360,23 +376,17 @@ fn write_memory(
     Ok((total, digest.sum(), data))
 }
 
-fn crc64(bytes: &[u8]) -> u64 {
-    let mut d = crc64fast::Digest::new();
-    d.write(bytes);
-    d.sum64()
-}
-
 /// Encodes the 64-byte header.
-pub fn header(state_len: u64, state_crc: u64, mem_len: u64, mem_crc: u64) -> [u8; HEADER_LEN] {
+pub fn header(state_len: u64, state_sum: u64, mem_len: u64, mem_sum: u64) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&state_len.to_le_bytes());
-    h[24..32].copy_from_slice(&state_crc.to_le_bytes());
+    h[24..32].copy_from_slice(&state_sum.to_le_bytes());
     h[32..40].copy_from_slice(&mem_len.to_le_bytes());
-    h[40..48].copy_from_slice(&mem_crc.to_le_bytes());
-    let crc = crc64(&h[..56]);
-    h[56..64].copy_from_slice(&crc.to_le_bytes());
+    h[40..48].copy_from_slice(&mem_sum.to_le_bytes());
+    let sum = checksum::of(&h[..56]);
+    h[56..64].copy_from_slice(&sum.to_le_bytes());
     h
 }
 
@@ -384,17 +394,34 @@ fn write_state(
     path: &Path,
     state: &MachineState,
     mem_len: u64,
-    mem_crc: u64,
+    mem_sum: u64,
 ) -> std::io::Result<()> {
-    let json = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+    let encoded = encode_state(state).map_err(std::io::Error::other)?;
     // Written beside and renamed, so that a crash never leaves a half-written state file
     // under the final name.
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp)?;
-    f.write_all(&header(json.len() as u64, crc64(&json), mem_len, mem_crc))?;
-    f.write_all(&json)?;
+    f.write_all(&header(
+        encoded.len() as u64,
+        checksum::of(&encoded),
+        mem_len,
+        mem_sum,
+    ))?;
+    f.write_all(&encoded)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// The machine state as a snapshot's state file and a migration's STATE frame carry it:
+/// postcard, a compact binary serde format, in which KVM's structures are raw bytes (JSON took
+/// 10-20 ms to decode in the lab, during a restore or a migration's downtime).
+pub fn encode_state(state: &MachineState) -> Result<Vec<u8>, String> {
+    postcard::to_allocvec(state).map_err(|e| format!("cannot encode the machine state: {e}"))
+}
+
+/// The machine state in `bytes` ([`encode_state`]); the error says what did not decode.
+pub fn decode_state(bytes: &[u8]) -> Result<MachineState, String> {
+    postcard::from_bytes(bytes).map_err(|e| e.to_string())
 }
 
 /// A parsed and checked state file, with the memory file opened.
@@ -433,7 +460,7 @@ pub fn load(dir: &Path, verify_memory: bool) -> Result<Loaded, SnapshotError> {
     if &h[..8] != MAGIC {
         return Err(SnapshotError::Magic(sp));
     }
-    if crc64(&h[..56]) != u64_at(&h, 56) {
+    if checksum::of(&h[..56]) != u64_at(&h, 56) {
         return Err(SnapshotError::Checksum {
             path: sp,
             what: "header",
@@ -446,7 +473,7 @@ pub fn load(dir: &Path, verify_memory: bool) -> Result<Loaded, SnapshotError> {
             found: version,
         });
     }
-    let (state_len, state_crc, mem_len, mem_crc) = (
+    let (state_len, state_sum, mem_len, mem_sum) = (
         u64_at(&h, 16),
         u64_at(&h, 24),
         u64_at(&h, 32),
@@ -458,27 +485,31 @@ pub fn load(dir: &Path, verify_memory: bool) -> Result<Loaded, SnapshotError> {
             reason: format!("state of {state_len} bytes (at most {MAX_STATE_LEN})"),
         });
     }
-    let mut json = Vec::new();
+    let mut encoded = Vec::with_capacity(state_len as usize);
     f.take(state_len + 1)
-        .read_to_end(&mut json)
+        .read_to_end(&mut encoded)
         .map_err(io(&sp))?;
-    if json.len() as u64 != state_len {
+    if encoded.len() as u64 != state_len {
         return Err(SnapshotError::Invalid {
             path: sp,
-            reason: format!("state is {} bytes, the header says {state_len}", json.len()),
+            reason: format!(
+                "state is {} bytes, the header says {state_len}",
+                encoded.len()
+            ),
         });
     }
-    if crc64(&json) != state_crc {
+    tracing::debug!("state read ({} bytes)", encoded.len());
+    if checksum::of(&encoded) != state_sum {
         return Err(SnapshotError::Checksum {
             path: sp,
             what: "state",
         });
     }
-    let state: MachineState =
-        serde_json::from_slice(&json).map_err(|e| SnapshotError::Invalid {
-            path: sp.clone(),
-            reason: format!("state: {e}"),
-        })?;
+    let state = decode_state(&encoded).map_err(|e| SnapshotError::Invalid {
+        path: sp.clone(),
+        reason: format!("state: {e}"),
+    })?;
+    tracing::debug!("state decoded");
     check_consistent(&state).map_err(|reason| SnapshotError::Invalid { path: sp, reason })?;
 
     let mem_path = dir.join(MEMORY_FILE);
@@ -492,7 +523,7 @@ pub fn load(dir: &Path, verify_memory: bool) -> Result<Loaded, SnapshotError> {
             reason: format!("{len} bytes, the snapshot's RAM is {expected}"),
         });
     }
-    if verify_memory && memory_file_digest(&memory).map_err(io(&mp))? != mem_crc {
+    if verify_memory && memory_file_digest(&memory).map_err(io(&mp))? != mem_sum {
         return Err(SnapshotError::Checksum {
             path: mp,
             what: "memory",
@@ -611,10 +642,31 @@ pub fn check_host(kvm: &kvm_ioctls::Kvm, s: &MachineState) -> Result<(), Snapsho
     check_host_info(kvm, &s.host, &s.config)
 }
 
+/// [`check_host`] on a machine shell, whose KVM facts are already read.
+fn check_shell(shell: &Shell, s: &MachineState) -> Result<(), SnapshotError> {
+    check_against(
+        shell.kvm(),
+        &shell.host_info(s.config.vcpus),
+        &s.host,
+        &s.config,
+    )
+}
+
 /// [`check_host`] from the host facts and configuration alone (a migration checks them when
 /// the source announces itself, before any page is sent).
 pub fn check_host_info(
     kvm: &kvm_ioctls::Kvm,
+    host: &HostInfo,
+    config: &VmConfig,
+) -> Result<(), SnapshotError> {
+    let here = host_info(kvm, config.vcpus).map_err(SnapshotError::Mismatch)?;
+    check_against(kvm, &here, host, config)
+}
+
+/// Checks a machine from the host `host` with `config` against this host (`here`).
+fn check_against(
+    kvm: &kvm_ioctls::Kvm,
+    here: &HostInfo,
     host: &HostInfo,
     config: &VmConfig,
 ) -> Result<(), SnapshotError> {
@@ -641,7 +693,6 @@ pub fn check_host_info(
             s.config.memory_mib
         )));
     }
-    let here = host_info(kvm, s.config.vcpus).map_err(mismatch)?;
     if here.cpu_vendor != s.host.cpu_vendor {
         return Err(mismatch(format!(
             "CPU vendor {} here, {} in the snapshot",
@@ -720,6 +771,9 @@ pub struct RestoreOptions {
 /// Serves the API on `socket` until a client loads a snapshot (`PUT /vm/snapshot/load`), then
 /// runs that machine to its end, its API on the same socket. A snapshot that cannot be loaded
 /// is refused to the client with the reason, leaves nothing behind, and the VMM waits on.
+///
+/// While it waits, the VMM creates the machine's shell (the KVM VM, vCPU 0, the I/O thread:
+/// [`Shell`]), so that a load does only what depends on the snapshot.
 pub fn restore_from_api(
     socket: &Path,
     serial: Option<crate::config::SerialConfig>,
@@ -727,20 +781,32 @@ pub fn restore_from_api(
 ) -> Result<RunReport, Error> {
     let listener = crate::api::bind(socket)
         .map_err(|e| Error::Host(format!("cannot serve the API on {}: {e}", socket.display())))?;
-    let (parts, resume) = crate::api::serve_until_load(&listener, |req| {
+    let mut spare = Some(Shell::create(Vm::open_kvm()?)?);
+    let (parts, resume, requested) = crate::api::serve_until_load(&listener, |req| {
+        let requested = std::time::Instant::now();
         let ropts = RestoreOptions {
             dir: req.path,
             resume: req.resume,
             verify_memory: req.verify_memory,
             serial: serial.clone(),
         };
-        prepare(&ropts)
-            .map(|parts| (parts, ropts.resume))
+        // A load that failed after it began to build used its shell up: the next one
+        // makes a new one.
+        let shell = match spare.take() {
+            Some(s) => s,
+            None => Vm::open_kvm()
+                .map_err(Error::from)
+                .and_then(Shell::create)
+                .map_err(|e| e.to_string())?,
+        };
+        prepare(&ropts, shell, &mut spare)
+            .map(|parts| (parts, ropts.resume, requested))
             .map_err(|e| e.to_string())
     })
     .map_err(|e| Error::Host(format!("the API on {}: {e}", socket.display())))?;
     opts.api_socket = Some(socket.to_path_buf());
     opts.api_listener = Some(Arc::new(listener));
+    opts.restore_requested = Some(requested);
     let start = if resume {
         Launch::Running
     } else {
@@ -749,17 +815,30 @@ pub fn restore_from_api(
     machine::launch(parts, opts, start, None)
 }
 
-/// Builds the machine a snapshot directory describes, in its saved state, not yet running.
-fn prepare(ropts: &RestoreOptions) -> Result<Parts, Error> {
+/// Builds the machine a snapshot directory describes on `shell`, in its saved state, not yet
+/// running. A snapshot refused before the build began hands the shell back in `unused`.
+fn prepare(
+    ropts: &RestoreOptions,
+    shell: Shell,
+    unused: &mut Option<Shell>,
+) -> Result<Parts, Error> {
     let t0 = std::time::Instant::now();
-    let loaded = load(&ropts.dir, ropts.verify_memory).map_err(|e| Error::Host(e.to_string()))?;
+    tracing::debug!("loading {}", ropts.dir.display());
+    let checked = load(&ropts.dir, ropts.verify_memory)
+        .and_then(|loaded| check_shell(&shell, &loaded.state).map(|_| loaded));
+    let loaded = match checked {
+        Ok(l) => l,
+        Err(e) => {
+            *unused = Some(shell);
+            return Err(Error::Host(e.to_string()));
+        }
+    };
+    tracing::debug!("snapshot read and checked");
     let mut state = loaded.state;
     if let Some(s) = &ropts.serial {
         state.config.serial = s.clone();
     }
-    let kvm = Vm::open_kvm()?;
-    check_host(&kvm, &state).map_err(|e| Error::Host(e.to_string()))?;
-    let parts = machine::build(kvm, &state.config, MemorySource::File(&loaded.memory))?;
+    let parts = machine::build(shell, &state.config, MemorySource::File(&loaded.memory))?;
     apply_state(&parts, &state)?;
     tracing::debug!("restored in {:?}", t0.elapsed());
     Ok(parts)
@@ -767,7 +846,8 @@ fn prepare(ropts: &RestoreOptions) -> Result<Parts, Error> {
 
 /// Starts a machine from a snapshot directory and runs it to its end.
 pub fn restore(ropts: &RestoreOptions, opts: RunOptions) -> Result<RunReport, Error> {
-    let parts = prepare(ropts)?;
+    let shell = Shell::create(Vm::open_kvm()?)?;
+    let parts = prepare(ropts, shell, &mut None)?;
     let start = if ropts.resume {
         Launch::Running
     } else {

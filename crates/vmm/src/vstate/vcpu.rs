@@ -13,7 +13,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
 
-use super::pod::{hex, hex_vec};
+use super::pod::{pod_bytes, pod_vec};
 
 use super::control::{ExitCounters, GuestFault, RunControl, StopReason};
 use crate::arch::{cpuid, msr, regs};
@@ -47,28 +47,28 @@ pub struct Vcpu {
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
     pub id: u8,
-    #[serde(with = "hex_vec")]
+    #[serde(with = "pod_vec")]
     pub cpuid: Vec<kvm_cpuid_entry2>,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub mp_state: kvm_mp_state,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub regs: kvm_regs,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub sregs: kvm_sregs,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub fpu: kvm_fpu,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub xsave: kvm_xsave,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub xcrs: kvm_xcrs,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub debugregs: kvm_debugregs,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub lapic: kvm_lapic_state,
     /// Every MSR KVM lets us read, kvmclock's included.
-    #[serde(with = "hex_vec")]
+    #[serde(with = "pod_vec")]
     pub msrs: Vec<kvm_msr_entry>,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub events: kvm_vcpu_events,
 }
 

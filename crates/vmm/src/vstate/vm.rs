@@ -8,7 +8,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use serde::{Deserialize, Serialize};
 
-use super::pod::hex;
+use super::pod::pod_bytes;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::GuestMemoryMmap;
@@ -42,15 +42,15 @@ pub struct Vm {
 /// The VM-wide KVM state a snapshot keeps: interrupt controllers, PIT, kvmclock.
 #[derive(Serialize, Deserialize)]
 pub struct VmState {
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub pic_master: kvm_irqchip,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub pic_slave: kvm_irqchip,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub ioapic: kvm_irqchip,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub pit: kvm_pit_state2,
-    #[serde(with = "hex")]
+    #[serde(with = "pod_bytes")]
     pub clock: kvm_clock_data,
 }
 

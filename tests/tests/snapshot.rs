@@ -413,6 +413,68 @@ fn damaged_or_mismatched_snapshots_are_refused_with_one_line() {
     vm.wait_api();
 }
 
+/// The guest calibrated its clocks to its TSC's rate, which the snapshot records: a host whose
+/// TSC runs within 250 ppm of it restores it; one further off must scale the TSC or refuse.
+#[test]
+fn a_snapshot_restores_only_where_its_tsc_rate_can_be_kept() {
+    let (good, console) = take_snapshot("tsc");
+    let raw = std::fs::read(good.join("state")).unwrap();
+    let local = decode_state(&raw[64..]).unwrap().host.tsc_khz;
+    assert!(
+        local > 0,
+        "this host's KVM does not report its TSC rate (KVM_GET_TSC_KHZ)"
+    );
+
+    // 100 ppm off, as two hosts of one model can be: it runs.
+    let near = scratch("tsc-near");
+    rewrite_state(&good, &near, FORMAT, |s| {
+        s.host.tsc_khz = local + local / 10_000
+    });
+    let at = *ticks(&console).last().unwrap();
+    let serial = format!("file:{}", console.display());
+    let sock = scratch("tsc-near.sock");
+    let mut vm = Vmm::spawn(
+        &[
+            "--restore",
+            near.to_str().unwrap(),
+            "--resume",
+            "--serial",
+            &serial,
+        ],
+        &sock,
+    );
+    vm.wait_api();
+    wait_tick(&console, at + 4);
+    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
+
+    // Twice the rate: only a KVM that scales TSCs can run it.
+    let far = scratch("tsc-far");
+    rewrite_state(&good, &far, FORMAT, |s| s.host.tsc_khz = local * 2);
+    let scales = kvm_ioctls::Kvm::new()
+        .unwrap()
+        .check_extension(kvm_ioctls::Cap::TscControl);
+    if scales {
+        let sock = scratch("tsc-far.sock");
+        let mut vm = Vmm::spawn(
+            &["--restore", far.to_str().unwrap(), "--serial", "none"],
+            &sock,
+        );
+        vm.wait_api();
+        assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+        assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
+    } else {
+        assert_refused(
+            &far,
+            &[],
+            &format!(
+                "the guest's TSC runs at {} kHz, this host's at {local} kHz, and its KVM cannot scale a TSC",
+                local * 2
+            ),
+        );
+    }
+}
+
 /// A free TCP port on loopback (bound and released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

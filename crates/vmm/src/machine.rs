@@ -434,6 +434,7 @@ impl Shell {
             self.tsc_deadline,
             self.vm.kvm.get_api_version(),
             nr_vcpus,
+            self.vcpu0.get_tsc_khz().unwrap_or(0),
         )
     }
 

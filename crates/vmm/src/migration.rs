@@ -318,7 +318,8 @@ fn migrate_inner(
     let mut w = BufWriter::with_capacity(1 << 20, stream);
 
     let hello = Hello {
-        host: snapshot::host_info(&m.vm.kvm, m.config.vcpus).map_err(MigrationError::Source)?,
+        host: snapshot::host_info(&m.vm.kvm, m.config.vcpus, m.vcpus[0].tsc_khz())
+            .map_err(MigrationError::Source)?,
         config: m.config.clone(),
         paused: m.control.pause_requested(),
     };
@@ -563,7 +564,7 @@ fn receive(
     let hello: Hello =
         serde_json::from_slice(&payload).map_err(|e| proto(format!("hello: {e}")))?;
     let kvm = shell.kvm();
-    snapshot::check_host_info(kvm, &hello.host, &hello.config)
+    snapshot::check_on_shell(&shell, &hello.host, &hello.config)
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     let hello_host = hello.host.clone();
     let paused = hello.paused;

@@ -79,13 +79,16 @@ pub struct HostInfo {
     /// can hold more than KVM_GET_SUPPORTED_CPUID (KVM-PVM adds bits), so hosts are compared
     /// by this, like for like.
     pub cpu_features: Vec<[u32; 6]>,
+    /// The rate of the vCPUs' TSC in kHz (`KVM_GET_TSC_KHZ`; 0 where KVM cannot say). A guest
+    /// calibrated its clocks to it, so a restore runs the vCPUs at this rate.
+    pub tsc_khz: u32,
 }
 
 /// The feature leaves compared between hosts: (function, index).
 const FEATURE_LEAVES: [(u32, u32); 4] = [(1, 0), (7, 0), (0xd, 1), (0x8000_0001, 0)];
 
-/// This host's [`HostInfo`] for a VM of `nr_vcpus`.
-pub fn host_info(kvm: &kvm_ioctls::Kvm, nr_vcpus: u8) -> Result<HostInfo, String> {
+/// This host's [`HostInfo`] for a VM of `nr_vcpus` whose vCPUs' TSC runs at `tsc_khz`.
+pub fn host_info(kvm: &kvm_ioctls::Kvm, nr_vcpus: u8, tsc_khz: u32) -> Result<HostInfo, String> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| format!("cannot read KVM's supported CPUID: {e}"))?;
@@ -94,6 +97,7 @@ pub fn host_info(kvm: &kvm_ioctls::Kvm, nr_vcpus: u8) -> Result<HostInfo, String
         kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
         kvm.get_api_version(),
         nr_vcpus,
+        tsc_khz,
     ))
 }
 
@@ -103,6 +107,7 @@ pub(crate) fn host_info_from(
     tsc_deadline: bool,
     kvm_api_version: i32,
     nr_vcpus: u8,
+    tsc_khz: u32,
 ) -> HostInfo {
     let opts = cpuid::CpuidOptions {
         nr_vcpus,
@@ -113,6 +118,7 @@ pub(crate) fn host_info_from(
     HostInfo {
         cpu_vendor: cpu_vendor(entries),
         kvm_api_version,
+        tsc_khz,
         cpu_features: FEATURE_LEAVES
             .iter()
             .filter_map(|&(f, i)| {
@@ -226,7 +232,8 @@ impl MachineAccess {
             b.target_mib = pages / ((1 << 20) / PAGE_SIZE as u32);
         }
         Ok(MachineState {
-            host: host_info(&self.vm.kvm, self.config.vcpus).map_err(save)?,
+            host: host_info(&self.vm.kvm, self.config.vcpus, self.vcpus[0].tsc_khz())
+                .map_err(save)?,
             config,
             regions: self.regions(),
             vm,
@@ -636,31 +643,17 @@ fn dynamic_bits(function: u32, reg: usize) -> u32 {
     }
 }
 
-/// Checks that this host can run the snapshot's vCPUs: the same CPU vendor and KVM API, and
-/// every CPU feature the guest was shown is one this host's KVM would show it too.
-pub fn check_host(kvm: &kvm_ioctls::Kvm, s: &MachineState) -> Result<(), SnapshotError> {
-    check_host_info(kvm, &s.host, &s.config)
-}
-
-/// [`check_host`] on a machine shell, whose KVM facts are already read.
-fn check_shell(shell: &Shell, s: &MachineState) -> Result<(), SnapshotError> {
-    check_against(
-        shell.kvm(),
-        &shell.host_info(s.config.vcpus),
-        &s.host,
-        &s.config,
-    )
-}
-
-/// [`check_host`] from the host facts and configuration alone (a migration checks them when
-/// the source announces itself, before any page is sent).
-pub fn check_host_info(
-    kvm: &kvm_ioctls::Kvm,
+/// Checks that this host (whose KVM facts `shell` has read) can run a machine from the host
+/// `host` with `config`: the same CPU vendor and KVM API, every CPU feature the guest was shown
+/// one this host's KVM would show it too, and a TSC this host can run at the saved rate. A
+/// restore checks the snapshot's; a migration's destination the source's HELLO, before any page
+/// is sent.
+pub(crate) fn check_on_shell(
+    shell: &Shell,
     host: &HostInfo,
     config: &VmConfig,
 ) -> Result<(), SnapshotError> {
-    let here = host_info(kvm, config.vcpus).map_err(SnapshotError::Mismatch)?;
-    check_against(kvm, &here, host, config)
+    check_against(shell.kvm(), &shell.host_info(config.vcpus), host, config)
 }
 
 /// Checks a machine from the host `host` with `config` against this host (`here`).
@@ -699,6 +692,16 @@ fn check_against(
             here.cpu_vendor, s.host.cpu_vendor
         )));
     }
+    let (saved, local) = (s.host.tsc_khz, here.tsc_khz);
+    if saved != 0
+        && local != 0
+        && tsc_differs(saved, local)
+        && !kvm.check_extension(kvm_ioctls::Cap::TscControl)
+    {
+        return Err(mismatch(format!(
+            "the guest's TSC runs at {saved} kHz, this host's at {local} kHz, and its KVM cannot scale a TSC"
+        )));
+    }
     for old in &s.host.cpu_features {
         let (function, index) = (old[0], old[1]);
         let new = here
@@ -727,8 +730,25 @@ struct HostAndConfig<'a> {
     config: &'a VmConfig,
 }
 
+/// Whether two TSC rates differ by more than what NTP corrects without a step (250 ppm; 500
+/// is its limit): hosts of one model measure their TSC a few kHz apart, which a guest can live
+/// with when the TSC cannot be scaled.
+fn tsc_differs(a: u32, b: u32) -> bool {
+    u64::from(a.abs_diff(b)) * 4000 > u64::from(a.max(b))
+}
+
 /// Loads a machine state into freshly built parts (memory already in place).
 pub(crate) fn apply_state(parts: &Parts, state: &MachineState) -> Result<(), Error> {
+    // The TSC rate first: the TSC's value (an MSR) is set against it.
+    let want = state.host.tsc_khz;
+    if want != 0 && parts.vm.kvm.check_extension(kvm_ioctls::Cap::TscControl) {
+        for vcpu in &parts.vcpus {
+            let h = vcpu.handle();
+            if h.tsc_khz() != want {
+                h.set_tsc_khz(want)?;
+            }
+        }
+    }
     parts.vm.restore_state(&state.vm)?;
     for (vcpu, s) in parts.vcpus.iter().zip(&state.vcpus) {
         vcpu.handle().restore(s)?;
@@ -824,8 +844,9 @@ fn prepare(
 ) -> Result<Parts, Error> {
     let t0 = std::time::Instant::now();
     tracing::debug!("loading {}", ropts.dir.display());
-    let checked = load(&ropts.dir, ropts.verify_memory)
-        .and_then(|loaded| check_shell(&shell, &loaded.state).map(|_| loaded));
+    let checked = load(&ropts.dir, ropts.verify_memory).and_then(|loaded| {
+        check_on_shell(&shell, &loaded.state.host, &loaded.state.config).map(|_| loaded)
+    });
     let loaded = match checked {
         Ok(l) => l,
         Err(e) => {

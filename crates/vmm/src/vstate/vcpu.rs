@@ -90,6 +90,18 @@ impl VcpuHandle {
         move |error| VcpuError { vcpu, what, error }
     }
 
+    /// The rate of the vCPU's TSC in kHz; 0 where KVM cannot say.
+    pub fn tsc_khz(&self) -> u32 {
+        self.fd().get_tsc_khz().unwrap_or(0)
+    }
+
+    /// Runs the vCPU's TSC at `khz` (KVM scales it; needs `KVM_CAP_TSC_CONTROL`).
+    pub fn set_tsc_khz(&self, khz: u32) -> Result<(), VcpuError> {
+        self.fd()
+            .set_tsc_khz(khz)
+            .map_err(self.err("set the TSC frequency"))
+    }
+
     /// Reads the vCPU's state; `msr_list` names the MSRs to save.
     pub fn save(&self, msr_list: &[u32]) -> Result<VcpuState, VcpuError> {
         let fd = self.fd();

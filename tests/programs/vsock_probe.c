@@ -181,13 +181,21 @@ static int guest_listen(unsigned port) {
     return 0;
 }
 
-static int guest_connect(unsigned cid, unsigned port, const char *msg) {
+/* A vsock connection to CID:PORT, or -1 after printing GUEST-CONNECT-FAILED. */
+static int guest_dial(unsigned cid, unsigned port) {
     int s = socket(AF_VSOCK, SOCK_STREAM, 0);
     struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = cid, .svm_port = port};
     if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
         printf("GUEST-CONNECT-FAILED %u %s\n", port, strerror(errno));
-        return 1;
+        return -1;
     }
+    return s;
+}
+
+static int guest_connect(unsigned cid, unsigned port, const char *msg) {
+    int s = guest_dial(cid, port);
+    if (s < 0)
+        return 1;
     char line[512];
     send_line(s, "", msg);
     read_line(s, line, sizeof line);
@@ -266,14 +274,10 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc == 4 && !strcmp(argv[1], "hold")) {
-        int s = socket(AF_VSOCK, SOCK_STREAM, 0);
-        struct sockaddr_vm a = {.svm_family = AF_VSOCK,
-                                .svm_cid = (unsigned)strtoul(argv[2], NULL, 10),
-                                .svm_port = (unsigned)strtoul(argv[3], NULL, 10)};
-        if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
-            printf("GUEST-CONNECT-FAILED %s %s\n", argv[3], strerror(errno));
+        int s = guest_dial((unsigned)strtoul(argv[2], NULL, 10),
+                           (unsigned)strtoul(argv[3], NULL, 10));
+        if (s < 0)
             return 1;
-        }
         printf("GUEST-HELD %s\n", argv[3]);
         char c;
         ssize_t r;
@@ -287,14 +291,10 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc == 5 && !strcmp(argv[1], "send")) {
-        int s = socket(AF_VSOCK, SOCK_STREAM, 0);
-        struct sockaddr_vm a = {.svm_family = AF_VSOCK,
-                                .svm_cid = (unsigned)strtoul(argv[2], NULL, 10),
-                                .svm_port = (unsigned)strtoul(argv[3], NULL, 10)};
-        if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a) < 0) {
-            printf("GUEST-CONNECT-FAILED %s %s\n", argv[3], strerror(errno));
+        int s = guest_dial((unsigned)strtoul(argv[2], NULL, 10),
+                           (unsigned)strtoul(argv[3], NULL, 10));
+        if (s < 0)
             return 1;
-        }
         bulk_send(s, strtoull(argv[4], NULL, 10), "GUEST");
         return 0;
     }

@@ -53,6 +53,8 @@ const MAX_HELLO: u64 = 1 << 20;
 const MAX_ERROR: u64 = 4096;
 /// Pre-copy rounds after the first full pass, at most.
 pub const MAX_ROUNDS: u32 = 30;
+/// A last dirty set this small is not worth another round.
+const MIN_FINAL_PAGES: usize = 32;
 /// How long either side waits for its peer before giving up.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -356,6 +358,7 @@ fn migrate_inner(
 
     let mut pending;
     let mut round = 1;
+    let mut previous = usize::MAX;
     loop {
         pending = take_dirty(m)?;
         let bytes = (pending.len() * PAGE_ENTRY) as f64;
@@ -363,10 +366,18 @@ fn migrate_inner(
         let n = pending.len() as u64;
         update(&|p| p.dirty_pages = n);
         // Half the downtime budget goes to the last pages, the other half to the machine
-        // state and to starting the vCPUs on the destination.
-        if estimate_ms <= downtime_ms as f64 / 2.0 || round > MAX_ROUNDS {
+        // state and to starting the vCPUs on the destination. Within the budget, rounds go
+        // on while they still shrink the dirty set by a quarter: each is shorter than the one
+        // before, so fewer pages are dirtied during it, and the pages left for the stop are
+        // as few as the guest's writing allows (in the lab an idle Debian guest's last set
+        // went from ~250 pages after one round to a few dozen).
+        let fits = estimate_ms <= downtime_ms as f64 / 2.0;
+        let shrinking = pending.len() > MIN_FINAL_PAGES
+            && pending.len().saturating_mul(4) < previous.saturating_mul(3);
+        if (fits && !shrinking) || round > MAX_ROUNDS {
             break;
         }
+        previous = pending.len();
         let start = Instant::now();
         let before = sender.bytes;
         send_pages(&m.mem, &pending, &mut sender)?;

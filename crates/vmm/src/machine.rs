@@ -608,6 +608,7 @@ pub(crate) fn launch(
     }
     let counters: Vec<_> = vcpus.iter().map(|v| v.counters()).collect();
     let handles: Vec<_> = vcpus.iter().map(|v| v.handle()).collect();
+    let tsc_khz = handles.first().map_or(0, |h| h.tsc_khz());
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let spawned = std::thread::Builder::new()
@@ -648,6 +649,7 @@ pub(crate) fn launch(
         io: io_handle.clone(),
         control: control.clone(),
         kick_vcpus: vcpu_kicker(&threads),
+        tsc_khz,
     });
     let api_thread = match &opts.api_socket {
         Some(path) => {

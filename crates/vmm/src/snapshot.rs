@@ -160,6 +160,9 @@ pub struct MachineAccess {
     pub io: EventLoopHandle,
     pub control: Arc<RunControl>,
     pub kick_vcpus: Kicker,
+    /// The vCPUs' TSC rate in kHz, read before they ran: a running vCPU holds its descriptor
+    /// (a halted one, for as long as it halts), and the rate never changes once running.
+    pub tsc_khz: u32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -232,8 +235,7 @@ impl MachineAccess {
             b.target_mib = pages / ((1 << 20) / PAGE_SIZE as u32);
         }
         Ok(MachineState {
-            host: host_info(&self.vm.kvm, self.config.vcpus, self.vcpus[0].tsc_khz())
-                .map_err(save)?,
+            host: host_info(&self.vm.kvm, self.config.vcpus, self.tsc_khz).map_err(save)?,
             config,
             regions: self.regions(),
             vm,

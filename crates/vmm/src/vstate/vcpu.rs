@@ -90,7 +90,8 @@ impl VcpuHandle {
         move |error| VcpuError { vcpu, what, error }
     }
 
-    /// The rate of the vCPU's TSC in kHz; 0 where KVM cannot say.
+    /// The rate of the vCPU's TSC in kHz; 0 where KVM cannot say. Waits for the vCPU's
+    /// descriptor, which its thread holds while the vCPU runs: call it before or while parked.
     pub fn tsc_khz(&self) -> u32 {
         self.fd().get_tsc_khz().unwrap_or(0)
     }

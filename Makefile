@@ -31,10 +31,15 @@ run: smoke
 	@scripts/vireod-demo.sh $(BIN_DIR) $(GUEST_DIR)
 
 # Rust tests (unit, host KVM, lab), then vireod end to end with boto3 and the AWS CLI.
+# Lab runs repeated because the emulated host broke (tests/src/lib.rs run_in_lab) are listed
+# at the end.
 test: build images
+	@rm -f build/lab/retries.log
 	VIREO_VMM_BIN=$(CURDIR)/$(VMM) cargo test --workspace --no-fail-fast; rust=$$?; \
 	VIREOD_BIN=$(CURDIR)/$(BIN_DIR)/vireod VIREO_VMM_BIN=$(CURDIR)/$(VMM) \
 	  build/pyenv/bin/python -m pytest -q -p no:cacheprovider tests/ec2; py=$$?; \
+	if [ -s build/lab/retries.log ]; then \
+	  echo "lab runs repeated because the lab's L1 kernel broke or froze:"; cat build/lab/retries.log; fi; \
 	[ $$rust -eq 0 ] && [ $$py -eq 0 ]
 
 bench-boot: build images

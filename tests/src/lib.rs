@@ -126,6 +126,18 @@ pub fn run_in_lab(command: &str, extra: &[&str]) -> Ran {
                 "the lab's L1 kernel broke ({}); running the lab again",
                 line.trim()
             );
+            // A passing test's stderr is not shown: `make test` prints this file at its end,
+            // so that repeated labs are seen.
+            let note = format!(
+                "{}: {}\n",
+                command.lines().next().unwrap_or_default(),
+                line.trim()
+            );
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(repo_root().join("build/lab/retries.log"))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, note.as_bytes()));
             attempt += 1;
             continue;
         }

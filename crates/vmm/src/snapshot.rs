@@ -801,9 +801,10 @@ pub fn restore_from_api(
     serial: Option<crate::config::SerialConfig>,
     mut opts: RunOptions,
 ) -> Result<RunReport, Error> {
+    // The shell first: a host without KVM fails before the socket exists.
+    let mut spare = Some(Shell::create(Vm::open_kvm()?)?);
     let listener = crate::api::bind(socket)
         .map_err(|e| Error::Host(format!("cannot serve the API on {}: {e}", socket.display())))?;
-    let mut spare = Some(Shell::create(Vm::open_kvm()?)?);
     let (parts, resume, requested) = crate::api::serve_until_load(&listener, |req| {
         let requested = std::time::Instant::now();
         let ropts = RestoreOptions {

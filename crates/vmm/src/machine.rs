@@ -597,6 +597,8 @@ pub(crate) fn launch(
         io: io_handle,
         controls,
         control,
+        supported_cpuid,
+        cpuid_opts,
         ..
     } = parts;
     // From here on the thread is stopped and joined explicitly, after the vCPUs.
@@ -608,7 +610,13 @@ pub(crate) fn launch(
     }
     let counters: Vec<_> = vcpus.iter().map(|v| v.counters()).collect();
     let handles: Vec<_> = vcpus.iter().map(|v| v.handle()).collect();
-    let tsc_khz = handles.first().map_or(0, |h| h.tsc_khz());
+    let host = crate::snapshot::host_info_from(
+        &supported_cpuid,
+        cpuid_opts.tsc_deadline,
+        vm.kvm.get_api_version(),
+        config.vcpus,
+        handles.first().map_or(0, |h| h.tsc_khz()),
+    );
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let spawned = std::thread::Builder::new()
@@ -649,7 +657,7 @@ pub(crate) fn launch(
         io: io_handle.clone(),
         control: control.clone(),
         kick_vcpus: vcpu_kicker(&threads),
-        tsc_khz,
+        host,
     });
     let api_thread = match &opts.api_socket {
         Some(path) => {

@@ -320,8 +320,7 @@ fn migrate_inner(
     let mut w = BufWriter::with_capacity(1 << 20, stream);
 
     let hello = Hello {
-        host: snapshot::host_info(&m.vm.kvm, m.config.vcpus, m.tsc_khz)
-            .map_err(MigrationError::Source)?,
+        host: m.host.clone(),
         config: m.config.clone(),
         paused: m.control.pause_requested(),
     };

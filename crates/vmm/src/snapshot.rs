@@ -87,21 +87,8 @@ pub struct HostInfo {
 /// The feature leaves compared between hosts: (function, index).
 const FEATURE_LEAVES: [(u32, u32); 4] = [(1, 0), (7, 0), (0xd, 1), (0x8000_0001, 0)];
 
-/// This host's [`HostInfo`] for a VM of `nr_vcpus` whose vCPUs' TSC runs at `tsc_khz`.
-pub fn host_info(kvm: &kvm_ioctls::Kvm, nr_vcpus: u8, tsc_khz: u32) -> Result<HostInfo, String> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| format!("cannot read KVM's supported CPUID: {e}"))?;
-    Ok(host_info_from(
-        &supported,
-        kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
-        kvm.get_api_version(),
-        nr_vcpus,
-        tsc_khz,
-    ))
-}
-
-/// [`host_info`] from KVM's supported CPUID and facts already read.
+/// This host's [`HostInfo`] for a VM of `nr_vcpus` whose vCPUs' TSC runs at `tsc_khz`, from
+/// KVM's supported CPUID and facts already read.
 pub(crate) fn host_info_from(
     supported: &kvm_bindings::CpuId,
     tsc_deadline: bool,
@@ -160,9 +147,10 @@ pub struct MachineAccess {
     pub io: EventLoopHandle,
     pub control: Arc<RunControl>,
     pub kick_vcpus: Kicker,
-    /// The vCPUs' TSC rate in kHz, read before they ran: a running vCPU holds its descriptor
-    /// (a halted one, for as long as it halts), and the rate never changes once running.
-    pub tsc_khz: u32,
+    /// This host's facts as a snapshot or a migration's HELLO records them, read once before
+    /// the vCPUs ran: a running vCPU holds its descriptor (a halted one, for as long as it
+    /// halts), and nothing in them changes while the machine runs.
+    pub host: HostInfo,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -235,7 +223,7 @@ impl MachineAccess {
             b.target_mib = pages / ((1 << 20) / PAGE_SIZE as u32);
         }
         Ok(MachineState {
-            host: host_info(&self.vm.kvm, self.config.vcpus, self.tsc_khz).map_err(save)?,
+            host: self.host.clone(),
             config,
             regions: self.regions(),
             vm,

@@ -32,7 +32,7 @@ use crate::arch::{acpi, boot, cpuid, gdt};
 use crate::config::{host_memory_mib, ConfigError, DriveFormat, SerialConfig, VmConfig};
 use crate::memory::{Backing, GuestMemoryMmap, GuestRam};
 use crate::vstate::control::{ExitCounts, RunControl, StopReason};
-use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
+use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
 
 use crate::vstate::vm::{Vm, VmError};
 
@@ -258,8 +258,48 @@ pub(crate) struct Parts {
     pub control: Arc<RunControl>,
     pub supported_cpuid: kvm_bindings::CpuId,
     pub cpuid_opts: cpuid::CpuidOptions,
+    /// Started with the shell, waiting to run vCPU 0 (see [`SpareThread`]).
+    pub vcpu0_thread: Option<SpareThread>,
     pub mem: Arc<GuestMemoryMmap>,
     pub ram: GuestRam,
+}
+
+/// A thread started before it has work: it waits for one closure, runs it and ends. Starting a
+/// thread (its stack, its TLS, the clone) costs ~4 ms where the host itself is emulated (the
+/// lab), which a restore would otherwise pay between loading the state and running the vCPU.
+/// Dropped unused, it ends at once.
+pub(crate) struct SpareThread {
+    name: String,
+    work: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+    thread: JoinHandle<()>,
+}
+
+impl SpareThread {
+    pub(crate) fn spawn(name: &str) -> std::io::Result<SpareThread> {
+        let (work, next) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(1);
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if let Ok(f) = next.recv() {
+                    f();
+                }
+            })?;
+        Ok(SpareThread {
+            name: name.into(),
+            work,
+            thread,
+        })
+    }
+
+    /// Runs `f` on the thread (on a new one, should the spare be gone).
+    fn run(self, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+        match self.work.send(Box::new(f)) {
+            Ok(()) => Ok(self.thread),
+            Err(std::sync::mpsc::SendError(f)) => {
+                std::thread::Builder::new().name(self.name).spawn(f)
+            }
+        }
+    }
 }
 
 /// The running device I/O thread. Dropped while it still owns the thread (a machine that
@@ -353,7 +393,8 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
 pub(crate) struct Shell {
     vm: Vm,
     /// Every machine has a vCPU 0; the others are created once their number is known.
-    vcpu0: kvm_ioctls::VcpuFd,
+    vcpu0: VcpuHandle,
+    vcpu0_thread: SpareThread,
     supported_cpuid: kvm_bindings::CpuId,
     tsc_deadline: bool,
     io: EventLoopHandle,
@@ -376,6 +417,9 @@ impl Shell {
             what: "create",
             error,
         })?;
+        let vcpu0 = VcpuHandle::new(0, vcpu0);
+        let vcpu0_thread = SpareThread::spawn("vcpu0")
+            .map_err(|e| Error::Host(format!("cannot start a vCPU thread: {e}")))?;
         let eventfd = || {
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
                 .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))
@@ -417,6 +461,7 @@ impl Shell {
         Ok(Shell {
             vm,
             vcpu0,
+            vcpu0_thread,
             supported_cpuid,
             tsc_deadline,
             io,
@@ -434,12 +479,21 @@ impl Shell {
             self.tsc_deadline,
             self.vm.kvm.get_api_version(),
             nr_vcpus,
-            self.vcpu0.get_tsc_khz().unwrap_or(0),
+            self.vcpu0.tsc_khz(),
         )
     }
 
     pub(crate) fn kvm(&self) -> &kvm_ioctls::Kvm {
         &self.vm.kvm
+    }
+
+    pub(crate) fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// vCPU 0, which has no thread yet.
+    pub(crate) fn vcpu0(&self) -> &VcpuHandle {
+        &self.vcpu0
     }
 }
 
@@ -459,6 +513,7 @@ pub(crate) fn build(
     let Shell {
         vm,
         vcpu0,
+        vcpu0_thread,
         supported_cpuid,
         tsc_deadline,
         io,
@@ -534,7 +589,7 @@ pub(crate) fn build(
         tsc_deadline,
     };
     let mut vcpus = Vec::with_capacity(config.vcpus.into());
-    vcpus.push(Vcpu::new(0, vcpu0, ctx.clone()));
+    vcpus.push(Vcpu::from_handle(vcpu0, ctx.clone()));
     for id in 1..config.vcpus {
         let fd = vm
             .fd
@@ -563,6 +618,7 @@ pub(crate) fn build(
         control,
         supported_cpuid,
         cpuid_opts,
+        vcpu0_thread: Some(vcpu0_thread),
     })
 }
 
@@ -599,6 +655,7 @@ pub(crate) fn launch(
         control,
         supported_cpuid,
         cpuid_opts,
+        mut vcpu0_thread,
         ..
     } = parts;
     // From here on the thread is stopped and joined explicitly, after the vCPUs.
@@ -619,9 +676,12 @@ pub(crate) fn launch(
     );
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || vcpu.run());
+        let spawned = match vcpu0_thread.take() {
+            Some(spare) if id == 0 => spare.run(move || vcpu.run()),
+            _ => std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu.run()),
+        };
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
@@ -941,7 +1001,27 @@ fn spawn_console_input(serial: Arc<Mutex<Serial>>, control: Arc<RunControl>) {
 
 #[cfg(test)]
 mod tests {
-    use super::guest_cmdline;
+    use super::{guest_cmdline, SpareThread};
+
+    #[test]
+    fn a_spare_thread_runs_its_work_under_its_name_and_an_unused_one_ends() {
+        let spare = SpareThread::spawn("vcpu0").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = spare
+            .run(move || {
+                let name = std::thread::current().name().map(str::to_string);
+                tx.send(name).unwrap();
+            })
+            .unwrap();
+        assert_eq!(handle.thread().name(), Some("vcpu0"));
+        assert_eq!(rx.recv().unwrap().as_deref(), Some("vcpu0"));
+        handle.join().unwrap();
+
+        // Without work (its sender dropped, as when a shell goes unused) the thread ends.
+        let SpareThread { work, thread, .. } = SpareThread::spawn("vcpu0").unwrap();
+        drop(work);
+        thread.join().unwrap();
+    }
 
     #[test]
     fn no_pci_bus_is_stated_unless_the_user_says_otherwise() {

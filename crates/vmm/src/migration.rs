@@ -306,6 +306,7 @@ fn migrate_inner(
 ) -> Result<IoFreeze, MigrationError> {
     let update =
         |f: &dyn Fn(&mut Progress)| f(&mut progress.lock().unwrap_or_else(|e| e.into_inner()));
+    m.warm_up_save();
     let addr = destination
         .to_socket_addrs()
         .map_err(|e| MigrationError::Connect(destination.into(), e.to_string()))?
@@ -513,6 +514,7 @@ pub fn incoming(listen: &str, inc: IncomingOptions, opts: RunOptions) -> Result<
         TcpListener::bind(listen).map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
     // The machine's shell is made while no source has called yet.
     let shell = Shell::create(Vm::open_kvm()?)?;
+    snapshot::warm_up(&shell);
     let (stream, peer) = listener
         .accept()
         .map_err(|e| fail(format!("accept on {listen}: {e}")))?;

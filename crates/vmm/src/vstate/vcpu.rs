@@ -44,7 +44,7 @@ pub struct Vcpu {
 }
 
 /// Everything KVM keeps about one vCPU that a snapshot needs to bring it back.
-#[derive(Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct VcpuState {
     pub id: u8,
     #[serde(with = "pod_vec")]
@@ -81,6 +81,14 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    /// A handle on a vCPU that has no thread yet.
+    pub fn new(id: u8, fd: VcpuFd) -> Self {
+        Self {
+            id,
+            fd: Arc::new(Mutex::new(fd)),
+        }
+    }
+
     fn fd(&self) -> MutexGuard<'_, VcpuFd> {
         self.fd.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -206,9 +214,14 @@ fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), kvm_ioctls::Er
 
 impl Vcpu {
     pub fn new(id: u8, fd: VcpuFd, ctx: VcpuContext) -> Self {
+        Self::from_handle(VcpuHandle::new(id, fd), ctx)
+    }
+
+    /// The vCPU behind `handle`, which nothing else may use while this one runs.
+    pub fn from_handle(handle: VcpuHandle, ctx: VcpuContext) -> Self {
         Self {
-            id,
-            fd: Arc::new(Mutex::new(fd)),
+            id: handle.id,
+            fd: handle.fd,
             ctx,
             counters: Arc::new(ExitCounters::default()),
         }

@@ -40,7 +40,7 @@ pub struct Vm {
 }
 
 /// The VM-wide KVM state a snapshot keeps: interrupt controllers, PIT, kvmclock.
-#[derive(Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct VmState {
     #[serde(with = "pod_bytes")]
     pub pic_master: kvm_irqchip,

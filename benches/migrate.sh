@@ -75,6 +75,7 @@ for size in $SIZES; do for dirty in 0 1; do
       want='after process start'
     fi
     wait_tick $con $((t + 3)) && ok=ticking || ok=stuck
+    [ $ok = ticking ] || echo "NOTE $case vireo restore ($verify): the guest stopped; stderr: $(grep -v vireo_timing /tmp/b.err | tail -3 | tr '\n' ' ')"
     ms=$(grep "$want" /tmp/b.err | grep -o 'running [0-9.]* ms' | cut -d' ' -f2)
     echo "RESULT $case vireo restore {\"verify_memory\": \"$verify\", \"ms\": ${ms:-null}, \"guest\": \"$ok\"}"
     vireo-api /tmp/b.sock PUT /vm/stop >/dev/null; wait $b
@@ -160,10 +161,11 @@ for size in $SIZES; do
     out=$(lab/lab run --with-qemu --smp 2 --mem 4096 --timeout 900 --bin-dir "$BIN_DIR" \
           --put "$work/extra.gz:/tmp/extra.gz" --put "$work/lab.sh:/tmp/lab.sh" \
           -- "SIZES='$size' HOPS='$HOPS' bash /tmp/lab.sh") || rc=$?
-    printf '%s\n' "$out" >> "$work/out.txt"
+    # A retried boot's results replace the failed one's (which may have got halfway).
     [ $rc = 125 ] || break
     echo "bench-migrate: the lab failed for $size MiB (try $try): $(tail -1 build/lab/last/console.log)" >&2
   done
+  printf '%s\n' "$out" >> "$work/out.txt"
 done
 python3 - "$work/out.txt" <<'PY'
 import json, sys

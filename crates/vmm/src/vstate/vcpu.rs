@@ -357,7 +357,11 @@ impl Vcpu {
                     ExitCounters::bump(&c.hlt);
                     None
                 }
-                VcpuExit::Shutdown => fault(GuestFault::TripleFault { vcpu: id }),
+                VcpuExit::Shutdown => {
+                    // What the vCPU looked like is all there is to go on afterwards.
+                    tracing::error!("vCPU {id} triple-faulted: {}", fault_context(&fd));
+                    fault(GuestFault::TripleFault { vcpu: id })
+                }
                 VcpuExit::SystemEvent(kind, _) => match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => Some(StopReason::PowerOff),
                     KVM_SYSTEM_EVENT_RESET => Some(StopReason::Reset),
@@ -417,6 +421,40 @@ impl Vcpu {
             GuestFault::EmulationFailure { vcpu, rip }
         }
     }
+}
+
+/// The registers that tell where a vCPU failed and in what mode, with any event KVM holds for
+/// it, on one line.
+fn fault_context(fd: &VcpuFd) -> String {
+    let mut out = String::new();
+    if let Ok(r) = fd.get_regs() {
+        out += &format!(
+            "rip {:#x} rsp {:#x} rflags {:#x} rax {:#x}",
+            r.rip, r.rsp, r.rflags, r.rax
+        );
+    }
+    if let Ok(s) = fd.get_sregs() {
+        out += &format!(
+            " cs {:#x} ss {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{} gdt {:#x}/{} tr {:#x}@{:#x} gs.base {:#x}",
+            s.cs.selector, s.ss.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.idt.base,
+            s.idt.limit, s.gdt.base, s.gdt.limit, s.tr.selector, s.tr.base, s.gs.base
+        );
+    }
+    if let Ok(e) = fd.get_vcpu_events() {
+        out += &format!(
+            " exception {}/{}/{}/{:#x} interrupt {}/{} nmi {}/{} shadow {}",
+            e.exception.injected,
+            e.exception.pending,
+            e.exception.nr,
+            e.exception.error_code,
+            e.interrupt.injected,
+            e.interrupt.nr,
+            e.nmi.injected,
+            e.nmi.pending,
+            e.interrupt.shadow
+        );
+    }
+    out
 }
 
 /// PVM ("Pagetable-based Virtual Machine") runs guest kernel mode through KVM's instruction

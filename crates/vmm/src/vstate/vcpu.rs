@@ -358,8 +358,9 @@ impl Vcpu {
                     None
                 }
                 VcpuExit::Shutdown => {
-                    // What the vCPU looked like is all there is to go on afterwards.
-                    tracing::error!("vCPU {id} triple-faulted: {}", fault_context(&fd));
+                    // What the vCPU looked like is all there is to go on afterwards; the
+                    // error itself stays one line (`VIREO_LOG=debug` shows this).
+                    tracing::debug!("vCPU {id} triple-faulted: {}", fault_context(&fd));
                     fault(GuestFault::TripleFault { vcpu: id })
                 }
                 VcpuExit::SystemEvent(kind, _) => match kind {

@@ -790,11 +790,9 @@ fn rehearse(shell: &Shell) -> Result<(), String> {
         serial: SerialSnapshot::default(),
     };
     let encoded = encode_state(&state)?;
-    let sum = checksum::of(&encoded);
-    let h = header(encoded.len() as u64, sum, 0, 0);
-    if checksum::of(&h[..56]) != u64_at(&h, 56) || checksum::of(&encoded) != sum {
-        return Err("a checksum does not repeat".into());
-    }
+    // The header's and the state's checksums, as a load computes them; the values are not
+    // needed.
+    std::hint::black_box(header(encoded.len() as u64, checksum::of(&encoded), 0, 0));
     let decoded = decode_state(&encoded)?;
     check_consistent(&decoded)?;
     check_on_shell(shell, &decoded.host, &decoded.config).map_err(|e| e.to_string())?;
@@ -869,10 +867,9 @@ pub fn restore_from_api(
     mut opts: RunOptions,
 ) -> Result<RunReport, Error> {
     // The shell first: a host without KVM fails before the socket exists.
-    let mut spare = Some(Shell::create(Vm::open_kvm()?)?);
-    if let Some(shell) = &spare {
-        warm_up(shell);
-    }
+    let shell = Shell::create(Vm::open_kvm()?)?;
+    warm_up(&shell);
+    let mut spare = Some(shell);
     let listener = crate::api::bind(socket)
         .map_err(|e| Error::Host(format!("cannot serve the API on {}: {e}", socket.display())))?;
     let (parts, resume, requested) = crate::api::serve_until_load(&listener, |req| {

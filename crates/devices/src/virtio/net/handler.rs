@@ -5,22 +5,23 @@
 //! could not place stays pending, and the TAP is not read again until the guest adds buffers
 //! (queue notification) or the limiter's timer fires. Nothing spins: every wait is an fd.
 //!
-//! Transmit: each chain is a header and a frame, copied into one bounded buffer and written to
-//! the TAP in one write. A blocked tx limiter puts the chain back until its timer fires.
+//! Transmit: each chain is a header and a frame. The header is copied out and checked; the
+//! frame goes from guest memory to the TAP in one `writev`, uncopied (see [`TxParts`]). A
+//! blocked tx limiter puts the chain back until its timer fires.
 //!
 //! Everything in the queues is the guest's and may be hostile: chains without the space they
 //! need, oversize frames, headers asking for offloads that were not negotiated. Such a frame is
 //! dropped and counted and its chain returned; a queue whose rings cannot be accessed stops the
 //! device (until the driver resets it).
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_net as vn;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{bit, tap_offload_flags, Backend, NetCounters, HDR_LEN, MAX_FRAME_LEN};
@@ -40,6 +41,109 @@ const ETH_HLEN: usize = 14;
 const NEEDS_CSUM: u8 = vn::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
 const DATA_VALID: u8 = vn::VIRTIO_NET_HDR_F_DATA_VALID as u8;
 const GSO_ECN: u8 = vn::VIRTIO_NET_HDR_GSO_ECN as u8;
+
+/// The most parts a frame is sent in (the kernel's UIO_MAXIOV): its header and up to this
+/// many less one pieces of guest memory.
+const MAX_TX_PARTS: usize = 1024;
+
+/// One transmit chain, gathered for a `writev`: its virtio-net header copied out (it is checked
+/// before it is sent, and the guest could rewrite its own copy after the check), then the rest
+/// of the frame as addresses in guest memory, so a 64 KiB TSO frame is not copied on its way
+/// to the TAP.
+struct TxParts {
+    hdr: [u8; HDR_LEN],
+    /// `parts[0]` stands for `hdr`; it is pointed at it only when the frame is sent.
+    parts: Vec<libc::iovec>,
+    /// Header and frame, in bytes.
+    len: usize,
+}
+
+impl Default for TxParts {
+    fn default() -> Self {
+        Self {
+            hdr: [0; HDR_LEN],
+            parts: Vec::with_capacity(64),
+            len: 0,
+        }
+    }
+}
+
+// SAFETY: `parts` holds addresses in guest memory only between `gather` and `send` of one
+// chain, on the thread that owns the handler; nothing else reads them.
+unsafe impl Send for TxParts {}
+
+impl TxParts {
+    /// Walks `chain` once (the guest may rewrite its descriptors at any time, so what is
+    /// checked is what is used): every buffer device-readable and inside guest memory, header
+    /// and frame of a size a frame can have. On success the chain is ready to `send`.
+    fn gather(
+        &mut self,
+        mem: &GuestMemory,
+        chain: DescriptorChain<&GuestMemory>,
+    ) -> Result<(), &'static str> {
+        self.parts.clear();
+        self.parts.push(libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        });
+        self.len = 0;
+        for desc in chain {
+            if desc.is_write_only() {
+                return Err("a chain with a device-writable buffer");
+            }
+            let len = desc.len() as usize;
+            self.len = match self.len.checked_add(len) {
+                Some(total) if total <= MAX_PACKET => total,
+                _ => return Err("a frame too long"),
+            };
+            let slices = mem
+                .get_slices(desc.addr(), len, Permissions::Read)
+                .map_err(|_| "a chain outside guest memory")?;
+            let mut at = self.len - len;
+            for slice in slices {
+                let mut slice = slice.map_err(|_| "a chain outside guest memory")?;
+                if at < HDR_LEN {
+                    let n = slice.copy_to(&mut self.hdr[at..]);
+                    at += n;
+                    slice = slice
+                        .offset(n)
+                        .map_err(|_| "a chain outside guest memory")?;
+                }
+                if slice.is_empty() {
+                    continue;
+                }
+                if self.parts.len() == MAX_TX_PARTS {
+                    return Err("a frame in too many pieces");
+                }
+                self.parts.push(libc::iovec {
+                    iov_base: slice.ptr_guard().as_ptr().cast_mut().cast(),
+                    iov_len: slice.len(),
+                });
+                at += slice.len();
+            }
+        }
+        if self.len < HDR_LEN + ETH_HLEN {
+            return Err("a frame too short");
+        }
+        Ok(())
+    }
+
+    /// Sends the gathered frame, the checked copy of its header first.
+    ///
+    /// # Safety
+    /// The guest memory `gather` read must still be mapped.
+    unsafe fn send(&mut self, backend: &dyn Backend) -> std::io::Result<usize> {
+        self.parts[0] = libc::iovec {
+            iov_base: self.hdr.as_mut_ptr().cast(),
+            iov_len: HDR_LEN,
+        };
+        // SAFETY: `parts[0]` is `hdr`, the others point into guest memory, which the caller
+        // keeps mapped.
+        let sent = unsafe { backend.write_frame_gathered(&self.parts) };
+        self.parts.clear();
+        sent
+    }
+}
 
 /// What happened to one received frame.
 enum Delivery {
@@ -70,7 +174,7 @@ pub(super) struct NetHandler {
     rx_charged: bool,
     /// The TAP may have frames: set by an edge, cleared when a read finds it empty.
     tap_readable: bool,
-    tx_frame: Vec<u8>,
+    tx_parts: TxParts,
     /// A queue's rings were unusable: the device does nothing more until reset.
     broken: bool,
 }
@@ -116,7 +220,7 @@ impl NetHandler {
             rx_len: 0,
             rx_charged: false,
             tap_readable: true,
-            tx_frame: vec![0; MAX_PACKET],
+            tx_parts: TxParts::default(),
             broken: false,
         })
     }
@@ -387,22 +491,13 @@ impl NetHandler {
             self.tx.disable_notification(mem)?;
             while let Some(chain) = self.tx.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
-                let mut reader = match chain.reader(mem) {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.tx_drop("a chain with bad descriptors");
-                        self.tx.add_used(mem, head, 0)?;
-                        *used = true;
-                        continue;
-                    }
-                };
-                let len = reader.available_bytes();
-                if !(HDR_LEN + ETH_HLEN..=MAX_PACKET).contains(&len) {
-                    self.tx_drop("a frame too short or too long");
+                if let Err(what) = self.tx_parts.gather(mem, chain) {
+                    self.tx_drop(what);
                     self.tx.add_used(mem, head, 0)?;
                     *used = true;
                     continue;
                 }
+                let len = self.tx_parts.len;
                 let cost = Cost {
                     ops: 1,
                     bytes: (len - HDR_LEN) as u64,
@@ -413,12 +508,13 @@ impl NetHandler {
                     self.tx.go_to_previous_position();
                     return Ok(());
                 }
-                if reader.read_exact(&mut self.tx_frame[..len]).is_err() {
-                    self.tx_drop("a chain whose memory cannot be read");
-                } else if !self.tx_header_ok(&self.tx_frame[..HDR_LEN]) {
+                if !self.tx_header_ok(&self.tx_parts.hdr) {
                     self.tx_drop("a header with offloads that were not negotiated");
                 } else {
-                    match self.backend.write_frame(&self.tx_frame[..len]) {
+                    // SAFETY: the parts point into guest memory, which `mem` keeps mapped for
+                    // the whole call (a guest may rewrite the bytes meanwhile: that changes
+                    // only what it sends; the header checked above is the copy that is sent).
+                    match unsafe { self.tx_parts.send(&*self.backend) } {
                         Ok(_) => {
                             NetCounters::add(&self.counters.tx_packets, 1);
                             NetCounters::add(&self.counters.tx_bytes, (len - HDR_LEN) as u64);

@@ -90,6 +90,21 @@ pub trait Backend: AsRawFd + Send + Sync {
     fn read_frame(&self, buf: &mut [u8]) -> std::io::Result<usize>;
     /// Writes one frame.
     fn write_frame(&self, frame: &[u8]) -> std::io::Result<usize>;
+    /// Writes one frame gathered from `parts`, in order. This one gathers into a buffer and
+    /// calls [`Self::write_frame`]; the TAP sends the parts with one `writev`, without a copy.
+    ///
+    /// # Safety
+    /// Each of `parts` must point to memory that stays mapped and readable for its length until
+    /// the call returns.
+    unsafe fn write_frame_gathered(&self, parts: &[libc::iovec]) -> std::io::Result<usize> {
+        let mut frame = Vec::with_capacity(parts.iter().map(|p| p.iov_len).sum());
+        for p in parts {
+            // SAFETY: the caller vouches that the part is mapped and readable.
+            let bytes = unsafe { std::slice::from_raw_parts(p.iov_base as *const u8, p.iov_len) };
+            frame.extend_from_slice(bytes);
+        }
+        self.write_frame(&frame)
+    }
     /// Sets the offloads the reader accepts (`TUN_F_*`).
     fn set_offload(&self, flags: u32) -> std::io::Result<()>;
 }

@@ -120,6 +120,10 @@ impl Backend for Tap {
         (&self.file).write(frame)
     }
 
+    unsafe fn write_frame_gathered(&self, parts: &[libc::iovec]) -> std::io::Result<usize> {
+        writev(self.file.as_raw_fd(), parts)
+    }
+
     fn set_offload(&self, flags: u32) -> std::io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value; the fd is ours.
         let rc = unsafe {
@@ -134,4 +138,22 @@ impl Backend for Tap {
         }
         Ok(())
     }
+}
+
+/// One `writev` of `parts` to `fd`: a TAP takes it as one frame, a datagram socket as one
+/// datagram.
+///
+/// # Safety
+/// Each of `parts` must point to memory that stays mapped and readable for its length until
+/// the call returns.
+pub(super) unsafe fn writev(fd: RawFd, parts: &[libc::iovec]) -> std::io::Result<usize> {
+    let count = libc::c_int::try_from(parts.len())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `parts` is a valid array of `count` iovecs whose memory the caller vouches for;
+    // the kernel only reads it.
+    let n = unsafe { libc::writev(fd, parts.as_ptr(), count) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }

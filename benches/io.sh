@@ -148,19 +148,20 @@ insmod \$B/brd.ko rd_nr=1 rd_size=$((DISK_MIB * 1024)) || { echo "BENCH-ERROR in
 DISK=/dev/ram0
 # Allocate the RAM disk's pages up front, so no side pays for that.
 dd if=/dev/zero of=\$DISK bs=1M count=$DISK_MIB oflag=direct 2>/dev/null
-# The same guest under vireo-vmm and under QEMU (its virtio-blk, default cache=writeback,
-# aio=threads: buffered I/O on the device like vireo-vmm's), each line of the guest's tagged.
+# The same guest under vireo-vmm and under QEMU, both with direct I/O on the device (vireo-vmm's
+# 'direct', QEMU's cache=none with aio=threads), as fio on the lab host has: data moves once,
+# between the RAM disk and guest memory. Each line of the guest's tagged.
 for round in \$(seq $ROUNDS); do
 for vmm in vireo qemu; do
     if [ \$vmm = vireo ]; then
         vireo-vmm --kernel \$G/vmlinux --initrd /tmp/initrd.gz --vcpus 1 --memory 512 \\
-            --drive path=\$B/tools.img,ro,format=raw --drive path=\$DISK,format=raw --cmdline "\$CMDLINE vireo.run=bfio"
+            --drive path=\$B/tools.img,ro,format=raw --drive path=\$DISK,format=raw,direct --cmdline "\$CMDLINE vireo.run=bfio"
     else
         qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \\
             -nographic -serial stdio -no-reboot -kernel \$G/vmlinux -initrd /tmp/initrd.gz \\
             -append "\$CMDLINE vireo.run=bfio" \\
             -drive file=\$B/tools.img,if=none,id=tools,format=raw,readonly=on -device virtio-blk-device,drive=tools \\
-            -drive file=\$DISK,if=none,id=disk,format=raw -device virtio-blk-device,drive=disk
+            -drive file=\$DISK,if=none,id=disk,format=raw,cache=none -device virtio-blk-device,drive=disk
     fi | while IFS= read -r l; do
         l=\${l%\$'\\r'}
         case \$l in

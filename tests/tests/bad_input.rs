@@ -54,7 +54,8 @@ fn missing_initrd() {
 }
 
 /// Drives are opened before the VM is built: a missing file, a file that is not the qcow2
-/// image it is said to be, and a qcow2 image whose backing chain loops are one line each.
+/// image it is said to be, a qcow2 image whose backing chain loops and direct I/O asked of a
+/// qcow2 image are one line each.
 #[test]
 fn bad_drives() {
     let g = guest("pio");
@@ -89,6 +90,19 @@ fn bad_drives() {
     let arg = format!("path={}", looped.display());
     let r = run_vmm(&["--kernel", kernel, "--drive", &arg], 10);
     assert_one_line_error(&r, "backing chain comes back to");
+    // Direct I/O is for raw images.
+    let qcow2 = scratch("bad-drive-direct.qcow2");
+    let _ = std::fs::remove_file(&qcow2);
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow2)
+        .arg("1M")
+        .output()
+        .expect("this test needs qemu-img (apt-get install qemu-utils)");
+    assert!(out.status.success(), "{out:?}");
+    let arg = format!("path={},format=qcow2,direct", qcow2.display());
+    let r = run_vmm(&["--kernel", kernel, "--drive", &arg], 10);
+    assert_one_line_error(&r, "direct I/O is for raw images, and this one is qcow2");
 }
 
 #[test]

@@ -58,15 +58,29 @@ pub fn detect_format(path: &Path) -> Result<Format> {
 }
 
 /// Opens the image at `path` as `format` for a virtio-blk drive (qcow2: with its backing
-/// chain, which is only ever read).
-pub fn open(path: &Path, format: Format, read_only: bool) -> Result<Arc<dyn BlockBackend>> {
+/// chain, which is only ever read). `direct` bypasses the host's page cache (raw images only:
+/// a qcow2 image's metadata is read and written in pieces no device alignment fits).
+pub fn open(
+    path: &Path,
+    format: Format,
+    read_only: bool,
+    direct: bool,
+) -> Result<Arc<dyn BlockBackend>> {
     Ok(match format {
-        Format::Raw => Arc::new(
-            RawDisk::open(path, read_only).map_err(|source| Error::Open {
+        Format::Raw => {
+            Arc::new(
+                RawDisk::open(path, read_only, direct).map_err(|source| Error::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            )
+        }
+        Format::Qcow2 if direct => {
+            return Err(Error::Invalid {
                 path: path.to_path_buf(),
-                source,
-            })?,
-        ),
+                reason: "direct I/O is for raw images, and this one is qcow2".to_string(),
+            })
+        }
         Format::Qcow2 => Arc::new(Qcow2Disk::open(path, read_only)?),
     })
 }
@@ -127,7 +141,7 @@ pub fn flatten(image: &Path, out_raw: &Path) -> Result<()> {
 
 /// [`flatten`] of an image whose format the caller knows.
 pub fn flatten_format(image: &Path, format: Format, out_raw: &Path) -> Result<()> {
-    let disk = open(image, format, true)?;
+    let disk = open(image, format, true, false)?;
     if out_raw.exists() {
         return Err(exists(out_raw));
     }

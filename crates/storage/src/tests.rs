@@ -105,7 +105,7 @@ fn overlay_reads_the_base_and_keeps_writes_to_itself() {
 
     let mut expected = base_bytes();
     {
-        let disk = open(&overlay, Format::Qcow2, false).unwrap();
+        let disk = open(&overlay, Format::Qcow2, false, false).unwrap();
         assert_eq!(disk.size(), 4 * MIB as u64);
         assert_eq!(disk.format(), Format::Qcow2);
         assert!(
@@ -129,7 +129,7 @@ fn overlay_reads_the_base_and_keeps_writes_to_itself() {
         std::fs::read(&base).unwrap() == base_bytes(),
         "the base file is byte-identical"
     );
-    let reopened = open(&overlay, Format::Qcow2, true).unwrap();
+    let reopened = open(&overlay, Format::Qcow2, true, false).unwrap();
     assert!(reopened.read_only());
     assert!(read_all(&*reopened) == expected, "writes were kept");
     drop(reopened);
@@ -147,7 +147,7 @@ fn discard_and_write_zeroes_on_qcow2_read_as_zeros_not_as_the_base() {
     let base = write_base(d.path());
     let overlay = d.path().join("vm.qcow2");
     create_overlay(&base, &overlay).unwrap();
-    let disk = open(&overlay, Format::Qcow2, false).unwrap();
+    let disk = open(&overlay, Format::Qcow2, false, false).unwrap();
     let mut expected = base_bytes();
     write_at(&*disk, &vec![0x55; 256 * 1024], 0);
     expected[..256 * 1024].fill(0x55);
@@ -177,7 +177,7 @@ fn requests_past_the_end_and_writes_to_read_only_images_fail() {
     let overlay = d.path().join("vm.qcow2");
     create_overlay(&base, &overlay).unwrap();
     for (path, format) in [(&base, Format::Raw), (&overlay, Format::Qcow2)] {
-        let disk = open(path, format, false).unwrap();
+        let disk = open(path, format, false, false).unwrap();
         let mut buf = vec![0u8; 1024];
         let end = disk.size();
         assert!(disk.read(&[buf.as_mut_slice().into()], end - 512).is_err());
@@ -187,7 +187,7 @@ fn requests_past_the_end_and_writes_to_read_only_images_fail() {
         assert!(disk.discard(end, 512).is_err());
         assert!(disk.write_zeroes(u64::MAX, 2, false).is_err());
         drop(disk);
-        let ro = open(path, format, true).unwrap();
+        let ro = open(path, format, true, false).unwrap();
         assert!(ro.read_only());
         assert!(ro.write(&[buf.as_mut_slice().into()], 0).is_err());
         assert!(ro.discard(0, 512).is_err());
@@ -206,7 +206,7 @@ fn flatten_round_trip_is_sparse_and_exact() {
     create_overlay(&base, &overlay).unwrap();
     let mut expected = base_bytes();
     {
-        let disk = open(&overlay, Format::Qcow2, false).unwrap();
+        let disk = open(&overlay, Format::Qcow2, false, false).unwrap();
         write_at(&*disk, b"a file the guest wrote", 2 * MIB as u64);
         expected[2 * MIB..2 * MIB + 22].copy_from_slice(b"a file the guest wrote");
         disk.discard(3 * MIB as u64 + 64 * 1024, 64 * 1024).unwrap();
@@ -315,7 +315,7 @@ fn fresh_overlay(d: &Path) -> (PathBuf, Vec<u8>) {
     let overlay = d.join("vm.qcow2");
     create_overlay(&base, &overlay).unwrap();
     {
-        let disk = open(&overlay, Format::Qcow2, false).unwrap();
+        let disk = open(&overlay, Format::Qcow2, false, false).unwrap();
         write_at(&*disk, &[0x77; 4096], MIB as u64);
     }
     let bytes = std::fs::read(&overlay).unwrap();
@@ -323,7 +323,9 @@ fn fresh_overlay(d: &Path) -> (PathBuf, Vec<u8>) {
 }
 
 fn open_err(path: &Path) -> String {
-    open(path, Format::Qcow2, false).unwrap_err().to_string()
+    open(path, Format::Qcow2, false, false)
+        .unwrap_err()
+        .to_string()
 }
 
 fn put_be(bytes: &mut [u8], off: usize, v: &[u8]) {
@@ -364,7 +366,7 @@ fn hostile_headers_are_refused_with_a_clear_error() {
         let mut bytes = good.clone();
         put_be(&mut bytes, *off, value);
         std::fs::write(&overlay, &bytes).unwrap();
-        let e = match open(&overlay, Format::Qcow2, false) {
+        let e = match open(&overlay, Format::Qcow2, false, false) {
             Ok(_) => panic!("{what}: opened"),
             Err(e) => e.to_string(),
         };
@@ -376,8 +378,16 @@ fn hostile_headers_are_refused_with_a_clear_error() {
     }
     // A raw file taken as qcow2 by the caller's word.
     let raw = d.path().join("base.raw");
-    let e = open(&raw, Format::Qcow2, true).unwrap_err().to_string();
+    let e = open(&raw, Format::Qcow2, true, false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("Not a qcow2 file"), "{e}");
+    // Direct I/O is for raw images.
+    let overlay = d.path().join("vm.qcow2");
+    let e = open(&overlay, Format::Qcow2, false, true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("direct I/O is for raw images"), "{e}");
 }
 
 #[test]
@@ -426,7 +436,7 @@ fn backing_chains_that_loop_run_deep_or_hide_their_format_are_refused() {
         fmt = "qcow2";
     }
     let top = p(&format!("layer{}.qcow2", MAX_CHAIN - 1));
-    let disk = open(&top, Format::Qcow2, true).unwrap();
+    let disk = open(&top, Format::Qcow2, true, false).unwrap();
     assert!(
         read_all(&*disk) == base_bytes(),
         "a deep legal chain reads its base"
@@ -471,7 +481,7 @@ fn damaged_images_never_panic() {
     let (overlay, good) = fresh_overlay(&d.path().join("img"));
     let try_image = |bytes: &[u8]| {
         std::fs::write(&overlay, bytes).unwrap();
-        if let Ok(disk) = open(&overlay, Format::Qcow2, false) {
+        if let Ok(disk) = open(&overlay, Format::Qcow2, false, false) {
             if disk.size() > 2 * MIB as u64 {
                 let mut buf = vec![0u8; 128 * 1024];
                 let _ = disk.read(&[buf.as_mut_slice().into()], MIB as u64 - 64 * 1024);

@@ -147,6 +147,10 @@ pub struct DriveConfig {
     /// Guest writes fail and the file is opened read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// I/O bypasses the host's page cache (O_DIRECT): guest data is not cached a second time
+    /// by the host, and moves once between the device and guest memory. Raw images only.
+    #[serde(default)]
+    pub direct: bool,
     /// What the guest reads as the drive's serial (GET_ID), at most 20 bytes.
     #[serde(default)]
     pub serial: Option<String>,
@@ -211,7 +215,7 @@ impl RateLimiterConfig {
 }
 
 impl DriveConfig {
-    /// Parses `path=FILE[,format=raw|qcow2][,ro][,serial=S][,iops=N][,bps=N]` (iops/bps:
+    /// Parses `path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N]` (iops/bps:
     /// buckets of that size refilled every second).
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut path = None;
@@ -219,6 +223,7 @@ impl DriveConfig {
             path: PathBuf::new(),
             format: None,
             read_only: false,
+            direct: false,
             serial: None,
             rate_limiter: None,
         };
@@ -250,9 +255,10 @@ impl DriveConfig {
                         Some(per_second(part, v)?)
                 }
                 None if part == "ro" => d.read_only = true,
+                None if part == "direct" => d.direct = true,
                 _ => {
                     return Err(format!(
-                        "invalid --drive {part:?}: use path=FILE[,format=raw|qcow2][,ro][,serial=S][,iops=N][,bps=N]"
+                        "invalid --drive {part:?}: use path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N]"
                     ))
                 }
             }
@@ -503,9 +509,11 @@ mod tests {
         )
         .is_err());
 
-        let d = DriveConfig::parse("path=/x.img,ro,serial=s1,iops=50,bps=4096").unwrap();
+        assert!(!c.drives[0].direct);
+        let d = DriveConfig::parse("path=/x.img,ro,direct,serial=s1,iops=50,bps=4096").unwrap();
         assert_eq!(d.path, PathBuf::from("/x.img"));
         assert!(d.read_only);
+        assert!(d.direct);
         assert_eq!(d.serial.as_deref(), Some("s1"));
         let rl = d.rate_limiter.unwrap();
         let per_s = |n| TokenBucketConfig {

@@ -128,6 +128,7 @@ fn open_drives(config: &VmConfig) -> Result<Vec<Drive>, Error> {
                     DriveFormat::Qcow2 => Format::Qcow2,
                 }),
                 read_only: d.read_only,
+                direct: d.direct,
                 serial: d.serial.clone(),
                 ops_limit,
                 bytes_limit,

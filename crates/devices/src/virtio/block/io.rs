@@ -33,17 +33,18 @@ impl DiskFile {
     /// Opens a raw image file (or block device), for reading only when `read_only` (the file is
     /// then never opened writable).
     pub fn open(path: &Path, read_only: bool) -> Result<Self, vireo_storage::Error> {
-        Self::open_image(path, Format::Raw, read_only)
+        Self::open_image(path, Format::Raw, read_only, false)
     }
 
-    /// Opens an image of the given format.
+    /// Opens an image of the given format, with direct I/O (no host page cache) when `direct`.
     pub fn open_image(
         path: &Path,
         format: Format,
         read_only: bool,
+        direct: bool,
     ) -> Result<Self, vireo_storage::Error> {
         Ok(Self::from_backend(vireo_storage::open(
-            path, format, read_only,
+            path, format, read_only, direct,
         )?))
     }
 

@@ -45,6 +45,8 @@ pub struct BlockOptions {
     /// should rely on (a guest can write a qcow2 header into a raw disk).
     pub format: Option<Format>,
     pub read_only: bool,
+    /// I/O bypasses the host's page cache (O_DIRECT; raw images only).
+    pub direct: bool,
     /// Returned by GET_ID; at most 20 bytes.
     pub serial: Option<String>,
     pub ops_limit: Option<BucketConfig>,
@@ -92,7 +94,7 @@ impl Drive {
             Some(f) => f,
             None => vireo_storage::detect_format(&opts.path)?,
         };
-        let disk = DiskFile::open_image(&opts.path, format, opts.read_only)?;
+        let disk = DiskFile::open_image(&opts.path, format, opts.read_only, opts.direct)?;
         Ok(Self { disk, opts })
     }
 }

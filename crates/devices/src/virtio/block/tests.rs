@@ -83,7 +83,7 @@ impl Fixture {
 
     fn disk(&self, read_only: bool) -> DiskFile {
         match &self.overlay {
-            Some((_, p)) => DiskFile::open_image(p, vireo_storage::Format::Qcow2, read_only),
+            Some((_, p)) => DiskFile::open_image(p, vireo_storage::Format::Qcow2, read_only, false),
             None => DiskFile::open(self.file.as_path(), read_only),
         }
         .unwrap()
@@ -405,6 +405,7 @@ fn opts(read_only: bool) -> BlockOptions {
         path: "/unused".into(),
         format: None,
         read_only,
+        direct: false,
         serial: None,
         ops_limit: None,
         bytes_limit: None,

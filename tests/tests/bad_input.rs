@@ -79,30 +79,29 @@ fn bad_drives() {
     // with qemu-img's -u, which does not open the backing file.
     let looped = scratch("bad-drive-loop.qcow2");
     let _ = std::fs::remove_file(&looped);
-    let out = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b"])
-        .arg(looped.file_name().unwrap())
-        .arg(&looped)
-        .arg("1M")
-        .output()
-        .expect("this test needs qemu-img (apt-get install qemu-utils)");
-    assert!(out.status.success(), "{out:?}");
+    let name = looped.file_name().unwrap().to_str().unwrap();
+    qemu_img_create(&["-u", "-F", "qcow2", "-b", name, looped.to_str().unwrap()]);
     let arg = format!("path={}", looped.display());
     let r = run_vmm(&["--kernel", kernel, "--drive", &arg], 10);
     assert_one_line_error(&r, "backing chain comes back to");
     // Direct I/O is for raw images.
     let qcow2 = scratch("bad-drive-direct.qcow2");
     let _ = std::fs::remove_file(&qcow2);
+    qemu_img_create(&[qcow2.to_str().unwrap()]);
+    let arg = format!("path={},format=qcow2,direct", qcow2.display());
+    let r = run_vmm(&["--kernel", kernel, "--drive", &arg], 10);
+    assert_one_line_error(&r, "direct I/O is for raw images, and this one is qcow2");
+}
+
+/// `qemu-img create -q -f qcow2 ARGS... 1M`.
+fn qemu_img_create(args: &[&str]) {
     let out = std::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
-        .arg(&qcow2)
+        .args(args)
         .arg("1M")
         .output()
         .expect("this test needs qemu-img (apt-get install qemu-utils)");
     assert!(out.status.success(), "{out:?}");
-    let arg = format!("path={},format=qcow2,direct", qcow2.display());
-    let r = run_vmm(&["--kernel", kernel, "--drive", &arg], 10);
-    assert_one_line_error(&r, "direct I/O is for raw images, and this one is qcow2");
 }
 
 #[test]

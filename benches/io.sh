@@ -150,14 +150,16 @@ DISK=/dev/ram0
 dd if=/dev/zero of=\$DISK bs=1M count=$DISK_MIB oflag=direct 2>/dev/null
 # The same guest under vireo-vmm and under QEMU, both with direct I/O on the device (vireo-vmm's
 # 'direct', QEMU's cache=none with aio=threads), as fio on the lab host has: data moves once,
-# between the RAM disk and guest memory. Each line of the guest's tagged.
+# between the RAM disk and guest memory. Each line of the guest's tagged. A VMM still running
+# after 300 s is killed (exit status 137 in the report): a guest the nested lab hung costs that,
+# not the whole run.
 for round in \$(seq $ROUNDS); do
 for vmm in vireo qemu; do
     if [ \$vmm = vireo ]; then
-        vireo-vmm --kernel \$G/vmlinux --initrd /tmp/initrd.gz --vcpus 1 --memory 512 \\
+        timeout -s KILL 300 vireo-vmm --kernel \$G/vmlinux --initrd /tmp/initrd.gz --vcpus 1 --memory 512 \\
             --drive path=\$B/tools.img,ro,format=raw --drive path=\$DISK,format=raw,direct --cmdline "\$CMDLINE vireo.run=bfio"
     else
-        qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \\
+        timeout -s KILL 300 qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \\
             -nographic -serial stdio -no-reboot -kernel \$G/vmlinux -initrd /tmp/initrd.gz \\
             -append "\$CMDLINE vireo.run=bfio" \\
             -drive file=\$B/tools.img,if=none,id=tools,format=raw,readonly=on -device virtio-blk-device,drive=tools \\
@@ -192,10 +194,10 @@ for vmm in vireo qemu; do
     \$B/tools/bin/iperf3 -s -1 -B 172.16.0.1 -J >/tmp/iperf.json 2>&1 &
     srv=\$!
     if [ \$vmm = vireo ]; then
-        vireo-vmm --kernel \$G/vmlinux --initrd /tmp/initrd.gz --vcpus 1 --memory 512 \\
+        timeout -s KILL 300 vireo-vmm --kernel \$G/vmlinux --initrd /tmp/initrd.gz --vcpus 1 --memory 512 \\
             --drive path=\$B/tools.img,ro,format=raw --net tap=vtap0,mac=02:00:00:00:00:02 --cmdline "\$CMDLINE"
     else
-        qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \\
+        timeout -s KILL 300 qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \\
             -nographic -serial stdio -no-reboot -kernel \$G/vmlinux -initrd /tmp/initrd.gz -append "\$CMDLINE" \\
             -drive file=\$B/tools.img,if=none,id=tools,format=raw,readonly=on -device virtio-blk-device,drive=tools \\
             -netdev tap,id=n0,ifname=vtap0,script=no,downscript=no,vhost=off \\

@@ -81,13 +81,15 @@ pub fn run_vmm(args: &[&str], timeout_s: u32) -> Ran {
 }
 
 /// What L1's kernel prints when the emulated host itself broke (TCG's nested SVM): a CPU
-/// stuck in the kernel, a task blocked for minutes, a panic. A user-space VMM cannot cause
-/// these in a healthy host kernel.
-const L1_BROKE: [&str; 4] = [
+/// stuck in the kernel, a task blocked for minutes, a kernel BUG (one run: its stack guard
+/// page hit in a VMM's vCPU thread inside KVM), a panic. A user-space VMM cannot cause these
+/// in a healthy host kernel.
+const L1_BROKE: [&str; 5] = [
     "soft lockup",
     "blocked for more than",
     "Kernel panic",
     "hard LOCKUP",
+    "BUG: ",
 ];
 
 /// Runs `command` with /bin/sh inside the lab (lab/lab), returning its output and status.

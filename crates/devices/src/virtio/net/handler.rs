@@ -68,8 +68,9 @@ impl Default for TxParts {
     }
 }
 
-// SAFETY: `parts` holds addresses in guest memory only between `gather` and `send` of one
-// chain, on the thread that owns the handler; nothing else reads them.
+// SAFETY: `parts` holds plain addresses in guest memory, read only by `send` right after the
+// `gather` that wrote them, on the thread that owns the handler. Addresses left from a chain
+// that was dropped or held by the limiter are never read: the next `gather` clears them.
 unsafe impl Send for TxParts {}
 
 impl TxParts {

@@ -156,6 +156,20 @@ pub struct DriveConfig {
     pub serial: Option<String>,
     #[serde(default)]
     pub rate_limiter: Option<RateLimiterConfig>,
+    /// Request queues offered to the guest, 1 to 16. Linux uses one per vCPU at most, plus
+    /// the poll queues its `virtio_blk.poll_queues` asks for.
+    #[serde(default = "one_queue")]
+    pub queues: u16,
+    /// Busy polling: after a request the I/O thread keeps looking at the drive's queues for
+    /// this many microseconds (0 to 10000), with the guest's notifications off, so that a
+    /// busy guest's requests cost it no VM exit. 0 (the default): the drive waits for
+    /// notifications.
+    #[serde(default)]
+    pub poll_us: u32,
+}
+
+fn one_queue() -> u16 {
+    1
 }
 
 /// The format of a drive's image file.
@@ -215,8 +229,8 @@ impl RateLimiterConfig {
 }
 
 impl DriveConfig {
-    /// Parses `path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N]` (iops/bps:
-    /// buckets of that size refilled every second).
+    /// Parses `path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N]
+    /// [,queues=N][,poll_us=N]` (iops/bps: buckets of that size refilled every second).
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut path = None;
         let mut d = DriveConfig {
@@ -226,6 +240,8 @@ impl DriveConfig {
             direct: false,
             serial: None,
             rate_limiter: None,
+            queues: 1,
+            poll_us: 0,
         };
         let per_second = |part: &str, v: &str| match v.parse::<u64>() {
             Ok(n) if n > 0 => Ok(TokenBucketConfig {
@@ -254,11 +270,21 @@ impl DriveConfig {
                     d.rate_limiter.get_or_insert_with(Default::default).bytes =
                         Some(per_second(part, v)?)
                 }
+                Some(("queues", v)) => {
+                    d.queues = v
+                        .parse()
+                        .map_err(|_| format!("invalid --drive {part:?}: want a number of queues"))?
+                }
+                Some(("poll_us", v)) => {
+                    d.poll_us = v
+                        .parse()
+                        .map_err(|_| format!("invalid --drive {part:?}: want microseconds"))?
+                }
                 None if part == "ro" => d.read_only = true,
                 None if part == "direct" => d.direct = true,
                 _ => {
                     return Err(format!(
-                        "invalid --drive {part:?}: use path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N]"
+                        "invalid --drive {part:?}: use path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N][,queues=N][,poll_us=N]"
                     ))
                 }
             }
@@ -270,13 +296,30 @@ impl DriveConfig {
 
     /// Checks what can be checked without opening the file.
     pub fn check(&self) -> Result<(), String> {
+        let path = self.path.display();
         match &self.serial {
-            Some(s) if s.len() > 20 => Err(format!(
-                "drive {}: serial {s:?} is longer than 20 bytes",
-                self.path.display()
-            )),
-            _ => Ok(()),
+            Some(s) if s.len() > 20 => {
+                return Err(format!(
+                    "drive {path}: serial {s:?} is longer than 20 bytes"
+                ))
+            }
+            _ => {}
         }
+        if !(1..=devices::virtio::block::MAX_QUEUES).contains(&self.queues) {
+            return Err(format!(
+                "drive {path}: queues={} is out of range (1 to {})",
+                self.queues,
+                devices::virtio::block::MAX_QUEUES
+            ));
+        }
+        if self.poll_us > devices::virtio::block::MAX_POLL_US {
+            return Err(format!(
+                "drive {path}: poll_us={} is out of range (0 to {})",
+                self.poll_us,
+                devices::virtio::block::MAX_POLL_US
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -528,11 +571,27 @@ mod tests {
             "path=/x,rw",
             "path=/x,iops=0",
             "path=/x,iops=many",
+            "path=/x,queues=0",
+            "path=/x,queues=17",
+            "path=/x,queues=-1",
+            "path=/x,poll_us=10001",
+            "path=/x,poll_us=soon",
         ] {
             assert!(DriveConfig::parse(bad).is_err(), "{bad}");
         }
         let long = format!("path=/x,serial={}", "s".repeat(21));
         assert!(DriveConfig::parse(&long).is_err());
+
+        assert_eq!((c.drives[0].queues, c.drives[0].poll_us), (1, 0));
+        let d = DriveConfig::parse("path=/x,queues=4,poll_us=500").unwrap();
+        assert_eq!((d.queues, d.poll_us), (4, 500));
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","drives":[{"path":"/a","queues":2,"poll_us":2000}]}"#,
+        )
+        .unwrap();
+        assert_eq!((c.drives[0].queues, c.drives[0].poll_us), (2, 2000));
+        let e = DriveConfig::parse("path=/x,queues=17").unwrap_err();
+        assert_eq!(e, "drive /x: queues=17 is out of range (1 to 16)");
     }
 
     #[test]

@@ -132,6 +132,8 @@ fn open_drives(config: &VmConfig) -> Result<Vec<Drive>, Error> {
                 serial: d.serial.clone(),
                 ops_limit,
                 bytes_limit,
+                queues: d.queues,
+                poll_us: d.poll_us,
             })
             .map_err(|e| Error::Host(e.to_string()))
         })

@@ -17,6 +17,7 @@ pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use event_manager::{EventManager, MutEventSubscriber, RemoteEndpoint, SubscriberId};
 use virtio_queue::Queue;
@@ -156,49 +157,103 @@ pub trait VirtioDevice: Send {
 /// The subscriber type the I/O thread runs.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// The VMM's device I/O thread: an epoll loop that runs every active device's handler.
+/// A device handler that can serve its queues without waiting for the guest's notification.
+/// While it says it is busy the I/O thread calls it between rounds of events instead of
+/// sleeping (busy polling): the guest's requests then cost it no VM exit, at the price of a
+/// host CPU spent looking at the rings.
+pub trait Poller: Send {
+    /// Serves whatever the guest has queued; returns whether to be called again without
+    /// waiting for an event (false: the handler stopped polling and turned the guest's
+    /// notifications back on).
+    fn poll(&mut self, now: Instant) -> bool;
+}
+
+type Pollers = Arc<Mutex<Vec<(SubscriberId, Arc<Mutex<dyn Poller>>)>>>;
+
+/// The VMM's device I/O thread: an epoll loop that runs every active device's handler, and
+/// polls the handlers that poll.
 pub struct EventLoop {
     manager: EventManager<Subscriber>,
+    pollers: Pollers,
 }
 
 impl EventLoop {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             manager: EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?,
+            pollers: Pollers::default(),
         })
     }
 
     /// A handle through which other threads add and remove device handlers.
     pub fn handle(&self) -> EventLoopHandle {
-        EventLoopHandle(self.manager.remote_endpoint())
+        EventLoopHandle {
+            remote: self.manager.remote_endpoint(),
+            pollers: self.pollers.clone(),
+        }
     }
 
-    /// Runs until `stop` returns true after a wake-up.
+    /// Runs until `stop` returns true after a wake-up. While a handler polls, epoll does not
+    /// sleep, so the other devices' events (and freeze requests) are still served.
     pub fn run_until(&mut self, stop: impl Fn() -> bool) {
+        let mut polling = false;
         while !stop() {
-            if let Err(e) = self.manager.run_with_timeout(100) {
+            let timeout_ms = if polling { 0 } else { 100 };
+            if let Err(e) = self.manager.run_with_timeout(timeout_ms) {
                 tracing::error!("device I/O loop: {e:?}");
             }
+            polling = self.poll();
         }
+    }
+
+    /// Calls every polling handler once; true if one of them wants to go on.
+    fn poll(&self) -> bool {
+        let pollers = self.pollers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut busy = false;
+        for (_, p) in pollers.iter() {
+            busy |= p.lock().unwrap_or_else(|e| e.into_inner()).poll(now);
+        }
+        busy
     }
 }
 
 /// Adds and removes device handlers on the I/O thread from any other thread.
 #[derive(Clone)]
-pub struct EventLoopHandle(RemoteEndpoint<Subscriber>);
+pub struct EventLoopHandle {
+    remote: RemoteEndpoint<Subscriber>,
+    pollers: Pollers,
+}
 
 impl EventLoopHandle {
     pub fn add(&self, s: Subscriber) -> Result<SubscriberId, ActivateError> {
-        self.0
+        self.remote
             .call_blocking(move |ops| -> Result<SubscriberId, event_manager::Error> {
                 Ok(ops.add_subscriber(s))
             })
             .map_err(|e| ActivateError::Handler(format!("{e:?}")))
     }
 
+    /// Adds a handler that the I/O thread also polls (see [`Poller`]).
+    pub fn add_polled<H>(&self, h: Arc<Mutex<H>>) -> Result<SubscriberId, ActivateError>
+    where
+        H: MutEventSubscriber + Poller + Send + 'static,
+    {
+        let id = self.add(h.clone())?;
+        self.pollers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, h));
+        Ok(id)
+    }
+
     pub fn remove(&self, id: SubscriberId) {
+        self.pollers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(i, _)| *i != id);
         let r = self
-            .0
+            .remote
             .call_blocking(move |ops| ops.remove_subscriber(id).map(|_| ()));
         if let Err(e) = r {
             tracing::warn!("cannot remove a device handler: {e:?}");
@@ -216,7 +271,7 @@ impl EventLoopHandle {
     pub fn request_freeze(&self) -> Result<PendingFreeze, ActivateError> {
         let (parked_tx, parked_rx) = std::sync::mpsc::channel::<()>();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        self.0
+        self.remote
             .fire(move |_| {
                 let _ = parked_tx.send(());
                 // Returns when the guard (the sender) is dropped.
@@ -230,7 +285,7 @@ impl EventLoopHandle {
     }
 
     pub fn kick(&self) {
-        let _ = self.0.kick();
+        let _ = self.remote.kick();
     }
 }
 

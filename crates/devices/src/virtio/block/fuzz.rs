@@ -19,21 +19,24 @@ pub fn process_queue(
     disk: Arc<DiskFile>,
     serial: &[u8],
 ) -> (Queue, bool) {
-    let mut h = BlockHandler {
-        mem,
-        interrupt: Arc::new(Interrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
-        )),
+    let queues = vec![super::RequestQueue {
         queue,
         event: EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+    }];
+    let mut h = BlockHandler::new(
+        mem,
+        Arc::new(Interrupt::new(
+            EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+        )),
+        queues,
         disk,
-        serial: serial.to_vec(),
-        limiter: RateLimiter::new(None, None).expect("rate limiter"),
-        broken: false,
-        stats: Default::default(),
-    };
-    h.run();
-    (h.queue, h.broken)
+        serial.to_vec(),
+        RateLimiter::new(None, None).expect("rate limiter"),
+        Default::default(),
+    );
+    h.run(None);
+    let broken = h.broken;
+    (h.queues.swap_remove(0).queue, broken)
 }
 
 #[cfg(test)]

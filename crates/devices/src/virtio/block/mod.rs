@@ -1,7 +1,7 @@
-//! virtio-blk (virtio 1.2, 5.2) on a raw image file or a qcow2 image (`vireo_storage`): one
-//! request queue served on the I/O thread, with read, write, flush (durable), GET_ID (the
-//! drive's serial), discard and write-zeroes, read-only drives, and ops/s and bytes/s rate
-//! limiting.
+//! virtio-blk (virtio 1.2, 5.2) on a raw image file or a qcow2 image (`vireo_storage`): one or
+//! more request queues (VIRTIO_BLK_F_MQ) served on the I/O thread, with read, write, flush
+//! (durable), GET_ID (the drive's serial), discard and write-zeroes, read-only drives, ops/s and
+//! bytes/s rate limiting, and optional busy polling of the queues (`poll_us`).
 
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
@@ -28,12 +28,16 @@ use self::request::{
 };
 use super::{
     device_type, features, ActivateContext, ActivateError, EventLoopHandle, GuestMemory, Interrupt,
-    InterruptKind, VirtioDevice,
+    InterruptKind, Poller, VirtioDevice,
 };
 use crate::metrics::{Counter, LatencyHistogram};
 use crate::rate_limiter::{BucketConfig, LimiterHandle, RateLimiter};
 
-const QUEUE_SIZES: &[u16] = &[256];
+const QUEUE_SIZE: u16 = 256;
+/// Most request queues a drive offers (`queues`).
+pub const MAX_QUEUES: u16 = 16;
+/// Longest polling window a drive takes (`poll_us`): 10 ms.
+pub const MAX_POLL_US: u32 = 10_000;
 /// Bytes of the config space this device fills (up to and including write_zeroes_may_unmap).
 const CONFIG_LEN: usize = offset_of!(virtio_blk_config, unused1);
 
@@ -51,6 +55,13 @@ pub struct BlockOptions {
     pub serial: Option<String>,
     pub ops_limit: Option<BucketConfig>,
     pub bytes_limit: Option<BucketConfig>,
+    /// Request queues offered to the guest, 1 to [`MAX_QUEUES`] (Linux uses at most one per
+    /// vCPU, plus its `virtio_blk.poll_queues`).
+    pub queues: u16,
+    /// After a request the I/O thread keeps looking at the drive's queues for this long, with
+    /// the guest's notifications off, before it waits for a notification again (0: never
+    /// polls). Up to [`MAX_POLL_US`].
+    pub poll_us: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +70,10 @@ pub enum BlockError {
     Image(#[from] vireo_storage::Error),
     #[error("drive {path}: serial {serial:?} is longer than 20 bytes")]
     Serial { path: String, serial: String },
+    #[error("drive {path}: queues={queues} is out of range (1 to {MAX_QUEUES})")]
+    Queues { path: String, queues: u16 },
+    #[error("drive {path}: poll_us={poll_us} is out of range (0 to {MAX_POLL_US})")]
+    Poll { path: String, poll_us: u32 },
 }
 
 pub struct Block {
@@ -66,6 +81,7 @@ pub struct Block {
     disk: Arc<DiskFile>,
     opts: BlockOptions,
     config: [u8; CONFIG_LEN],
+    queue_sizes: Vec<u16>,
     handler: Option<SubscriberId>,
     limits: LimiterHandle,
     stats: Arc<Stats>,
@@ -90,6 +106,14 @@ impl Drive {
                 });
             }
         }
+        if !(1..=MAX_QUEUES).contains(&opts.queues) {
+            let queues = opts.queues;
+            return Err(BlockError::Queues { path, queues });
+        }
+        if opts.poll_us > MAX_POLL_US {
+            let poll_us = opts.poll_us;
+            return Err(BlockError::Poll { path, poll_us });
+        }
         let format = match opts.format {
             Some(f) => f,
             None => vireo_storage::detect_format(&opts.path)?,
@@ -103,7 +127,8 @@ impl Block {
     pub fn new(io: EventLoopHandle, drive: Drive) -> Self {
         Self {
             io,
-            config: config_space(drive.disk.sectors()),
+            config: config_space(drive.disk.sectors(), drive.opts.queues),
+            queue_sizes: vec![QUEUE_SIZE; usize::from(drive.opts.queues)],
             limits: LimiterHandle::new(drive.opts.ops_limit, drive.opts.bytes_limit),
             disk: Arc::new(drive.disk),
             opts: drive.opts,
@@ -123,7 +148,7 @@ impl Block {
     }
 }
 
-fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
+fn config_space(sectors: u64, queues: u16) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
     put(
@@ -144,7 +169,7 @@ fn config_space(sectors: u64) -> [u8; CONFIG_LEN] {
     );
     put(
         offset_of!(virtio_blk_config, num_queues),
-        &1u16.to_le_bytes(),
+        &queues.to_le_bytes(),
     );
     for (off, v) in [
         (
@@ -181,7 +206,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
+        &self.queue_sizes
     }
 
     fn features(&self) -> u64 {
@@ -190,6 +215,9 @@ impl VirtioDevice for Block {
             | bit(VIRTIO_BLK_F_SEG_MAX)
             | bit(VIRTIO_BLK_F_BLK_SIZE)
             | bit(VIRTIO_BLK_F_FLUSH);
+        if self.queue_sizes.len() > 1 {
+            f |= bit(VIRTIO_BLK_F_MQ);
+        }
         if self.disk.read_only() {
             f |= bit(VIRTIO_BLK_F_RO);
         } else {
@@ -202,26 +230,42 @@ impl VirtioDevice for Block {
         super::read_config_space(&self.config, offset, data);
     }
 
-    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
-        let (Some(queue), Some(event)) = (ctx.queues.pop(), ctx.queue_events.pop()) else {
-            return Err(ActivateError::BadQueue(0));
-        };
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        // The driver may use fewer queues than offered (Linux: one per vCPU plus its poll
+        // queues): the device serves those it made ready.
         let limiter = self
             .limits
             .limiter()
             .map_err(|e| ActivateError::Handler(format!("rate limiter: {e}")))?;
-        let handler = BlockHandler {
-            mem: ctx.mem,
-            interrupt: ctx.interrupt,
-            queue,
-            event,
-            disk: self.disk.clone(),
-            serial: self.opts.serial.clone().unwrap_or_default().into_bytes(),
+        let queues: Vec<RequestQueue> = ctx
+            .queues
+            .into_iter()
+            .zip(ctx.queue_events)
+            .filter(|(queue, _)| queue.ready())
+            .map(|(queue, event)| RequestQueue { queue, event })
+            .collect();
+        if queues.is_empty() {
+            return Err(ActivateError::BadQueue(0));
+        }
+        let poll = Duration::from_micros(u64::from(self.opts.poll_us));
+        let mut handler = BlockHandler::new(
+            ctx.mem,
+            ctx.interrupt,
+            queues,
+            self.disk.clone(),
+            self.opts.serial.clone().unwrap_or_default().into_bytes(),
             limiter,
-            broken: false,
-            stats: self.stats.clone(),
-        };
-        self.handler = Some(self.io.add(Arc::new(Mutex::new(handler)))?);
+            self.stats.clone(),
+        );
+        self.handler = Some(if poll.is_zero() {
+            self.io.add(Arc::new(Mutex::new(handler)))?
+        } else {
+            handler.poll_window = poll;
+            // The first poll serves what is already queued and turns notifications on: a
+            // machine restored from a snapshot taken while the drive polled has them off.
+            handler.polling_until = Some(Instant::now());
+            self.io.add_polled(Arc::new(Mutex::new(handler)))?
+        });
         Ok(())
     }
 
@@ -232,17 +276,27 @@ impl VirtioDevice for Block {
     }
 }
 
+/// A request queue and the eventfd KVM signals when the driver notifies it.
+struct RequestQueue {
+    queue: Queue,
+    event: EventFd,
+}
+
 struct BlockHandler {
     mem: Arc<GuestMemory>,
     interrupt: Arc<Interrupt>,
-    queue: Queue,
-    event: EventFd,
+    queues: Vec<RequestQueue>,
     disk: Arc<DiskFile>,
     serial: Vec<u8>,
     limiter: RateLimiter,
-    /// The queue itself is unusable (its rings point outside guest memory): stop serving it.
+    /// A queue is unusable (its rings point outside guest memory): stop serving the drive.
     broken: bool,
     stats: Arc<Stats>,
+    /// How long to go on polling after the last request (zero: the drive does not poll).
+    poll_window: Duration,
+    /// While the drive polls: when it stops unless another request comes. The guest's
+    /// notifications are off until then.
+    polling_until: Option<Instant>,
 }
 
 /// What the drive did, for `GET /metrics` (atomics: the I/O thread counts, the API thread
@@ -312,34 +366,81 @@ impl Stats {
     }
 }
 
+/// What serving a queue did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Served {
+    /// Requests put in the used ring.
+    used: u64,
+    /// The rate limiter holds the rest back until its timer fires.
+    throttled: bool,
+}
+
 impl BlockHandler {
-    /// Serves every available request the rate limiter lets through.
-    fn process_queue(&mut self) -> Result<(), virtio_queue::Error> {
-        let mem = &*self.mem;
-        let mut used = 0u64;
-        let mut throttled = false;
+    fn new(
+        mem: Arc<GuestMemory>,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<RequestQueue>,
+        disk: Arc<DiskFile>,
+        serial: Vec<u8>,
+        limiter: RateLimiter,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            mem,
+            interrupt,
+            queues,
+            disk,
+            serial,
+            limiter,
+            broken: false,
+            stats,
+            poll_window: Duration::ZERO,
+            polling_until: None,
+        }
+    }
+
+    /// Serves every available request of queue `qi` the rate limiter lets through. Unless
+    /// `keep_polling`, it ends with the guest's notifications on (and serves what raced in
+    /// while turning them on); with it they stay off, since the I/O thread looks again soon.
+    fn serve_queue(
+        &mut self,
+        qi: usize,
+        keep_polling: bool,
+    ) -> Result<Served, virtio_queue::Error> {
+        let Self {
+            mem,
+            queues,
+            disk,
+            serial,
+            limiter,
+            stats,
+            ..
+        } = self;
+        let mem = &**mem;
+        let queue = &mut queues[qi].queue;
+        let mut served = Served::default();
         'outer: loop {
-            self.queue.disable_notification(mem)?;
-            while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
+            queue.disable_notification(mem)?;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 let (status, len) = match Request::parse(chain, mem) {
                     Ok(req) => {
                         if let Some(cost) = req.cost() {
-                            if !self.limiter.consume(cost) {
+                            if !limiter.consume(cost) {
                                 // Keep the request for when the limiter's timer fires.
-                                self.queue.go_to_previous_position();
-                                throttled = true;
+                                queue.go_to_previous_position();
+                                served.throttled = true;
                                 break 'outer;
                             }
                         }
                         let start = Instant::now();
-                        let (status, len) = req.execute(mem, &self.disk, &self.serial);
-                        self.stats.executed(&req, status, len, start.elapsed());
+                        let (status, len) = req.execute(mem, disk, serial);
+                        stats.executed(&req, status, len, start.elapsed());
                         (Some((req.status, status)), len)
                     }
                     Err(r) => {
                         tracing::debug!("virtio-blk: bad request: {}", r.error);
-                        self.stats.errors.inc();
+                        stats.errors.inc();
                         (r.status.map(|a| (a, VIRTIO_BLK_S_IOERR as u8)), 0)
                     }
                 };
@@ -348,42 +449,121 @@ impl BlockHandler {
                     Some((addr, s)) if mem.write_obj(s, addr).is_ok() => len + 1,
                     _ => 0,
                 };
-                self.queue.add_used(mem, head, written)?;
-                used += 1;
+                queue.add_used(mem, head, written)?;
+                served.used += 1;
             }
-            if !self.queue.enable_notification(mem)? {
+            // pop_descriptor_chain() is None for a bogus avail index (over a queue ahead) or
+            // a queue not ready too: fail then, do not spin.
+            if keep_polling {
+                queue.iter(mem)?;
                 break;
             }
-            // pop_descriptor_chain() is None for a bogus avail index (over a queue
-            // ahead) or a queue not ready too: fail then, do not spin.
-            self.queue.iter(mem)?;
+            if !queue.enable_notification(mem)? {
+                break;
+            }
+            queue.iter(mem)?;
         }
-        if throttled {
+        Ok(served)
+    }
+
+    /// Serves queue `qi`, or every queue, and interrupts the guest if a queue it served asks
+    /// for that (one interrupt line for all).
+    fn serve(
+        &mut self,
+        which: Option<usize>,
+        keep_polling: bool,
+    ) -> Result<Served, virtio_queue::Error> {
+        let range = match which {
+            Some(qi) => qi..qi + 1,
+            None => 0..self.queues.len(),
+        };
+        let mut total = Served::default();
+        let mut notify = false;
+        for qi in range {
+            let served = self.serve_queue(qi, keep_polling)?;
+            if served.used > 0 && self.queues[qi].queue.needs_notification(&*self.mem)? {
+                notify = true;
+            }
+            total.used += served.used;
+            if served.throttled {
+                total.throttled = true;
+                break;
+            }
+        }
+        if total.throttled {
             tracing::trace!("virtio-blk: throttled");
         }
-        if used > 0 && self.queue.needs_notification(mem)? {
+        if notify {
             self.interrupt.trigger(InterruptKind::UsedBuffer);
             self.stats.interrupts.inc();
         }
-        self.stats.completed(used);
-        Ok(())
+        self.stats.completed(total.used);
+        Ok(total)
     }
 
-    fn run(&mut self) {
+    /// Serves the notified queue (or all of them). A polling drive starts, or goes on,
+    /// polling.
+    fn run(&mut self, which: Option<usize>) {
         if self.broken || self.limiter.is_blocked() {
             return;
         }
-        if let Err(e) = self.process_queue() {
-            tracing::warn!("virtio-blk: the guest broke its queue ({e}); it is no longer served");
-            self.broken = true;
+        let polls = !self.poll_window.is_zero();
+        match self.serve(which, polls) {
+            Ok(served) if polls && !served.throttled => {
+                self.polling_until = Some(Instant::now() + self.poll_window)
+            }
+            Ok(_) => {}
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: virtio_queue::Error) {
+        tracing::warn!("virtio-blk: the guest broke its queue ({e}); it is no longer served");
+        self.broken = true;
+        self.polling_until = None;
+    }
+}
+
+impl Poller for BlockHandler {
+    fn poll(&mut self, now: Instant) -> bool {
+        let Some(until) = self.polling_until else {
+            return false;
+        };
+        if self.broken || self.limiter.is_blocked() {
+            // Notifications stay off: the limiter's timer serves the queue next (run()).
+            self.polling_until = None;
+            return false;
+        }
+        let go_on = now < until;
+        match self.serve(None, go_on) {
+            Err(e) => {
+                self.fail(e);
+                false
+            }
+            Ok(served) if served.throttled => {
+                self.polling_until = None;
+                false
+            }
+            Ok(served) if served.used > 0 => {
+                self.polling_until = Some(now + self.poll_window);
+                true
+            }
+            Ok(_) if go_on => true,
+            Ok(_) => {
+                // The window passed with nothing to do: notifications are on again.
+                self.polling_until = None;
+                false
+            }
         }
     }
 }
 
 impl MutEventSubscriber for BlockHandler {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.event, EventSet::IN)) {
-            tracing::error!("virtio-blk: cannot watch its queue: {e:?}");
+        for q in &self.queues {
+            if let Err(e) = ops.add(Events::new(&q.event, EventSet::IN)) {
+                tracing::error!("virtio-blk: cannot watch its queue: {e:?}");
+            }
         }
         if let Err(e) = ops.add(Events::new(&self.limiter, EventSet::IN)) {
             tracing::error!("virtio-blk: cannot watch its rate limiter: {e:?}");
@@ -393,11 +573,21 @@ impl MutEventSubscriber for BlockHandler {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         if events.fd() == self.limiter.as_raw_fd() {
             self.limiter.on_timer();
-        } else if let Ok(n) = self.event.read() {
-            // The eventfd counts the notifications since the last read.
+            self.run(None);
+            return;
+        }
+        let Some(qi) = self
+            .queues
+            .iter()
+            .position(|q| q.event.as_raw_fd() == events.fd())
+        else {
+            return;
+        };
+        // The eventfd counts the notifications since the last read.
+        if let Ok(n) = self.queues[qi].event.read() {
             self.stats.notifications.add(n);
         }
-        self.run();
+        self.run(Some(qi));
     }
 }
 

@@ -1,7 +1,9 @@
 //! virtio-blk against crafted queues: what a well-behaved driver asks for, and what a hostile
 //! one can put in the ring.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -103,17 +105,18 @@ impl Fixture {
         limits: Option<BucketConfig>,
         vq: &MockSplitQueue<'_, GuestMemory>,
     ) -> BlockHandler {
-        BlockHandler {
-            mem: self.mem.clone(),
-            interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
-            queue: vq.create_queue::<Queue>().unwrap(),
-            event: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            disk: Arc::new(self.disk(read_only)),
-            serial: b"vireo-serial-1".to_vec(),
-            limiter: RateLimiter::new(limits, None).unwrap(),
-            broken: false,
-            stats: Default::default(),
-        }
+        BlockHandler::new(
+            self.mem.clone(),
+            Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+            vec![RequestQueue {
+                queue: vq.create_queue::<Queue>().unwrap(),
+                event: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            }],
+            Arc::new(self.disk(read_only)),
+            b"vireo-serial-1".to_vec(),
+            RateLimiter::new(limits, None).unwrap(),
+            Default::default(),
+        )
     }
 
     fn header(&self, kind: u32, sector: u64) {
@@ -157,7 +160,7 @@ fn run_chain(f: &Fixture, read_only: bool, descs: &[RawDescriptor]) -> u32 {
     vq.build_desc_chain(descs).unwrap();
     let mut h = f.handler_with_queue(read_only, None, &vq);
     f.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-    h.run();
+    h.run(None);
     assert!(!h.broken);
     let u = used(&vq);
     assert_eq!(u.len(), 1, "the request was completed");
@@ -409,6 +412,8 @@ fn opts(read_only: bool) -> BlockOptions {
         serial: None,
         ops_limit: None,
         bytes_limit: None,
+        queues: 1,
+        poll_us: 0,
     }
 }
 
@@ -574,7 +579,7 @@ fn looping_chains_fail_and_the_queue_goes_on() {
     vq.add_desc_chains(&good, 4).unwrap();
     let mut h = f.handler_with_queue(false, None, &vq);
     f.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-    h.run();
+    h.run(None);
     assert!(!h.broken);
     assert_eq!(used(&vq), vec![(0, 0), (3, 0), (4, 513)]);
     assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8);
@@ -593,11 +598,12 @@ fn broken_rings_stop_the_device_without_panicking() {
     // Move the used ring outside guest memory once a request is there to complete.
     f.header(VIRTIO_BLK_T_FLUSH, 0);
     vq.build_desc_chain(&[hdr_desc(), status_desc()]).unwrap();
-    h.queue
+    h.queues[0]
+        .queue
         .set_used_ring_address(Some(MEM_SIZE as u32 + 0x1000), Some(0));
-    h.run();
+    h.run(None);
     assert!(h.broken);
-    h.run();
+    h.run(None);
 }
 
 #[test]
@@ -620,16 +626,16 @@ fn the_ops_limit_holds_requests_until_tokens_return() {
         refill_time_ms: 3_600_000,
     };
     let mut h = f.handler_with_queue(false, Some(limit), &vq);
-    h.run();
+    h.run(None);
     assert_eq!(used(&vq).len(), 2, "two tokens, two requests");
     assert!(h.limiter.is_blocked());
     // A queue notification while blocked serves nothing.
-    h.run();
+    h.run(None);
     assert_eq!(used(&vq).len(), 2);
     // Lifting the limit lets the held request through on the timer.
     h.limiter.update(None, None);
     h.limiter.on_timer();
-    h.run();
+    h.run(None);
     assert_eq!(used(&vq), vec![(0, 513), (3, 513), (6, 513)]);
 }
 
@@ -736,7 +742,7 @@ fn stats_count_operations_bytes_errors_and_latency() {
         first += chain.len() as u16;
     }
     let mut h = f.handler_with_queue(false, None, &vq);
-    h.run();
+    h.run(None);
     assert_eq!(used(&vq).len(), 4);
     let s = &h.stats;
     assert_eq!(
@@ -754,4 +760,179 @@ fn stats_count_operations_bytes_errors_and_latency() {
     let l = s.latency.snapshot();
     assert_eq!(l.count, 4);
     assert!(l.sum_seconds > 0.0);
+}
+
+/// Puts a read of sector 0 (512 bytes) in the available ring at descriptor `3 * i`.
+fn queue_read(vq: &MockSplitQueue<'_, GuestMemory>, i: u16) {
+    let n = VRING_DESC_F_NEXT as u16;
+    let chain = [
+        RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 3 * i + 1)),
+        RawDescriptor::from(SplitDescriptor::new(DATA, 512, W | n, 3 * i + 2)),
+        RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W, 0)),
+    ];
+    vq.add_desc_chains(&chain, 3 * i).unwrap();
+}
+
+/// The used ring's flags word, where the device asks the driver not to notify it.
+fn used_flags(f: &Fixture, vq: &MockSplitQueue<'_, GuestMemory>) -> u16 {
+    f.mem.read_obj(vq.used_addr()).unwrap()
+}
+
+const NO_NOTIFY: u16 = virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+
+#[test]
+fn a_polling_drive_serves_unnotified_requests_then_turns_notifications_back_on() {
+    let f = Fixture::new();
+    f.header(VIRTIO_BLK_T_IN, 0);
+    let vq = MockSplitQueue::new(&*f.mem, 16);
+    let mut h = f.handler_with_queue(false, None, &vq);
+    h.poll_window = Duration::from_millis(50);
+    queue_read(&vq, 0);
+    h.run(Some(0));
+    assert_eq!(used(&vq).len(), 1);
+    // The guest is told not to notify while the drive polls.
+    assert_eq!(used_flags(&f, &vq), NO_NOTIFY);
+    let start = h.polling_until.expect("polling") - h.poll_window;
+
+    // A request the guest queued without notifying is served by the next poll.
+    queue_read(&vq, 1);
+    assert!(h.poll(start + Duration::from_millis(10)));
+    assert_eq!(used(&vq).len(), 2);
+    assert_eq!(used_flags(&f, &vq), NO_NOTIFY);
+    // Nothing to do within the window: go on polling.
+    assert!(h.poll(start + Duration::from_millis(20)));
+    // The window (from the last request) passes: notifications are on again.
+    assert!(!h.poll(start + Duration::from_millis(61)));
+    assert_eq!(used_flags(&f, &vq), 0);
+    assert_eq!(h.polling_until, None);
+    assert!(
+        !h.poll(start + Duration::from_millis(100)),
+        "idle until notified"
+    );
+}
+
+#[test]
+fn a_polling_drive_is_served_by_the_io_thread_without_notifications() {
+    let f = Fixture::new();
+    f.header(VIRTIO_BLK_T_IN, 0);
+    let vq = MockSplitQueue::new(&*f.mem, 16);
+    let mut h = f.handler_with_queue(false, None, &vq);
+    h.poll_window = Duration::from_secs(5);
+    h.polling_until = Some(Instant::now() + h.poll_window);
+    let mut event_loop = crate::virtio::EventLoop::new().unwrap();
+    let io = event_loop.handle();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || event_loop.run_until(|| stop.load(Ordering::SeqCst)))
+    };
+    let h = Arc::new(Mutex::new(h));
+    let id = io.add_polled(h.clone()).unwrap();
+    // No eventfd write: only polling can find these.
+    for i in 0..3 {
+        queue_read(&vq, i);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while used(&vq).len() < usize::from(i) + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "request {i} not served by polling"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(h.lock().unwrap().stats.notifications.get(), 0);
+    io.remove(id);
+    stop.store(true, Ordering::SeqCst);
+    io.kick();
+    thread.join().unwrap();
+}
+
+#[test]
+fn every_ready_queue_is_served_and_a_bad_one_stops_the_drive() {
+    let f = Fixture::new();
+    f.header(VIRTIO_BLK_T_IN, 0);
+    let vq0 = MockSplitQueue::new(&*f.mem, 16);
+    let vq1 = MockSplitQueue::create(&*f.mem, GuestAddress(0x40_0000), 16);
+    let mut h = f.handler_with_queue(false, None, &vq0);
+    h.queues.push(RequestQueue {
+        queue: vq1.create_queue::<Queue>().unwrap(),
+        event: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    });
+    queue_read(&vq1, 0);
+    let kick1 = h.queues[1].event.try_clone().unwrap();
+    let stats = h.stats.clone();
+    let h = Arc::new(Mutex::new(h));
+    let mut event_loop = crate::virtio::EventLoop::new().unwrap();
+    let io = event_loop.handle();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || event_loop.run_until(|| stop.load(Ordering::SeqCst)))
+    };
+    let id = io.add(h.clone()).unwrap();
+    // A notification of queue 1 serves queue 1 and interrupts the guest.
+    kick1.write(1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.interrupts.get() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "queue 1's notification not served"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    io.remove(id);
+    stop.store(true, Ordering::SeqCst);
+    io.kick();
+    thread.join().unwrap();
+    assert_eq!((used(&vq0).len(), used(&vq1).len()), (0, 1));
+    assert_eq!((stats.interrupts.get(), stats.notifications.get()), (1, 1));
+    let mut h = h.lock().unwrap();
+    // The rate limiter's timer serves them all.
+    queue_read(&vq0, 0);
+    queue_read(&vq1, 1);
+    h.run(None);
+    assert_eq!((used(&vq0).len(), used(&vq1).len()), (1, 2));
+    // Queue 1's avail index jumps more than a queue ahead: the drive stops.
+    vq1.avail().idx().store(100);
+    h.run(None);
+    assert!(h.broken);
+}
+
+#[test]
+fn queues_and_poll_us_are_checked_when_the_drive_opens() {
+    let f = Fixture::new();
+    for (queues, poll_us, want) in [
+        (0, 0, "queues=0 is out of range (1 to 16)"),
+        (17, 0, "queues=17 is out of range (1 to 16)"),
+        (1, 10_001, "poll_us=10001 is out of range (0 to 10000)"),
+    ] {
+        let o = BlockOptions {
+            path: f.file.as_path().to_path_buf(),
+            queues,
+            poll_us,
+            ..opts(false)
+        };
+        let e = Drive::open(o).unwrap_err().to_string();
+        assert!(e.ends_with(want), "{e}");
+    }
+    let o = BlockOptions {
+        path: f.file.as_path().to_path_buf(),
+        queues: 4,
+        ..opts(false)
+    };
+    let b = Block::new(handle(), Drive::open(o).unwrap());
+    assert_eq!(b.queue_max_sizes(), &[256; 4]);
+    assert_ne!(b.features() & (1 << VIRTIO_BLK_F_MQ), 0);
+    let mut n = [0u8; 2];
+    b.read_config(offset_of!(virtio_blk_config, num_queues) as u64, &mut n);
+    assert_eq!(u16::from_le_bytes(n), 4);
+    let one = Block::new(
+        handle(),
+        Drive::open(BlockOptions {
+            path: f.file.as_path().to_path_buf(),
+            ..opts(false)
+        })
+        .unwrap(),
+    );
+    assert_eq!(one.features() & (1 << VIRTIO_BLK_F_MQ), 0);
 }

@@ -1,7 +1,8 @@
 //! virtio-blk under the stock Debian guest, in the lab: the guest's root file system on a
 //! virtio-blk ext4 image (build/guest/rootfs.ext4 with `vireo.root=/dev/vda`), writes that a
 //! guest `sync` makes durable in the host file, the root on a qcow2 copy-on-write overlay of
-//! that image, read-only drives, and an IOPS limit.
+//! that image, read-only drives, an IOPS limit, and a root drive with a poll queue that the
+//! VMM polls (`queues=2,poll_us=N`).
 //!
 //! The guest scripts are written into a copy of the root image with the host's debugfs
 //! (e2fsprogs, which the lab needs anyway) and run through `vireo.run=`.
@@ -36,6 +37,18 @@ echo "WRITTEN $(md5sum </data.txt)"
 
 const READ_SCRIPT: &str = r#"
 echo "READ $(md5sum </data.txt)"
+"#;
+
+/// What the guest made of a two-queue drive (which queue is the poll queue), the writes of
+/// WRITE_SCRIPT, then 2000 direct 4 KiB reads one after the other (each submitted once the
+/// last completed: without polling, each would notify the device).
+const MQ_SCRIPT: &str = r#"
+echo "MQ-QUEUES $(dmesg | grep -o '[0-9]*/[0-9]*/[0-9]* default/read/poll queues' | head -n1)"
+echo "MQ-HCTX $(ls /sys/block/vda/mq | tr '\n' ' ')"
+echo "MQ-IOPOLL $(cat /sys/block/vda/queue/io_poll)"
+. /etc/vireo/blkwrite.sh
+dd if=/dev/vda of=/dev/null bs=4096 count=2000 iflag=direct 2>/dev/null && echo "MQ-READS done"
+echo MQ-DONE
 "#;
 
 const RO_SCRIPT: &str = r#"
@@ -84,6 +97,7 @@ fn root_image(name: &str) -> PathBuf {
         ("blkread", READ_SCRIPT),
         ("blkro", RO_SCRIPT),
         ("blkiops", IOPS_SCRIPT),
+        ("blkmq", MQ_SCRIPT),
     ] {
         let host = scratch(&format!("{script}.sh"));
         std::fs::write(&host, body).unwrap();
@@ -335,5 +349,66 @@ fn iops_limit_holds_the_configured_rate() {
     assert!(
         (limited - LIMIT).abs() <= 0.1 * LIMIT,
         "the limited drive did {limited:.1} IOPS, not {LIMIT} within 10%: {r:?}"
+    );
+}
+
+/// The sum of a metric's samples for drive 0 in a `GET /metrics` text.
+fn drive0_total(r: &Ran, metric: &str) -> Option<u64> {
+    let prefix = format!("{metric}{{drive=\"0\"");
+    let values: Vec<u64> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The root on a drive with two queues that the I/O thread polls: Linux makes the second a
+/// poll queue (virtio_blk.poll_queues=1; possible_cpus=2 since it allows one queue per
+/// possible CPU), the guest boots from the drive and writes, and its synced writes reach the
+/// image. While busy the guest hardly notifies the drive: the device found the requests by
+/// polling (metrics read before the guest powers off; without polling the guest's one-by-one
+/// reads would notify it about once each).
+#[test]
+fn a_polled_root_drive_with_a_poll_queue_serves_the_guest() {
+    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let image = root_image("mq");
+    let script = format!(
+        "vireo-vmm --kernel /vireo/guest/vmlinux --initrd /vireo/guest/initrd.cpio.gz \
+           --memory 256 --drive path=/tmp/root.ext4,serial=vireo-root,queues=2,poll_us=10000 \
+           --api-sock /tmp/mq.sock --serial file:/tmp/mq.log \
+           --cmdline '{CMDLINE} virtio_blk.poll_queues=1 possible_cpus=2 vireo.run=blkmq vireo.exit=wait' & \
+         v=$!; n=0; \
+         until grep -q MQ-DONE /tmp/mq.log 2>/dev/null || [ $n -gt 1800 ]; do sleep 0.1; n=$((n + 1)); done; \
+         cat /tmp/mq.log; \
+         vireo-api /tmp/mq.sock GET /metrics | grep -E '^vireo_block_(requests|notifications)_total'; \
+         vireo-api /tmp/mq.sock PUT /vm/shutdown >/dev/null; wait $v; echo VMM-EXIT=$?; \
+         echo \"HOST-LINES $(grep -c VIREO-BLK-PATTERN- /tmp/root.ext4)\""
+    );
+    let r = run_in_lab(&script, &["--put", &put(&image)]);
+    assert_eq!(exits(&r), vec![0], "the VM powered off: {r:?}");
+    assert_eq!(
+        line(&r, "MQ-QUEUES"),
+        Some("1/0/1 default/read/poll queues"),
+        "{r:?}"
+    );
+    assert_eq!(line(&r, "MQ-HCTX").map(str::trim), Some("0 1"), "{r:?}");
+    assert_eq!(line(&r, "MQ-IOPOLL"), Some("1"), "{r:?}");
+    let mount = line(&r, "ROOT-MOUNT").unwrap_or_else(|| panic!("{r:?}"));
+    assert!(mount.starts_with("/dev/vda / ext4 rw"), "{mount}");
+    assert!(line(&r, "WRITTEN").is_some(), "{r:?}");
+    assert_eq!(line(&r, "HOST-LINES"), Some("1024"), "{r:?}");
+    assert_eq!(line(&r, "MQ-READS"), Some("done"), "{r:?}");
+    let requests = drive0_total(&r, "vireo_block_requests_total").expect("request counts");
+    let notified = drive0_total(&r, "vireo_block_notifications_total").expect("notifications");
+    eprintln!("polled root drive: {requests} requests, {notified} notifications");
+    assert!(
+        requests > 2000,
+        "the guest's reads went to the drive: {r:?}"
+    );
+    assert!(
+        notified * 10 < requests,
+        "polling found most requests without a notification ({notified} for {requests})"
     );
 }

@@ -5,7 +5,11 @@
 # Block: fio inside the stock Debian guest (1 vCPU, 512 MiB) on a virtio-blk drive backed by a
 # RAM block device of the lab host (/dev/ram0, Debian's brd module), under vireo-vmm and, for
 # reference, under QEMU -M microvm, then the same fio jobs (O_DIRECT on both sides) in the lab
-# host against /dev/ram0 itself. ROUNDS rounds alternate vireo, QEMU and host; medians are shown.
+# host against /dev/ram0 itself, in two modes: "irq" (libaio; the guest notifies the device and
+# takes an interrupt per completion batch) and "polled" (io_uring --hipri on a virtio-blk poll
+# queue, virtio_blk.poll_queues=1, the drive with queues=2 and poll_us=POLL_US, QEMU with an
+# iothread polling as long: no notification, no interrupt while busy). ROUNDS rounds alternate
+# vireo, QEMU and host; medians are shown. Guests boot with mitigations=off, as the lab host does.
 # Network: iperf3 from the guest to an iperf3 server on the lab host, over a TAP in a network
 # namespace created for it, once with vireo-vmm's virtio-net and once with QEMU's user-space
 # virtio-net (-M microvm, vhost=off) and the same guest. Throughput is taken on the receiving
@@ -19,7 +23,8 @@
 #
 # Environment: BIN_DIR (vireo-vmm's directory, default the release build), RUNTIME (seconds per
 # fio job, default 4), IODEPTH (default 16), IPERF_TIME (seconds, default 8), DISK_MIB (size of
-# the drive, default 256), ROUNDS (alternating rounds of everything, default 3).
+# the drive, default 256), ROUNDS (alternating rounds of everything, default 3), POLL_US (the
+# polled mode's polling window, default 2000: a few of the lab's nested exits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC2034 # used by images/lib.sh
@@ -33,7 +38,8 @@ IODEPTH=${IODEPTH:-16}
 IPERF_TIME=${IPERF_TIME:-8}
 DISK_MIB=${DISK_MIB:-256}
 ROUNDS=${ROUNDS:-3}
-for v in RUNTIME IODEPTH IPERF_TIME DISK_MIB ROUNDS; do
+POLL_US=${POLL_US:-2000}
+for v in RUNTIME IODEPTH IPERF_TIME DISK_MIB ROUNDS POLL_US; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v wants a positive number, not '${!v}'"
 done
 [ -x "$BIN_DIR/vireo-vmm" ] || die "no $BIN_DIR/vireo-vmm: run make build first"
@@ -96,8 +102,11 @@ JOBS="randread-4k randread 4k
 randwrite-4k randwrite 4k
 seqread-1m read 1m
 seqwrite-1m write 1m"
-FIO_OPTS="--ioengine=libaio --iodepth=$IODEPTH --runtime=$RUNTIME --time_based --ramp_time=1 --thread \
+FIO_OPTS="--iodepth=$IODEPTH --runtime=$RUNTIME --time_based --ramp_time=1 --thread \
 --norandommap --randrepeat=0 --output-format=json"
+# The two modes' I/O engines: completions by interrupt, or polled by the submitting thread.
+FIO_IRQ="--ioengine=libaio"
+FIO_POLLED="--ioengine=io_uring --hipri"
 
 write_scripts() {
     local g="$B/guest"
@@ -114,17 +123,21 @@ done
 [ -n "$TOOLS" ] || { echo "BENCH-ERROR guest cannot mount the tools (ext4 on /dev/vda or /dev/vdb)"; exit 1; }
 PATH=/opt/bench/bin:$PATH
 EOF
-    {
-        echo '#!/bin/sh'
-        echo '. /etc/vireo/bench-tools.sh'
-        echo 'echo "BENCH-CLOCK start $(cut -d" " -f1 /proc/uptime)"'
-        echo "while read -r name rw bs; do"
-        echo "    echo \"BENCH-FIO guest \$name \$(fio --name=\$name --filename=\$DISK --direct=1 --rw=\$rw --bs=\$bs $FIO_OPTS 2>&1 | tr -d '\\n')\""
-        echo "done <<'JOBS'"
-        echo "$JOBS"
-        echo "JOBS"
-        echo 'echo "BENCH-CLOCK end $(cut -d" " -f1 /proc/uptime)"'
-    } >"$g/etc/vireo/bfio.sh"
+    local mode engine
+    for mode in irq polled; do
+        if [ $mode = irq ]; then engine=$FIO_IRQ; else engine=$FIO_POLLED; fi
+        {
+            echo '#!/bin/sh'
+            echo '. /etc/vireo/bench-tools.sh'
+            echo 'echo "BENCH-CLOCK start $(cut -d" " -f1 /proc/uptime)"'
+            echo "while read -r name rw bs; do"
+            echo "    echo \"BENCH-FIO guest \$name@$mode \$(fio --name=\$name --filename=\$DISK --direct=1 --rw=\$rw --bs=\$bs $engine $FIO_OPTS 2>&1 | tr -d '\\n')\""
+            echo "done <<'JOBS'"
+            echo "$JOBS"
+            echo "JOBS"
+            echo 'echo "BENCH-CLOCK end $(cut -d" " -f1 /proc/uptime)"'
+        } >"$g/etc/vireo/bfio-$mode.sh"
+    done
     # Guest: iperf3 client to the lab host.
     cat >"$g/etc/vireo/bnet.sh" <<EOF
 #!/bin/sh
@@ -142,7 +155,8 @@ EOF
     # device itself, then the network half in a network namespace.
     cat >"$B/lab.sh" <<EOF
 B=/vireo/bench G=/vireo/guest
-CMDLINE="console=ttyS0 panic=-1 quiet"
+# The guests' kernels run without mitigations, as the lab host's does (lab/lab boots it so).
+CMDLINE="console=ttyS0 panic=-1 quiet mitigations=off"
 cat \$G/initrd.cpio.gz \$B/extra.cpio.gz >/tmp/initrd.gz
 insmod \$B/brd.ko rd_nr=1 rd_size=$((DISK_MIB * 1024)) || { echo "BENCH-ERROR insmod brd"; exit 1; }
 DISK=/dev/ram0
@@ -153,38 +167,51 @@ dd if=/dev/zero of=\$DISK bs=1M count=$DISK_MIB oflag=direct 2>/dev/null
 # between the RAM disk and guest memory. Each line of the guest's tagged. A VMM still running
 # after 300 s is killed (exit status 137 in the report): a guest the nested lab hung costs that,
 # not the whole run.
+# Polled mode: Linux gives virtio-blk at most one queue per possible CPU, poll queues included,
+# so the 1-vCPU guest is told of a second possible CPU (possible_cpus=2; it never comes up) to
+# have a default queue and a poll queue.
 for round in \$(seq $ROUNDS); do
+for mode in irq polled; do
+if [ \$mode = irq ]; then
+    VQ= QQ= QIO= GARGS= FIO="$FIO_IRQ"
+else
+    VQ=",queues=2,poll_us=$POLL_US" QQ=",num-queues=2,iothread=iot0"
+    QIO="-object iothread,id=iot0,poll-max-ns=$((POLL_US * 1000))"
+    GARGS="virtio_blk.poll_queues=1 possible_cpus=2" FIO="$FIO_POLLED"
+fi
 for vmm in vireo qemu; do
     if [ \$vmm = vireo ]; then
         timeout -s KILL 300 vireo-vmm --kernel \$G/vmlinux --initrd /tmp/initrd.gz --vcpus 1 --memory 512 \\
-            --drive path=\$B/tools.img,ro,format=raw --drive path=\$DISK,format=raw,direct --cmdline "\$CMDLINE vireo.run=bfio"
+            --drive path=\$B/tools.img,ro,format=raw --drive path=\$DISK,format=raw,direct\$VQ \\
+            --cmdline "\$CMDLINE \$GARGS vireo.run=bfio-\$mode"
     else
         timeout -s KILL 300 qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \\
             -nographic -serial stdio -no-reboot -kernel \$G/vmlinux -initrd /tmp/initrd.gz \\
-            -append "\$CMDLINE vireo.run=bfio" \\
+            -append "\$CMDLINE \$GARGS vireo.run=bfio-\$mode" \$QIO \\
             -drive file=\$B/tools.img,if=none,id=tools,format=raw,readonly=on -device virtio-blk-device,drive=tools \\
-            -drive file=\$DISK,if=none,id=disk,format=raw,cache=none -device virtio-blk-device,drive=disk
+            -drive file=\$DISK,if=none,id=disk,format=raw,cache=none -device virtio-blk-device,drive=disk\$QQ
     fi | while IFS= read -r l; do
         l=\${l%\$'\\r'}
         case \$l in
-        BENCH-CLOCK*) echo "\$l vmm=\$vmm lab=\$EPOCHREALTIME" ;;
+        BENCH-CLOCK*) echo "\$l vmm=\$vmm-\$mode lab=\$EPOCHREALTIME" ;;
         "BENCH-FIO guest "*) echo "BENCH-FIO \$vmm \${l#BENCH-FIO guest }" ;;
         *) echo "\$l" ;;
         esac
     done
-    echo "BENCH-EXIT \$vmm-fio-\$round \${PIPESTATUS[0]}"
+    echo "BENCH-EXIT \$vmm-fio-\$mode-\$round \${PIPESTATUS[0]}"
 done
 while read -r name rw bs; do
-    echo "BENCH-FIO host \$name \$(\$B/tools/bin/fio --name=\$name --filename=\$DISK --direct=1 --rw=\$rw --bs=\$bs $FIO_OPTS 2>&1 | tr -d '\\n')"
+    echo "BENCH-FIO host \$name@\$mode \$(\$B/tools/bin/fio --name=\$name --filename=\$DISK --direct=1 --rw=\$rw --bs=\$bs \$FIO $FIO_OPTS 2>&1 | tr -d '\\n')"
 done <<'JOBS'
 $JOBS
 JOBS
+done
 done
 unshare -n sh \$B/net.sh
 EOF
     cat >"$B/net.sh" <<EOF
 B=/vireo/bench G=/vireo/guest
-CMDLINE="console=ttyS0 panic=-1 quiet vireo.run=bnet"
+CMDLINE="console=ttyS0 panic=-1 quiet mitigations=off vireo.run=bnet"
 ip link set lo up
 tunctl -t vtap0 >/dev/null || { echo "BENCH-ERROR tunctl"; exit 1; }
 ip addr add 172.16.0.1/24 dev vtap0
@@ -223,18 +250,18 @@ flock_build() {
 }
 flock_build
 
-echo "bench-io: running in the lab (about $((ROUNDS * (12 * (RUNTIME + 2) + 2 * IPERF_TIME + 40))) s)..." >&2
-out=$(lab/lab run --with-qemu --smp 2 --mem 3072 --timeout 1500 --bin-dir "$BIN_DIR" \
+echo "bench-io: running in the lab (about $((ROUNDS * (24 * (RUNTIME + 2) + 2 * IPERF_TIME + 120))) s)..." >&2
+out=$(lab/lab run --with-qemu --smp 2 --mem 3072 --timeout 2400 --bin-dir "$BIN_DIR" \
     --put "$BRD:/vireo/bench/brd.ko" --put "$B/tools:/vireo/bench/tools" --put "$B/tools.img:/vireo/bench/tools.img" \
     --put "$B/extra.cpio.gz:/vireo/bench/extra.cpio.gz" --put "$B/lab.sh:/vireo/bench/lab.sh" \
     --put "$B/net.sh:/vireo/bench/net.sh" -- 'sh /vireo/bench/lab.sh') || st=$?
 printf '%s\n' "$out" >"$B/last.log"
 [ "${st:-0}" -eq 0 ] || echo "bench-io: the lab run ended with status $st (its output: $B/last.log)" >&2
 
-python3 - "$B/last.log" "$RUNTIME" "$IODEPTH" "$IPERF_TIME" "$ROUNDS" <<'PY'
+python3 - "$B/last.log" "$RUNTIME" "$IODEPTH" "$IPERF_TIME" "$ROUNDS" "$POLL_US" <<'PY'
 import json, statistics, sys
 
-log, runtime, iodepth, iperf_time, rounds = sys.argv[1:]
+log, runtime, iodepth, iperf_time, rounds, poll_us = sys.argv[1:]
 fio = {}      # (side, job) -> that job's result in each round (fio's JSON "jobs"[0]) or error texts
 iperf = {}    # vmm -> bits per second received by the lab host in each round, or error texts
 exits, guest_iperf, qemu_version = {}, [], "QEMU"
@@ -302,32 +329,42 @@ def figure(side, job, kind):
 
 print(f"bench-io: in the lab (nested: TCG host with emulated SVM), guest: Debian 6.1 cloud kernel, "
       f"1 vCPU, 512 MiB")
-print(f"block: fio {runtime} s per job (after 1 s ramp), libaio, iodepth {iodepth}, O_DIRECT on both "
+print(f"block: fio {runtime} s per job (after 1 s ramp), iodepth {iodepth}, O_DIRECT on both "
       f"sides; guests: a virtio-blk drive on the lab's RAM disk /dev/ram0 (brd); lab host: /dev/ram0; "
       f"medians of {rounds} alternating rounds")
-print(f"{'job':<14}{'vireo-vmm guest':>17}{'QEMU guest':>17}{'lab host':>17}"
-      f"{'vireo/host':>12}{'vireo/QEMU':>12}")
+modes = [("irq", "libaio: the guest notifies, the device interrupts"),
+         ("polled", f"io_uring --hipri: a virtio-blk poll queue in the guest, the device polling "
+                    f"{poll_us} us (vireo-vmm poll_us, QEMU iothread poll-max-ns)")]
 jobs = [("randread-4k", "read-iops"), ("randwrite-4k", "write-iops"),
         ("seqread-1m", "read-bw"), ("seqwrite-1m", "write-bw")]
 def ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "n/a"
-for job, kind in jobs:
-    v, vs = figure("vireo", job, kind)
-    q, qs = figure("qemu", job, kind)
-    h, hs = figure("host", job, kind)
-    print(f"{job:<14}{vs:>17}{qs:>17}{hs:>17}{ratio(v, h):>12}{ratio(v, q):>12}")
+for mode, what in modes:
+    print(f"{mode}: {what}")
+    print(f"  {'job':<14}{'vireo-vmm guest':>17}{'QEMU guest':>17}{'lab host':>17}"
+          f"{'vireo/host':>12}{'vireo/QEMU':>12}")
+    for job, kind in jobs:
+        key = f"{job}@{mode}"
+        v, vs = figure("vireo", key, kind)
+        q, qs = figure("qemu", key, kind)
+        h, hs = figure("host", key, kind)
+        print(f"  {job:<14}{vs:>17}{qs:>17}{hs:>17}{ratio(v, h):>12}{ratio(v, q):>12}")
 print("target: vireo-vmm guest >= 0.8x lab host")
 print("each round (vireo / QEMU / host):")
 fmt = lambda vals: ",".join("-" if x is None else f"{x:.0f}" for x in vals)
-for job, kind in jobs:
-    print(f"  {job:<14}" + " / ".join(fmt(figures(side, job, kind)) for side in ("vireo", "qemu", "host")))
-for vmm in ("vireo", "qemu"):
-    if (vmm, "start") in clock and (vmm, "end") in clock:
-        pairs = list(zip(clock[(vmm, "start")], clock[(vmm, "end")]))
-        g = statistics.median(e[0] - s[0] for s, e in pairs)
-        l = statistics.median(e[1] - s[1] for s, e in pairs)
-        print(f"({vmm} guest's fio jobs: {g:.1f} s on its clock, {l:.1f} s on the lab's; guest "
-              f"figures are per guest-second)")
+for mode, _ in modes:
+    for job, kind in jobs:
+        key = f"{job}@{mode}"
+        print(f"  {key:<20}" + " / ".join(fmt(figures(side, key, kind)) for side in ("vireo", "qemu", "host")))
+for mode, _ in modes:
+    for vmm in ("vireo", "qemu"):
+        tag = f"{vmm}-{mode}"
+        if (tag, "start") in clock and (tag, "end") in clock:
+            pairs = list(zip(clock[(tag, "start")], clock[(tag, "end")]))
+            g = statistics.median(e[0] - s[0] for s, e in pairs)
+            l = statistics.median(e[1] - s[1] for s, e in pairs)
+            print(f"({vmm} guest's {mode} fio jobs: {g:.1f} s on its clock, {l:.1f} s on the lab's; "
+                  f"guest figures are per guest-second)")
 print()
 print(f"network: iperf3 guest -> lab host, {iperf_time} s, one TCP stream, TAP in a network "
       f"namespace; received bytes counted on the lab host")

@@ -154,6 +154,17 @@ fn used(vq: &MockSplitQueue<'_, GuestMemory>) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// Puts a read of sector 0 (512 bytes) in the available ring at descriptor `3 * i`.
+fn queue_read(vq: &MockSplitQueue<'_, GuestMemory>, i: u16) {
+    let n = VRING_DESC_F_NEXT as u16;
+    let chain = [
+        RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 3 * i + 1)),
+        RawDescriptor::from(SplitDescriptor::new(DATA, 512, W | n, 3 * i + 2)),
+        RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W, 0)),
+    ];
+    vq.add_desc_chains(&chain, 3 * i).unwrap();
+}
+
 /// Runs one chain of `descs` (linked in order) through a fresh handler; returns the used length.
 fn run_chain(f: &Fixture, read_only: bool, descs: &[RawDescriptor]) -> u32 {
     let vq = MockSplitQueue::new(&*f.mem, 16);
@@ -612,13 +623,7 @@ fn the_ops_limit_holds_requests_until_tokens_return() {
     let vq = MockSplitQueue::new(&*f.mem, 16);
     f.header(VIRTIO_BLK_T_IN, 0);
     for i in 0..3u16 {
-        let n = VRING_DESC_F_NEXT as u16;
-        let chain = [
-            RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 3 * i + 1)),
-            RawDescriptor::from(SplitDescriptor::new(DATA, 512, W | n, 3 * i + 2)),
-            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W, 0)),
-        ];
-        vq.add_desc_chains(&chain, 3 * i).unwrap();
+        queue_read(&vq, i);
     }
     let limit = BucketConfig {
         size: 2,
@@ -762,17 +767,6 @@ fn stats_count_operations_bytes_errors_and_latency() {
     assert!(l.sum_seconds > 0.0);
 }
 
-/// Puts a read of sector 0 (512 bytes) in the available ring at descriptor `3 * i`.
-fn queue_read(vq: &MockSplitQueue<'_, GuestMemory>, i: u16) {
-    let n = VRING_DESC_F_NEXT as u16;
-    let chain = [
-        RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 3 * i + 1)),
-        RawDescriptor::from(SplitDescriptor::new(DATA, 512, W | n, 3 * i + 2)),
-        RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W, 0)),
-    ];
-    vq.add_desc_chains(&chain, 3 * i).unwrap();
-}
-
 /// The used ring's flags word, where the device asks the driver not to notify it.
 fn used_flags(f: &Fixture, vq: &MockSplitQueue<'_, GuestMemory>) -> u16 {
     f.mem.read_obj(vq.used_addr()).unwrap()
@@ -811,6 +805,32 @@ fn a_polling_drive_serves_unnotified_requests_then_turns_notifications_back_on()
     );
 }
 
+/// A device I/O thread for a test; stopped and joined by `stop`.
+struct TestIoThread {
+    io: EventLoopHandle,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl TestIoThread {
+    fn start() -> Self {
+        let mut event_loop = crate::virtio::EventLoop::new().unwrap();
+        let io = event_loop.handle();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || event_loop.run_until(|| stop.load(Ordering::SeqCst)))
+        };
+        Self { io, stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.io.kick();
+        self.thread.join().unwrap();
+    }
+}
+
 #[test]
 fn a_polling_drive_is_served_by_the_io_thread_without_notifications() {
     let f = Fixture::new();
@@ -819,15 +839,9 @@ fn a_polling_drive_is_served_by_the_io_thread_without_notifications() {
     let mut h = f.handler_with_queue(false, None, &vq);
     h.poll_window = Duration::from_secs(5);
     h.polling_until = Some(Instant::now() + h.poll_window);
-    let mut event_loop = crate::virtio::EventLoop::new().unwrap();
-    let io = event_loop.handle();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || event_loop.run_until(|| stop.load(Ordering::SeqCst)))
-    };
+    let t = TestIoThread::start();
     let h = Arc::new(Mutex::new(h));
-    let id = io.add_polled(h.clone()).unwrap();
+    let id = t.io.add_polled(h.clone()).unwrap();
     // No eventfd write: only polling can find these.
     for i in 0..3 {
         queue_read(&vq, i);
@@ -841,10 +855,8 @@ fn a_polling_drive_is_served_by_the_io_thread_without_notifications() {
         }
     }
     assert_eq!(h.lock().unwrap().stats.notifications.get(), 0);
-    io.remove(id);
-    stop.store(true, Ordering::SeqCst);
-    io.kick();
-    thread.join().unwrap();
+    t.io.remove(id);
+    t.stop();
 }
 
 #[test]
@@ -862,14 +874,8 @@ fn every_ready_queue_is_served_and_a_bad_one_stops_the_drive() {
     let kick1 = h.queues[1].event.try_clone().unwrap();
     let stats = h.stats.clone();
     let h = Arc::new(Mutex::new(h));
-    let mut event_loop = crate::virtio::EventLoop::new().unwrap();
-    let io = event_loop.handle();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || event_loop.run_until(|| stop.load(Ordering::SeqCst)))
-    };
-    let id = io.add(h.clone()).unwrap();
+    let t = TestIoThread::start();
+    let id = t.io.add(h.clone()).unwrap();
     // A notification of queue 1 serves queue 1 and interrupts the guest.
     kick1.write(1).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -880,10 +886,8 @@ fn every_ready_queue_is_served_and_a_bad_one_stops_the_drive() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    io.remove(id);
-    stop.store(true, Ordering::SeqCst);
-    io.kick();
-    thread.join().unwrap();
+    t.io.remove(id);
+    t.stop();
     assert_eq!((used(&vq0).len(), used(&vq1).len()), (0, 1));
     assert_eq!((stats.interrupts.get(), stats.notifications.get()), (1, 1));
     let mut h = h.lock().unwrap();

@@ -940,3 +940,39 @@ fn queues_and_poll_us_are_checked_when_the_drive_opens() {
     );
     assert_eq!(one.features() & (1 << VIRTIO_BLK_F_MQ), 0);
 }
+
+/// A machine restored from a snapshot taken while its drive polled has the guest's
+/// notifications off in guest memory: the drive turns them back on as it starts, or a guest
+/// that then goes idle would never be heard again.
+#[test]
+fn a_polling_drive_turns_notifications_back_on_when_it_starts() {
+    let f = Fixture::new();
+    let vq = MockSplitQueue::new(&*f.mem, 16);
+    let mut queue: Queue = vq.create_queue().unwrap();
+    queue.set_ready(true);
+    f.mem.write_obj(NO_NOTIFY, vq.used_addr()).unwrap();
+    let t = TestIoThread::start();
+    let drive = Drive::open(BlockOptions {
+        path: f.file.as_path().to_path_buf(),
+        poll_us: 1000,
+        ..opts(false)
+    })
+    .unwrap();
+    let mut b = Block::new(t.io.clone(), drive);
+    b.activate(ActivateContext {
+        mem: f.mem.clone(),
+        interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+        features: 0,
+        queues: vec![queue],
+        queue_events: vec![EventFd::new(libc::EFD_NONBLOCK).unwrap()],
+        restored: true,
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while used_flags(&f, &vq) != 0 {
+        assert!(Instant::now() < deadline, "notifications stayed off");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    b.reset();
+    t.stop();
+}

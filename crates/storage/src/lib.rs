@@ -17,6 +17,7 @@ mod chain;
 mod image;
 mod qcow2;
 mod raw;
+mod uring;
 
 use std::fmt;
 use std::io;
@@ -105,6 +106,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Guest memory (or any memory) that a request reads into or writes from.
 pub type Buffer<'a> = VolatileSlice<'a, ()>;
 
+/// One read or write of a batch handed to [`BlockBackend::transfer_batch`].
+#[derive(Debug)]
+pub struct Transfer<'a, 'b> {
+    pub bufs: &'a [Buffer<'b>],
+    pub offset: u64,
+    pub write: bool,
+}
+
 /// What virtio-blk does its I/O through: an open image, addressed in bytes.
 ///
 /// Every method takes `&self`, so one backend can serve requests from several threads. Offsets
@@ -125,6 +134,18 @@ pub trait BlockBackend: Send + Sync + fmt::Debug {
 
     /// Writes `bufs`, in order, to the disk at `offset`.
     fn write(&self, bufs: &[Buffer<'_>], offset: u64) -> io::Result<()>;
+
+    /// Carries out every transfer of `ops` and returns each one's result, in the same order.
+    /// They may run at once (several in flight), so no two should touch the same bytes when
+    /// one of them writes. The default runs them one after the other.
+    fn transfer_batch(&self, ops: &[Transfer<'_, '_>]) -> Vec<io::Result<()>> {
+        ops.iter()
+            .map(|op| match op.write {
+                true => self.write(op.bufs, op.offset),
+                false => self.read(op.bufs, op.offset),
+            })
+            .collect()
+    }
 
     /// Makes every completed write durable: it survives a host crash once this returns.
     fn flush(&self) -> io::Result<()>;

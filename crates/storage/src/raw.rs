@@ -9,7 +9,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::{check_range, read_only_error, BlockBackend, Buffer, Format};
+use crate::uring::{Job, Outcome, Ring};
+use crate::{check_range, read_only_error, BlockBackend, Buffer, Format, Transfer};
 
 /// iovecs handed to one preadv/pwritev call at most (the kernel's IOV_MAX).
 const IOV_MAX: usize = 1024;
@@ -29,6 +30,8 @@ pub struct RawDisk {
     direct: Option<(File, u64)>,
     read_only: bool,
     size: u64,
+    /// Batches of transfers go through this io_uring, in flight together.
+    ring: Ring,
 }
 
 impl RawDisk {
@@ -71,6 +74,7 @@ impl RawDisk {
             direct,
             read_only,
             size,
+            ring: Ring::default(),
         })
     }
 
@@ -97,22 +101,26 @@ impl RawDisk {
     fn transfer(&self, bufs: &[Buffer<'_>], offset: u64, write: bool) -> io::Result<()> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         check_range(self.size, offset, total)?;
-        if let Some((direct, align)) = &self.direct {
-            let aligned = |n: u64| n.is_multiple_of(*align);
-            let fits = aligned(offset)
-                && bufs.iter().all(|b| {
-                    aligned(b.len() as u64) && aligned(b.ptr_guard().as_ptr() as usize as u64)
-                });
-            if fits {
-                match self.transfer_on(direct, bufs, offset, write) {
-                    // Repeating what may have been done is harmless: the same bytes, to the
-                    // same places.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    r => return r,
-                }
+        if let Some(direct) = self.direct_for(bufs, offset) {
+            match self.transfer_on(direct, bufs, offset, write) {
+                // Repeating what may have been done is harmless: the same bytes, to the same
+                // places.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                r => return r,
             }
         }
         self.transfer_on(&self.file, bufs, offset, write)
+    }
+
+    /// The direct-I/O file, when there is one and the transfer is aligned for it.
+    fn direct_for(&self, bufs: &[Buffer<'_>], offset: u64) -> Option<&File> {
+        let (direct, align) = self.direct.as_ref()?;
+        let aligned = |n: u64| n.is_multiple_of(*align);
+        let fits = aligned(offset)
+            && bufs.iter().all(|b| {
+                aligned(b.len() as u64) && aligned(b.ptr_guard().as_ptr() as usize as u64)
+            });
+        fits.then_some(direct)
     }
 
     /// preadv/pwritev between `file` and `bufs`, looping over short transfers.
@@ -123,16 +131,7 @@ impl RawDisk {
         offset: u64,
         write: bool,
     ) -> io::Result<()> {
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| libc::iovec {
-                // The guard only matters for Xen mappings; for mmap'ed memory the pointer stays
-                // valid as long as the slice's lifetime, which outlives this call.
-                iov_base: s.ptr_guard_mut().as_ptr().cast(),
-                iov_len: s.len(),
-            })
-            .collect();
+        let mut iovs = iovecs(bufs);
         let mut first = 0;
         let mut pos = offset;
         while first < iovs.len() {
@@ -181,6 +180,19 @@ impl RawDisk {
     }
 }
 
+/// The iovecs of `bufs`, empty ones left out.
+fn iovecs(bufs: &[Buffer<'_>]) -> Vec<libc::iovec> {
+    bufs.iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| libc::iovec {
+            // The guard only matters for Xen mappings; for mmap'ed memory the pointer stays
+            // valid as long as the slice's lifetime, which outlives the I/O.
+            iov_base: s.ptr_guard_mut().as_ptr().cast(),
+            iov_len: s.len(),
+        })
+        .collect()
+}
+
 impl BlockBackend for RawDisk {
     fn size(&self) -> u64 {
         self.size
@@ -203,6 +215,61 @@ impl BlockBackend for RawDisk {
             return Err(read_only_error());
         }
         self.transfer(bufs, offset, true)
+    }
+
+    /// Two transfers or more go through the io_uring, in flight together. One the ring did
+    /// not complete in full (a short transfer, direct I/O refused, no io_uring here) is done
+    /// again by [`RawDisk::transfer`]: the same bytes to the same places.
+    fn transfer_batch(&self, ops: &[Transfer<'_, '_>]) -> Vec<io::Result<()>> {
+        let mut results: Vec<Option<io::Result<()>>> = ops.iter().map(|_| None).collect();
+        let mut jobs = Vec::new();
+        let mut job_of = Vec::new(); // (op index, bytes asked, direct)
+        if ops.len() > 1 {
+            for (i, op) in ops.iter().enumerate() {
+                let total: u64 = op.bufs.iter().map(|b| b.len() as u64).sum();
+                if op.write && self.read_only {
+                    results[i] = Some(Err(read_only_error()));
+                    continue;
+                }
+                if let Err(e) = check_range(self.size, op.offset, total) {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+                let iovecs = iovecs(op.bufs);
+                if iovecs.is_empty() || iovecs.len() > IOV_MAX {
+                    continue;
+                }
+                let direct = self.direct_for(op.bufs, op.offset);
+                jobs.push(Job {
+                    fd: direct.unwrap_or(&self.file).as_raw_fd(),
+                    iovecs,
+                    offset: op.offset,
+                    write: op.write,
+                });
+                job_of.push((i, total, direct.is_some()));
+            }
+        }
+        if !jobs.is_empty() {
+            if let Some(outcomes) = self.ring.run(&jobs) {
+                for (o, (i, total, direct)) in outcomes.into_iter().zip(job_of) {
+                    results[i] = match o {
+                        Outcome::Moved(n) if n as u64 == total => Some(Ok(())),
+                        // Direct I/O refused, or an interruption: done again below.
+                        Outcome::Failed(e)
+                            if !(matches!(e, libc::EINTR | libc::EAGAIN)
+                                || direct && e == libc::EINVAL) =>
+                        {
+                            Some(Err(io::Error::from_raw_os_error(e)))
+                        }
+                        _ => None,
+                    };
+                }
+            }
+        }
+        ops.iter()
+            .zip(results)
+            .map(|(op, r)| r.unwrap_or_else(|| self.transfer(op.bufs, op.offset, op.write)))
+            .collect()
     }
 
     fn flush(&self) -> io::Result<()> {

@@ -511,3 +511,91 @@ fn damaged_images_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_batch_on_a_raw_file_moves_each_transfer_and_fails_only_the_bad_ones() {
+    let d = dir();
+    let base = write_base(d.path());
+    let disk = open(&base, Format::Raw, false, false).unwrap();
+    let want = base_bytes();
+    // Reads of 4 KiB at scattered offsets (each into two buffers), writes between them, one
+    // read past the end.
+    let mut bufs: Vec<[u8; 2048]> = vec![[0; 2048]; 16];
+    let mut data: Vec<Vec<u8>> = (0..4).map(|i| vec![0xc0 + i as u8; 4096]).collect();
+    let offsets: Vec<u64> = (0..8).map(|i| (i * 467 % 1000) as u64 * 4096).collect();
+    let mut ops = Vec::new();
+    let (reads, _) = bufs.split_at_mut(16);
+    let mut read_bufs: Vec<Vec<Buffer<'_>>> = reads
+        .chunks_mut(2)
+        .map(|c| {
+            let (a, b) = c.split_at_mut(1);
+            vec![a[0].as_mut_slice().into(), b[0].as_mut_slice().into()]
+        })
+        .collect();
+    let write_bufs: Vec<Vec<Buffer<'_>>> = data
+        .iter_mut()
+        .map(|d| vec![d.as_mut_slice().into()])
+        .collect();
+    for (i, b) in read_bufs.iter_mut().enumerate() {
+        ops.push(Transfer {
+            bufs: b,
+            offset: offsets[i],
+            write: false,
+        });
+    }
+    for (i, b) in write_bufs.iter().enumerate() {
+        ops.push(Transfer {
+            bufs: b,
+            offset: (2000 + 8 * i as u64) * 512,
+            write: true,
+        });
+    }
+    let mut spare = vec![0u8; 4096];
+    let spare_buf: Vec<Buffer<'_>> = vec![spare.as_mut_slice().into()];
+    ops.push(Transfer {
+        bufs: &spare_buf,
+        offset: disk.size() - 512,
+        write: false,
+    });
+    let results = disk.transfer_batch(&ops);
+    assert_eq!(results.len(), ops.len());
+    assert!(results[..12].iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(results[12].is_err(), "a read past the end fails");
+    drop(ops);
+    drop(read_bufs);
+    for (i, off) in offsets.iter().enumerate() {
+        let got = [bufs[2 * i], bufs[2 * i + 1]].concat();
+        assert_eq!(got, want[*off as usize..*off as usize + 4096], "read {i}");
+    }
+    let after = read_all(&*disk);
+    for i in 0..4 {
+        let at = (2000 + 8 * i) * 512;
+        assert!(
+            after[at..at + 4096].iter().all(|b| *b == 0xc0 + i as u8),
+            "write {i}"
+        );
+    }
+    assert_eq!(after[..2000 * 512], want[..2000 * 512]);
+
+    // A read-only image refuses the batch's writes and serves its reads.
+    let ro = open(&base, Format::Raw, true, false).unwrap();
+    let mut buf = vec![0u8; 512];
+    let rbuf: Vec<Buffer<'_>> = vec![buf.as_mut_slice().into()];
+    let wbuf: Vec<Buffer<'_>> = vec![data[0].as_mut_slice().into()];
+    let r = ro.transfer_batch(&[
+        Transfer {
+            bufs: &wbuf,
+            offset: 0,
+            write: true,
+        },
+        Transfer {
+            bufs: &rbuf,
+            offset: 512,
+            write: false,
+        },
+    ]);
+    assert_eq!(r[0].as_ref().unwrap_err().raw_os_error(), Some(libc::EROFS));
+    assert!(r[1].is_ok());
+    drop(rbuf);
+    assert_eq!(buf, after[512..1024]);
+}

@@ -137,12 +137,14 @@ fn exits(r: &Ran) -> Vec<i32> {
         .collect()
 }
 
+/// The first boot's root drive has io_engine=io_uring (the guest's reads and writes go to
+/// the image in batches), the second the default, one request after the other.
 #[test]
 fn root_on_virtio_blk_and_synced_writes_reach_the_image() {
     let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let image = root_image("write");
     let script = format!(
-        "vireo-vmm {BOOT} --cmdline '{CMDLINE} vireo.run=blkwrite'; echo VMM-EXIT=$?; \
+        "vireo-vmm {BOOT},io_engine=io_uring --cmdline '{CMDLINE} vireo.run=blkwrite'; echo VMM-EXIT=$?; \
          echo \"HOST-LINES $(grep -c VIREO-BLK-PATTERN- /tmp/root.ext4)\"; \
          vireo-vmm {BOOT} --cmdline '{CMDLINE} vireo.run=blkread'; echo VMM-EXIT=$?"
     );

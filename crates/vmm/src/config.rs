@@ -166,6 +166,20 @@ pub struct DriveConfig {
     /// notifications.
     #[serde(default)]
     pub poll_us: u32,
+    /// How reads and writes reach the file: "sync" (the default), one request after the
+    /// other, or "io_uring", those queued together as one batch in flight at once (raw
+    /// images only).
+    #[serde(default)]
+    pub io_engine: DriveIoEngine,
+}
+
+/// How a drive's reads and writes reach its file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriveIoEngine {
+    #[default]
+    Sync,
+    IoUring,
 }
 
 fn one_queue() -> u16 {
@@ -230,7 +244,8 @@ impl RateLimiterConfig {
 
 impl DriveConfig {
     /// Parses `path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N]
-    /// [,queues=N][,poll_us=N]` (iops/bps: buckets of that size refilled every second).
+    /// [,queues=N][,poll_us=N][,io_engine=sync|io_uring]` (iops/bps: buckets of that size
+    /// refilled every second).
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut path = None;
         let mut d = DriveConfig {
@@ -242,6 +257,7 @@ impl DriveConfig {
             rate_limiter: None,
             queues: 1,
             poll_us: 0,
+            io_engine: DriveIoEngine::Sync,
         };
         let per_second = |part: &str, v: &str| match v.parse::<u64>() {
             Ok(n) if n > 0 => Ok(TokenBucketConfig {
@@ -280,11 +296,18 @@ impl DriveConfig {
                         .parse()
                         .map_err(|_| format!("invalid --drive {part:?}: want microseconds"))?
                 }
+                Some(("io_engine", "sync")) => d.io_engine = DriveIoEngine::Sync,
+                Some(("io_engine", "io_uring")) => d.io_engine = DriveIoEngine::IoUring,
+                Some(("io_engine", v)) => {
+                    return Err(format!(
+                        "invalid --drive io_engine {v:?}: use io_engine=sync or io_engine=io_uring"
+                    ))
+                }
                 None if part == "ro" => d.read_only = true,
                 None if part == "direct" => d.direct = true,
                 _ => {
                     return Err(format!(
-                        "invalid --drive {part:?}: use path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N][,queues=N][,poll_us=N]"
+                        "invalid --drive {part:?}: use path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N][,queues=N][,poll_us=N][,io_engine=sync|io_uring]"
                     ))
                 }
             }
@@ -576,6 +599,8 @@ mod tests {
             "path=/x,queues=-1",
             "path=/x,poll_us=10001",
             "path=/x,poll_us=soon",
+            "path=/x,io_engine=aio",
+            "path=/x,io_engine",
         ] {
             assert!(DriveConfig::parse(bad).is_err(), "{bad}");
         }
@@ -592,6 +617,33 @@ mod tests {
         assert_eq!((c.drives[0].queues, c.drives[0].poll_us), (2, 2000));
         let e = DriveConfig::parse("path=/x,queues=17").unwrap_err();
         assert_eq!(e, "drive /x: queues=17 is out of range (1 to 16)");
+    }
+
+    #[test]
+    fn drive_io_engines() {
+        assert_eq!(
+            DriveConfig::parse("path=/a").unwrap().io_engine,
+            DriveIoEngine::Sync
+        );
+        let d = DriveConfig::parse("path=/a,io_engine=io_uring").unwrap();
+        assert_eq!(d.io_engine, DriveIoEngine::IoUring);
+        let d = DriveConfig::parse("path=/a,io_engine=io_uring,io_engine=sync").unwrap();
+        assert_eq!(d.io_engine, DriveIoEngine::Sync);
+        let e = DriveConfig::parse("path=/a,io_engine=aio").unwrap_err();
+        assert_eq!(
+            e,
+            "invalid --drive io_engine \"aio\": use io_engine=sync or io_engine=io_uring"
+        );
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel":"/k","drives":[{"path":"/a","io_engine":"io_uring"},{"path":"/b"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.drives[0].io_engine, DriveIoEngine::IoUring);
+        assert_eq!(c.drives[1].io_engine, DriveIoEngine::Sync);
+        assert!(serde_json::from_str::<VmConfig>(
+            r#"{"kernel":"/k","drives":[{"path":"/a","io_engine":"aio"}]}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use devices::legacy::{EventFdTrigger, Serial, SerialOutput, I8042};
 use devices::rate_limiter::LimiterHandle;
 use devices::virtio::balloon::{Balloon, BalloonControl};
-use devices::virtio::block::{Block, BlockOptions, Drive, Stats as BlockStats};
+use devices::virtio::block::{Block, BlockOptions, Drive, IoEngine, Stats as BlockStats};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Limits as NetLimits, MacAddr, Net, NetCounters, Tap};
 use devices::virtio::rng::Rng;
@@ -29,7 +29,9 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::api;
 use crate::arch::layout::{self, *};
 use crate::arch::{acpi, boot, cpuid, gdt};
-use crate::config::{host_memory_mib, ConfigError, DriveFormat, SerialConfig, VmConfig};
+use crate::config::{
+    host_memory_mib, ConfigError, DriveFormat, DriveIoEngine, SerialConfig, VmConfig,
+};
 use crate::memory::{Backing, GuestMemoryMmap, GuestRam};
 use crate::vstate::control::{ExitCounts, RunControl, StopReason};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
@@ -134,6 +136,10 @@ fn open_drives(config: &VmConfig) -> Result<Vec<Drive>, Error> {
                 bytes_limit,
                 queues: d.queues,
                 poll_us: d.poll_us,
+                io_engine: match d.io_engine {
+                    DriveIoEngine::Sync => IoEngine::Sync,
+                    DriveIoEngine::IoUring => IoEngine::IoUring,
+                },
             })
             .map_err(|e| Error::Host(e.to_string()))
         })

@@ -5,7 +5,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use vireo_storage::{BlockBackend, Buffer, Format};
+use vireo_storage::{BlockBackend, Buffer, Format, Transfer};
 use vm_memory::bitmap::{AtomicBitmap, Bitmap, BS};
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
@@ -19,6 +19,15 @@ pub const SECTOR_SIZE: u64 = vireo_storage::SECTOR_SIZE;
 pub struct Segment {
     pub addr: GuestAddress,
     pub len: u32,
+}
+
+/// A read of the image into guest buffers, or a write of them to it.
+#[derive(Debug, Clone, Copy)]
+pub struct DataTransfer<'r> {
+    pub segs: &'r [Segment],
+    /// Byte offset in the image.
+    pub offset: u64,
+    pub write: bool,
 }
 
 /// An open disk image.
@@ -90,6 +99,56 @@ impl DiskFile {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         self.backend.write(&plain(&slices(mem, segs)?), offset)
+    }
+
+    /// Carries out `ops` (reads into the guest, writes from it), possibly all in flight at
+    /// once, and returns each one's result in order.
+    pub fn transfer_batch(
+        &self,
+        mem: &GuestMemory,
+        ops: &[DataTransfer<'_>],
+    ) -> Vec<io::Result<()>> {
+        let mut results: Vec<Option<io::Result<()>>> = Vec::with_capacity(ops.len());
+        let mut guest = Vec::with_capacity(ops.len());
+        for op in ops {
+            match slices(mem, op.segs) {
+                Ok(s) if op.write && self.read_only() => {
+                    drop(s);
+                    results.push(Some(Err(io::Error::from_raw_os_error(libc::EROFS))));
+                }
+                Ok(s) => {
+                    results.push(None);
+                    guest.push((s, op));
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let bufs: Vec<Vec<Buffer<'_>>> = guest.iter().map(|(s, _)| plain(s)).collect();
+        let transfers: Vec<Transfer<'_, '_>> = guest
+            .iter()
+            .zip(&bufs)
+            .map(|((_, op), b)| Transfer {
+                bufs: b,
+                offset: op.offset,
+                write: op.write,
+            })
+            .collect();
+        let mut done = self.backend.transfer_batch(&transfers).into_iter();
+        // Reads wrote guest memory behind vm-memory's back.
+        for (s, op) in &guest {
+            if !op.write {
+                drop(MarkDirtyOnDrop(s));
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    done.next()
+                        .unwrap_or_else(|| Err(io::Error::other("the backend lost a transfer")))
+                })
+            })
+            .collect()
     }
 
     /// Makes every completed write durable (fdatasync; for qcow2 the image's metadata too).

@@ -19,10 +19,10 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber, SubscriberId
 use vireo_storage::Format;
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use self::io::{DiskFile, SECTOR_SIZE};
+use self::io::{DataTransfer, DiskFile, SECTOR_SIZE};
 use self::request::{
     Request, RequestType, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SEG_MAX, SIZE_MAX,
 };
@@ -40,6 +40,18 @@ pub const MAX_QUEUES: u16 = 16;
 pub const MAX_POLL_US: u32 = 10_000;
 /// Bytes of the config space this device fills (up to and including write_zeroes_may_unmap).
 const CONFIG_LEN: usize = offset_of!(virtio_blk_config, unused1);
+
+/// How a drive's reads and writes reach its file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IoEngine {
+    /// One request after the other, each a preadv/pwritev on the I/O thread.
+    #[default]
+    Sync,
+    /// The reads and writes found together in a queue go to the file as one io_uring batch,
+    /// in flight at once: a disk that serves several requests at a time (NVMe, most file
+    /// systems on one) gets the guest's queue depth. Raw images only.
+    IoUring,
+}
 
 /// A drive as the VMM configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +74,7 @@ pub struct BlockOptions {
     /// the guest's notifications off, before it waits for a notification again (0: never
     /// polls). Up to [`MAX_POLL_US`].
     pub poll_us: u32,
+    pub io_engine: IoEngine,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +87,8 @@ pub enum BlockError {
     Queues { path: String, queues: u16 },
     #[error("drive {path}: poll_us={poll_us} is out of range (0 to {MAX_POLL_US})")]
     Poll { path: String, poll_us: u32 },
+    #[error("drive {path}: io_engine=io_uring is for raw images, not qcow2")]
+    Engine { path: String },
 }
 
 pub struct Block {
@@ -118,6 +133,9 @@ impl Drive {
             Some(f) => f,
             None => vireo_storage::detect_format(&opts.path)?,
         };
+        if opts.io_engine == IoEngine::IoUring && format != Format::Raw {
+            return Err(BlockError::Engine { path });
+        }
         let disk = DiskFile::open_image(&opts.path, format, opts.read_only, opts.direct)?;
         Ok(Self { disk, opts })
     }
@@ -257,6 +275,7 @@ impl VirtioDevice for Block {
             limiter,
             self.stats.clone(),
         );
+        handler.batching = self.opts.io_engine == IoEngine::IoUring;
         self.handler = Some(if poll.is_zero() {
             self.io.add(Arc::new(Mutex::new(handler)))?
         } else {
@@ -297,6 +316,8 @@ struct BlockHandler {
     /// While the drive polls: when it stops unless another request comes. The guest's
     /// notifications are off until then.
     polling_until: Option<Instant>,
+    /// Reads and writes found together go to the disk as one batch (io_engine=io_uring).
+    batching: bool,
 }
 
 /// What the drive did, for `GET /metrics` (atomics: the I/O thread counts, the API thread
@@ -366,6 +387,62 @@ impl Stats {
     }
 }
 
+/// Puts a request in the used ring, its status byte (when it has one) written first.
+fn complete(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    head: u16,
+    status: Option<(GuestAddress, u8)>,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
+    // The status address was checked to be in guest memory while parsing.
+    let written = match status {
+        Some((addr, s)) if mem.write_obj(s, addr).is_ok() => len + 1,
+        _ => 0,
+    };
+    queue.add_used(mem, head, written)
+}
+
+/// Reads and writes popped from a queue, to be carried out together.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<(u16, Request, Instant)>,
+}
+
+impl Batch {
+    /// Requests in one batch at most.
+    const MAX: usize = 64;
+
+    /// Carries out the batched requests and puts them in the used ring; returns how many.
+    fn complete(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemory,
+        disk: &DiskFile,
+        stats: &Stats,
+    ) -> Result<u64, virtio_queue::Error> {
+        if self.requests.is_empty() {
+            return Ok(0);
+        }
+        let ops: Vec<DataTransfer<'_>> = self
+            .requests
+            .iter()
+            .filter_map(|(_, req, _)| req.transfer(disk).and_then(Result::ok))
+            .collect();
+        // Every batched request was checked to be a transfer, against the same disk.
+        debug_assert_eq!(ops.len(), self.requests.len());
+        let results = disk.transfer_batch(mem, &ops);
+        drop(ops);
+        let n = self.requests.len() as u64;
+        for ((head, req, start), r) in self.requests.drain(..).zip(results) {
+            let (status, len) = req.transferred(r);
+            stats.executed(&req, status, len, start.elapsed());
+            complete(queue, mem, head, Some((req.status, status)), len)?;
+        }
+        Ok(n)
+    }
+}
+
 /// What serving a queue did.
 #[derive(Debug, Default, Clone, Copy)]
 struct Served {
@@ -396,6 +473,7 @@ impl BlockHandler {
             stats,
             poll_window: Duration::ZERO,
             polling_until: None,
+            batching: false,
         }
     }
 
@@ -414,11 +492,16 @@ impl BlockHandler {
             serial,
             limiter,
             stats,
+            batching,
             ..
         } = self;
         let mem = &**mem;
         let queue = &mut queues[qi].queue;
         let mut served = Served::default();
+        // With batching, reads and writes wait here to go to the disk together (one system
+        // call, all in flight at once); any other request first completes them, so it runs
+        // after every request before it, as when each ran alone.
+        let mut batch = Batch::default();
         'outer: loop {
             queue.disable_notification(mem)?;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
@@ -433,6 +516,14 @@ impl BlockHandler {
                                 break 'outer;
                             }
                         }
+                        if *batching && matches!(req.transfer(disk), Some(Ok(_))) {
+                            batch.requests.push((head, req, Instant::now()));
+                            if batch.requests.len() == Batch::MAX {
+                                served.used += batch.complete(queue, mem, disk, stats)?;
+                            }
+                            continue;
+                        }
+                        served.used += batch.complete(queue, mem, disk, stats)?;
                         let start = Instant::now();
                         let (status, len) = req.execute(mem, disk, serial);
                         stats.executed(&req, status, len, start.elapsed());
@@ -444,14 +535,10 @@ impl BlockHandler {
                         (r.status.map(|a| (a, VIRTIO_BLK_S_IOERR as u8)), 0)
                     }
                 };
-                // The status address was checked to be in guest memory while parsing.
-                let written = match status {
-                    Some((addr, s)) if mem.write_obj(s, addr).is_ok() => len + 1,
-                    _ => 0,
-                };
-                queue.add_used(mem, head, written)?;
+                complete(queue, mem, head, status, len)?;
                 served.used += 1;
             }
+            served.used += batch.complete(queue, mem, disk, stats)?;
             // pop_descriptor_chain() is None for a bogus avail index (over a queue ahead) or
             // a queue not ready too: fail then, do not spin.
             if keep_polling {
@@ -463,6 +550,7 @@ impl BlockHandler {
             }
             queue.iter(mem)?;
         }
+        served.used += batch.complete(queue, mem, disk, stats)?;
         Ok(served)
     }
 

@@ -13,9 +13,11 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::io::{DiskFile, Segment, SECTOR_SIZE};
+use super::io::{DataTransfer, DiskFile, Segment, SECTOR_SIZE};
 use super::GuestMemory;
 use crate::rate_limiter::Cost;
+
+const OK: u8 = VIRTIO_BLK_S_OK as u8;
 
 /// Descriptors in one request at most (a chain is bounded by the queue size anyway; indirect
 /// tables could be larger).
@@ -232,40 +234,21 @@ impl Request {
     /// Runs the request; returns the status and the bytes written to device-writable buffers
     /// before the status byte.
     pub fn execute(&self, mem: &GuestMemory, disk: &DiskFile, serial: &[u8]) -> (u8, u32) {
-        const OK: u8 = VIRTIO_BLK_S_OK as u8;
         const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
         const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
-        let io = |r: std::io::Result<()>| match r {
-            Ok(()) => OK,
-            Err(e) => {
-                tracing::debug!("virtio-blk: {:?} at sector {}: {e}", self.kind, self.sector);
-                IOERR
-            }
-        };
+        let io = |r: std::io::Result<()>| self.status_of(r);
         match self.kind {
-            RequestType::In => {
-                if !self.readable.is_empty() {
-                    return (IOERR, 0);
+            RequestType::In | RequestType::Out => match self.transfer(disk) {
+                Some(Ok(t)) => {
+                    let r = match t.write {
+                        true => disk.write_from_guest(mem, t.segs, t.offset),
+                        false => disk.read_to_guest(mem, t.segs, t.offset),
+                    };
+                    self.transferred(r)
                 }
-                let len = total(&self.writable);
-                match self.data_offset(disk, len) {
-                    Some(off) => match io(disk.read_to_guest(mem, &self.writable, off)) {
-                        OK => (OK, len as u32),
-                        s => (s, 0),
-                    },
-                    None => (IOERR, 0),
-                }
-            }
-            RequestType::Out => {
-                if !self.writable.is_empty() || disk.read_only() {
-                    return (IOERR, 0);
-                }
-                let len = total(&self.readable);
-                match self.data_offset(disk, len) {
-                    Some(off) => (io(disk.write_from_guest(mem, &self.readable, off)), 0),
-                    None => (IOERR, 0),
-                }
-            }
+                Some(Err(status)) => (status, 0),
+                None => (IOERR, 0),
+            },
             RequestType::Flush => (io(disk.flush()), 0),
             RequestType::GetId => {
                 let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
@@ -284,6 +267,48 @@ impl Request {
                 (self.discard_or_zero(mem, disk), 0)
             }
             RequestType::Unsupported(_) => (UNSUPP, 0),
+        }
+    }
+
+    /// The data an IN or OUT request moves, once its buffers and sector range are checked,
+    /// or the status it fails with; `None` for other requests.
+    pub fn transfer(&self, disk: &DiskFile) -> Option<Result<DataTransfer<'_>, u8>> {
+        const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+        let (segs, other, write) = match self.kind {
+            RequestType::In => (&self.writable, &self.readable, false),
+            RequestType::Out => (&self.readable, &self.writable, true),
+            _ => return None,
+        };
+        if !other.is_empty() || (write && disk.read_only()) {
+            return Some(Err(IOERR));
+        }
+        Some(
+            self.data_offset(disk, total(segs))
+                .map(|offset| DataTransfer {
+                    segs,
+                    offset,
+                    write,
+                })
+                .ok_or(IOERR),
+        )
+    }
+
+    /// The status and the bytes written to device-writable buffers of an IN or OUT request
+    /// whose transfer ended with `result`.
+    pub fn transferred(&self, result: std::io::Result<()>) -> (u8, u32) {
+        match (self.status_of(result), self.kind) {
+            (OK, RequestType::In) => (OK, total(&self.writable) as u32),
+            (status, _) => (status, 0),
+        }
+    }
+
+    fn status_of(&self, r: std::io::Result<()>) -> u8 {
+        match r {
+            Ok(()) => OK,
+            Err(e) => {
+                tracing::debug!("virtio-blk: {:?} at sector {}: {e}", self.kind, self.sector);
+                VIRTIO_BLK_S_IOERR as u8
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempdir::TempDir;
 use vmm_sys_util::tempfile::TempFile;
 
-use super::io::DiskFile;
+use super::io::{DiskFile, Segment};
 use super::request::MAX_DATA;
 use super::*;
 use crate::rate_limiter::{BucketConfig, RateLimiter};
@@ -425,6 +425,7 @@ fn opts(read_only: bool) -> BlockOptions {
         bytes_limit: None,
         queues: 1,
         poll_us: 0,
+        io_engine: IoEngine::Sync,
     }
 }
 
@@ -903,7 +904,7 @@ fn every_ready_queue_is_served_and_a_bad_one_stops_the_drive() {
 }
 
 #[test]
-fn queues_and_poll_us_are_checked_when_the_drive_opens() {
+fn queues_poll_us_and_io_engine_are_checked_when_the_drive_opens() {
     let f = Fixture::new();
     for (queues, poll_us, want) in [
         (0, 0, "queues=0 is out of range (1 to 16)"),
@@ -919,6 +920,17 @@ fn queues_and_poll_us_are_checked_when_the_drive_opens() {
         let e = Drive::open(o).unwrap_err().to_string();
         assert!(e.ends_with(want), "{e}");
     }
+    let overlay = Fixture::with_overlay();
+    let o = BlockOptions {
+        path: overlay.overlay.as_ref().unwrap().1.clone(),
+        io_engine: IoEngine::IoUring,
+        ..opts(false)
+    };
+    let e = Drive::open(o).unwrap_err().to_string();
+    assert!(
+        e.ends_with("io_engine=io_uring is for raw images, not qcow2"),
+        "{e}"
+    );
     let o = BlockOptions {
         path: f.file.as_path().to_path_buf(),
         queues: 4,
@@ -975,4 +987,110 @@ fn a_polling_drive_turns_notifications_back_on_when_it_starts() {
     }
     b.reset();
     t.stop();
+}
+
+/// Reads, writes, a flush and bad requests queued together: each request gets its own status
+/// and length, in the order queued, with io_engine=io_uring on a raw image (the reads and
+/// writes between the others go to the disk as one io_uring batch) and one request after the
+/// other (raw image, qcow2 overlay).
+#[test]
+fn requests_queued_together_each_complete_with_their_own_status() {
+    for (f, batching) in [
+        (Fixture::new(), true),
+        (Fixture::new(), false),
+        (Fixture::with_overlay(), false),
+    ] {
+        let vq = MockSplitQueue::new(&*f.mem, 64);
+        let n = VRING_DESC_F_NEXT as u16;
+        let mut next = 0u16;
+        let mut want = Vec::new();
+        for i in 0..12u64 {
+            let (hdr, mut data, status) = (HDR + 16 * i, DATA + 4096 * i, STATUS + i);
+            let (kind, sector, len, flags) = match i {
+                3 => (VIRTIO_BLK_T_IN, DISK_SECTORS - 1, 4096, W), // past the end
+                // Into a buffer that runs past the end of guest memory.
+                8 => {
+                    data = MEM_SIZE as u64 - 2048;
+                    (VIRTIO_BLK_T_IN, 0, 4096, W)
+                }
+                6 => (VIRTIO_BLK_T_FLUSH, 0, 0, 0),
+                i if i % 2 == 0 => (VIRTIO_BLK_T_IN, 8 * i, 4096, W),
+                i => (VIRTIO_BLK_T_OUT, 1000 + 8 * i, 4096, 0),
+            };
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&kind.to_le_bytes());
+            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            f.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+            f.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+            if kind == VIRTIO_BLK_T_OUT {
+                f.mem
+                    .write_slice(&[0x10 + i as u8; 4096], GuestAddress(data))
+                    .unwrap();
+            }
+            let mut chain = vec![RawDescriptor::from(SplitDescriptor::new(
+                hdr,
+                16,
+                n,
+                next + 1,
+            ))];
+            if len > 0 {
+                chain.push(RawDescriptor::from(SplitDescriptor::new(
+                    data,
+                    len,
+                    flags | n,
+                    next + 2,
+                )));
+            }
+            chain.push(RawDescriptor::from(SplitDescriptor::new(status, 1, W, 0)));
+            vq.add_desc_chains(&chain, next).unwrap();
+            let (st, used_len) = match (i, kind) {
+                (3 | 8, _) => (VIRTIO_BLK_S_IOERR, 1),
+                (_, VIRTIO_BLK_T_IN) => (VIRTIO_BLK_S_OK, 4097),
+                _ => (VIRTIO_BLK_S_OK, 1),
+            };
+            want.push((u32::from(next), used_len, st as u8));
+            next += chain.len() as u16;
+        }
+        let mut h = f.handler_with_queue(false, None, &vq);
+        h.batching = batching;
+        h.run(None);
+        assert!(!h.broken);
+        let got: Vec<(u32, u32, u8)> = used(&vq)
+            .into_iter()
+            .zip(0..)
+            .map(|((head, len), i)| (head, len, f.mem.read_obj(GuestAddress(STATUS + i)).unwrap()))
+            .collect();
+        assert_eq!(got, want);
+        let disk = f.disk(true);
+        let mut sector = vec![0u8; 4096];
+        for i in 0..12u64 {
+            let data = GuestAddress(DATA + 4096 * i);
+            match i {
+                3 | 6 | 8 => {}
+                i if i % 2 == 0 => {
+                    f.mem.read_slice(&mut sector, data).unwrap();
+                    let at = (8 * i * 512) as usize;
+                    let want: Vec<u8> = (at..at + 4096).map(pattern).collect();
+                    assert_eq!(sector, want, "read {i}");
+                }
+                i => {
+                    f.mem.write_slice(&[0u8; 4096], data).unwrap();
+                    disk.read_to_guest(
+                        &f.mem,
+                        &[Segment {
+                            addr: data,
+                            len: 4096,
+                        }],
+                        (1000 + 8 * i) * 512,
+                    )
+                    .unwrap();
+                    f.mem.read_slice(&mut sector, data).unwrap();
+                    assert!(sector.iter().all(|b| *b == 0x10 + i as u8), "write {i}");
+                }
+            }
+        }
+        assert_eq!(h.stats.reads.get(), 6);
+        assert_eq!(h.stats.writes.get(), 5);
+        assert_eq!(h.stats.errors.get(), 2);
+    }
 }

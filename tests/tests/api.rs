@@ -2,9 +2,10 @@
 //! balloon target, drive rate limits, metrics, errors, stop.
 
 use std::io::{Read, Write};
+use std::ops::{Deref, DerefMut};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -13,6 +14,31 @@ use vireo_tests::{guest, require_kvm, scratch, vmm_bin};
 /// One HTTP request on the API socket; returns (status, body).
 fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
     vireo_tests::api_call(sock, method, path, body)
+}
+
+/// A vireo-vmm process, killed if the test fails before the VM is stopped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
 }
 
 fn json_of(body: &str) -> Value {
@@ -25,18 +51,20 @@ fn control_api_drives_a_running_vm() {
     let sock = scratch("api.sock");
     let disk = scratch("api-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut vm = Command::new(vmm_bin())
-        .args(["--kernel", guest("power").to_str().unwrap()])
-        .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
-        .args(["--balloon", "target=8"])
-        .arg("--drive")
-        .arg(format!("path={},iops=100", disk.display()))
-        .arg("--api-sock")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut vm = Running(
+        Command::new(vmm_bin())
+            .args(["--kernel", guest("power").to_str().unwrap()])
+            .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
+            .args(["--balloon", "target=8"])
+            .arg("--drive")
+            .arg(format!("path={},iops=100", disk.display()))
+            .arg("--api-sock")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         assert!(Instant::now() < deadline, "the API socket never appeared");
@@ -173,17 +201,22 @@ fn metrics_report_real_values_that_never_go_down() {
     let sock = scratch("metrics.sock");
     let disk = scratch("metrics-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut vm = Command::new(vmm_bin())
-        .args(["--kernel", guest("power").to_str().unwrap()])
-        .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
-        .arg("--drive")
-        .arg(format!("path={},serial=vol-1,iops=100", disk.display()))
-        .arg("--api-sock")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut vm = Running(
+        Command::new(vmm_bin())
+            .args(["--kernel", guest("power").to_str().unwrap()])
+            .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
+            .arg("--drive")
+            .arg(format!(
+                "path={},serial=vol-1,iops=100,io_engine=io_uring",
+                disk.display()
+            ))
+            .arg("--api-sock")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         assert!(Instant::now() < deadline, "the API socket never appeared");
@@ -215,6 +248,8 @@ fn metrics_report_real_values_that_never_go_down() {
         format!("vireo_block_request_seconds_count{{{d}}}"),
         format!("vireo_block_throttled_total{{{d}}}"),
         format!("vireo_block_throttled_seconds_total{{{d}}}"),
+        format!("vireo_block_batches_total{{{d}}}"),
+        format!("vireo_block_batched_requests_total{{{d}}}"),
     ] {
         assert_eq!(value(&first, &series), 0.0, "{series}");
     }
@@ -261,15 +296,17 @@ fn shutdown_presses_ctrl_alt_del_on_a_running_vm_only() {
     let sock = scratch("shutdown.sock");
     // The guest halts with interrupts off: it never reads the keyboard, so the VM keeps
     // running after the key press and only PUT /vm/stop ends it.
-    let mut vm = Command::new(vmm_bin())
-        .args(["--kernel", guest("power").to_str().unwrap()])
-        .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
-        .arg("--api-sock")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut vm = Running(
+        Command::new(vmm_bin())
+            .args(["--kernel", guest("power").to_str().unwrap()])
+            .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
+            .arg("--api-sock")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sock.exists() {
         assert!(Instant::now() < deadline, "the API socket never appeared");

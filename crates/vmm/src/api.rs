@@ -643,7 +643,7 @@ impl Api {
             }
         }
         type Get = fn(&devices::virtio::block::Stats) -> u64;
-        let simple: [(&str, &str, Get); 5] = [
+        let simple: [(&str, &str, Get); 7] = [
             (
                 "vireo_block_read_bytes_total",
                 "Bytes a drive read for the guest.",
@@ -668,6 +668,16 @@ impl Api {
                 "vireo_block_interrupts_total",
                 "Interrupts the drive raised in the guest.",
                 |s| s.interrupts.get(),
+            ),
+            (
+                "vireo_block_batches_total",
+                "Groups of two or more reads and writes handed to the disk together (io_engine=io_uring).",
+                |s| s.batches.get(),
+            ),
+            (
+                "vireo_block_batched_requests_total",
+                "Requests in those groups.",
+                |s| s.batched.get(),
             ),
         ];
         for (name, help, get) in simple {

@@ -346,6 +346,10 @@ pub struct Stats {
     pub notifications: Counter,
     pub interrupts: Counter,
     pub requests: Counter,
+    /// With io_engine=io_uring: groups of two or more reads and writes handed to the disk
+    /// together, and the requests in them.
+    pub batches: Counter,
+    pub batched: Counter,
 }
 
 impl Stats {
@@ -434,6 +438,10 @@ impl Batch {
         let results = disk.transfer_batch(mem, &ops);
         drop(ops);
         let n = self.requests.len() as u64;
+        if n > 1 {
+            stats.batches.inc();
+            stats.batched.add(n);
+        }
         for ((head, req, start), r) in self.requests.drain(..).zip(results) {
             let (status, len) = req.transferred(r);
             stats.executed(&req, status, len, start.elapsed());

@@ -1092,5 +1092,8 @@ fn requests_queued_together_each_complete_with_their_own_status() {
         assert_eq!(h.stats.reads.get(), 6);
         assert_eq!(h.stats.writes.get(), 5);
         assert_eq!(h.stats.errors.get(), 2);
+        // Batched: 0-2 (before the read past the end), 4-5 (before the flush), 7-11.
+        let batches = (h.stats.batches.get(), h.stats.batched.get());
+        assert_eq!(batches, if batching { (3, 10) } else { (0, 0) });
     }
 }

@@ -1,8 +1,8 @@
 //! virtio-blk under the stock Debian guest, in the lab: the guest's root file system on a
 //! virtio-blk ext4 image (build/guest/rootfs.ext4 with `vireo.root=/dev/vda`), writes that a
 //! guest `sync` makes durable in the host file, the root on a qcow2 copy-on-write overlay of
-//! that image, read-only drives, an IOPS limit, and a root drive with a poll queue that the
-//! VMM polls (`queues=2,poll_us=N`).
+//! that image, read-only drives, an IOPS limit, a root drive with a poll queue that the VMM
+//! polls (`queues=2,poll_us=N`), and a data drive with `io_engine=io_uring`.
 //!
 //! The guest scripts are written into a copy of the root image with the host's debugfs
 //! (e2fsprogs, which the lab needs anyway) and run through `vireo.run=`.
@@ -71,6 +71,14 @@ dd if=/dev/vdb of=/dev/null bs=4096 count=200 skip=60 iflag=direct 2>/dev/null |
 echo IOPS-END
 "#;
 
+/// The 16 MiB data drive read direct, 4 MiB at a time (the guest splits each into several
+/// requests of at most 1280 KiB and queues them together), and 4 KiB at a time.
+const URING_SCRIPT: &str = r#"
+echo "URING-BIG $(dd if=/dev/vdb bs=4M count=4 iflag=direct 2>/dev/null | md5sum)"
+echo "URING-SMALL $(dd if=/dev/vdb bs=4096 count=4096 iflag=direct 2>/dev/null | md5sum)"
+echo URING-DONE
+"#;
+
 fn debugfs() -> PathBuf {
     ["/usr/sbin/debugfs", "/sbin/debugfs"]
         .iter()
@@ -98,6 +106,7 @@ fn root_image(name: &str) -> PathBuf {
         ("blkro", RO_SCRIPT),
         ("blkiops", IOPS_SCRIPT),
         ("blkmq", MQ_SCRIPT),
+        ("blkuring", URING_SCRIPT),
     ] {
         let host = scratch(&format!("{script}.sh"));
         std::fs::write(&host, body).unwrap();
@@ -354,9 +363,9 @@ fn iops_limit_holds_the_configured_rate() {
     );
 }
 
-/// The sum of a metric's samples for drive 0 in a `GET /metrics` text.
-fn drive0_total(r: &Ran, metric: &str) -> Option<u64> {
-    let prefix = format!("{metric}{{drive=\"0\"");
+/// The sum of a metric's samples for drive `n` in a `GET /metrics` text.
+fn drive_total(r: &Ran, metric: &str, n: usize) -> Option<u64> {
+    let prefix = format!("{metric}{{drive=\"{n}\"");
     let values: Vec<u64> = r
         .stdout
         .lines()
@@ -402,8 +411,8 @@ fn a_polled_root_drive_with_a_poll_queue_serves_the_guest() {
     assert!(line(&r, "WRITTEN").is_some(), "{r:?}");
     assert_eq!(line(&r, "HOST-LINES"), Some("1024"), "{r:?}");
     assert_eq!(line(&r, "MQ-READS"), Some("done"), "{r:?}");
-    let requests = drive0_total(&r, "vireo_block_requests_total").expect("request counts");
-    let notified = drive0_total(&r, "vireo_block_notifications_total").expect("notifications");
+    let requests = drive_total(&r, "vireo_block_requests_total", 0).expect("request counts");
+    let notified = drive_total(&r, "vireo_block_notifications_total", 0).expect("notifications");
     eprintln!("polled root drive: {requests} requests, {notified} notifications");
     assert!(
         requests > 2000,
@@ -412,5 +421,39 @@ fn a_polled_root_drive_with_a_poll_queue_serves_the_guest() {
     assert!(
         notified * 10 < requests,
         "polling found most requests without a notification ({notified} for {requests})"
+    );
+}
+
+/// io_engine=io_uring under the Debian guest, on a data drive of random bytes: the guest's
+/// large direct reads reach the drive as several requests queued together, which the device
+/// hands to the file as io_uring batches (vireo_block_batches_total), and every byte read
+/// matches the file.
+#[test]
+fn io_engine_io_uring_batches_the_guests_requests_and_reads_the_image_exactly() {
+    let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let image = root_image("uring");
+    let script = format!(
+        "head -c 16777216 /dev/urandom >/tmp/data.img; echo \"HOST-MD5 $(md5sum </tmp/data.img)\"; \
+         vireo-vmm {BOOT} --drive path=/tmp/data.img,format=raw,serial=data,io_engine=io_uring \
+           --api-sock /tmp/u.sock --serial file:/tmp/u.log \
+           --cmdline '{CMDLINE} vireo.run=blkuring vireo.exit=wait' & \
+         v=$!; n=0; \
+         until grep -q URING-DONE /tmp/u.log 2>/dev/null || [ $n -gt 1800 ]; do sleep 0.1; n=$((n + 1)); done; \
+         cat /tmp/u.log; \
+         vireo-api /tmp/u.sock GET /metrics | grep -E '^vireo_block_(batches|batched_requests)_total'; \
+         vireo-api /tmp/u.sock PUT /vm/shutdown >/dev/null; wait $v; echo VMM-EXIT=$?"
+    );
+    let r = run_in_lab(&script, &["--put", &put(&image)]);
+    assert_eq!(exits(&r), vec![0], "the VM powered off: {r:?}");
+    let host = line(&r, "HOST-MD5").unwrap_or_else(|| panic!("{r:?}"));
+    assert_eq!(line(&r, "URING-BIG"), Some(host), "{r:?}");
+    assert_eq!(line(&r, "URING-SMALL"), Some(host), "{r:?}");
+    let batches = drive_total(&r, "vireo_block_batches_total", 1).expect("batch count");
+    let batched = drive_total(&r, "vireo_block_batched_requests_total", 1).expect("batched");
+    eprintln!("io_uring data drive: {batches} batches, {batched} requests in them");
+    assert!(batches >= 4, "the 4 MiB reads went as batches: {r:?}");
+    assert!(
+        batched >= 2 * batches,
+        "{batched} requests in {batches} batches"
     );
 }

@@ -112,8 +112,7 @@ impl DiskFile {
         let mut guest = Vec::with_capacity(ops.len());
         for op in ops {
             match slices(mem, op.segs) {
-                Ok(s) if op.write && self.read_only() => {
-                    drop(s);
+                Ok(_) if op.write && self.read_only() => {
                     results.push(Some(Err(io::Error::from_raw_os_error(libc::EROFS))));
                 }
                 Ok(s) => {

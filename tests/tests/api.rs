@@ -28,6 +28,26 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// Starts vireo-vmm with `--api-sock sock` added and waits for the socket.
+    fn start(cmd: &mut Command, sock: &Path) -> Running {
+        let vm = Running(
+            cmd.arg("--api-sock")
+                .arg(sock)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "the API socket never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        vm
+    }
+}
+
 impl Deref for Running {
     type Target = Child;
     fn deref(&self) -> &Child {
@@ -51,25 +71,15 @@ fn control_api_drives_a_running_vm() {
     let sock = scratch("api.sock");
     let disk = scratch("api-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut vm = Running(
+    let mut vm = Running::start(
         Command::new(vmm_bin())
             .args(["--kernel", guest("power").to_str().unwrap()])
             .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
             .args(["--balloon", "target=8"])
             .arg("--drive")
-            .arg(format!("path={},iops=100", disk.display()))
-            .arg("--api-sock")
-            .arg(&sock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .arg(format!("path={},iops=100", disk.display())),
+        &sock,
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the API socket never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 
     let (code, body) = call(&sock, "GET", "/vm", None);
     assert_eq!(code, 200);
@@ -201,7 +211,7 @@ fn metrics_report_real_values_that_never_go_down() {
     let sock = scratch("metrics.sock");
     let disk = scratch("metrics-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let mut vm = Running(
+    let mut vm = Running::start(
         Command::new(vmm_bin())
             .args(["--kernel", guest("power").to_str().unwrap()])
             .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
@@ -209,19 +219,9 @@ fn metrics_report_real_values_that_never_go_down() {
             .arg(format!(
                 "path={},serial=vol-1,iops=100,io_engine=io_uring",
                 disk.display()
-            ))
-            .arg("--api-sock")
-            .arg(&sock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+            )),
+        &sock,
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the API socket never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // The guest writes its banner (port I/O exits) and halts; give it a moment.
     std::thread::sleep(Duration::from_millis(200));
     let (code, text) = call(&sock, "GET", "/metrics", None);
@@ -296,22 +296,12 @@ fn shutdown_presses_ctrl_alt_del_on_a_running_vm_only() {
     let sock = scratch("shutdown.sock");
     // The guest halts with interrupts off: it never reads the keyboard, so the VM keeps
     // running after the key press and only PUT /vm/stop ends it.
-    let mut vm = Running(
+    let mut vm = Running::start(
         Command::new(vmm_bin())
             .args(["--kernel", guest("power").to_str().unwrap()])
-            .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"])
-            .arg("--api-sock")
-            .arg(&sock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"]),
+        &sock,
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the API socket never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 
     let (code, body) = call(&sock, "PUT", "/vm/shutdown", None);
     assert_eq!((code, body.as_str()), (204, ""));

@@ -9,6 +9,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use smallvec::SmallVec;
+
 use crate::uring::{Job, Outcome, Ring};
 use crate::{check_range, read_only_error, BlockBackend, Buffer, Format, Transfer};
 
@@ -180,8 +182,9 @@ impl RawDisk {
     }
 }
 
-/// The iovecs of `bufs`, empty ones left out.
-fn iovecs(bufs: &[Buffer<'_>]) -> Vec<libc::iovec> {
+/// The iovecs of `bufs`, empty ones left out (inline for the usual one or two buffers: no
+/// allocation per transfer).
+fn iovecs(bufs: &[Buffer<'_>]) -> SmallVec<[libc::iovec; 4]> {
     bufs.iter()
         .filter(|s| !s.is_empty())
         .map(|s| libc::iovec {
@@ -235,7 +238,8 @@ impl BlockBackend for RawDisk {
                     results[i] = Some(Err(e));
                     continue;
                 }
-                let iovecs = iovecs(op.bufs);
+                // A Vec: the ring reads the iovecs where they are while the batch runs.
+                let iovecs = iovecs(op.bufs).into_vec();
                 if iovecs.is_empty() || iovecs.len() > IOV_MAX {
                     continue;
                 }

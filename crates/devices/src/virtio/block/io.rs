@@ -5,6 +5,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use vireo_storage::{BlockBackend, Buffer, Format, Transfer};
 use vm_memory::bitmap::{AtomicBitmap, Bitmap, BS};
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
@@ -120,7 +121,7 @@ impl DiskFile {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let bufs: Vec<Vec<Buffer<'_>>> = guest.iter().map(|(s, _)| plain(s)).collect();
+        let bufs: Vec<SmallVec<[Buffer<'_>; 4]>> = guest.iter().map(|(s, _)| plain(s)).collect();
         let transfers: Vec<Transfer<'_, '_>> = guest
             .iter()
             .zip(&bufs)
@@ -169,8 +170,8 @@ type GuestSlice<'m> = VolatileSlice<'m, BS<'m, AtomicBitmap>>;
 
 /// The host memory behind guest buffers. Every guest range is resolved through vm-memory, so
 /// an address outside guest RAM fails the request before any I/O.
-fn slices<'m>(mem: &'m GuestMemory, segs: &[Segment]) -> io::Result<Vec<GuestSlice<'m>>> {
-    let mut out = Vec::with_capacity(segs.len());
+fn slices<'m>(mem: &'m GuestMemory, segs: &[Segment]) -> io::Result<SmallVec<[GuestSlice<'m>; 4]>> {
+    let mut out = SmallVec::new();
     for s in segs {
         for slice in GuestMemoryBackend::get_slices(mem, s.addr, s.len as usize) {
             out.push(slice.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?);
@@ -181,7 +182,7 @@ fn slices<'m>(mem: &'m GuestMemory, segs: &[Segment]) -> io::Result<Vec<GuestSli
 
 /// The same memory as the storage backends take it (no bitmap: marking dirty pages is this
 /// module's job, see [`MarkDirtyOnDrop`]).
-fn plain<'m>(slices: &[GuestSlice<'m>]) -> Vec<Buffer<'m>> {
+fn plain<'m>(slices: &[GuestSlice<'m>]) -> SmallVec<[Buffer<'m>; 4]> {
     slices
         .iter()
         // SAFETY: each slice was resolved by vm-memory inside guest RAM, which `mem` keeps

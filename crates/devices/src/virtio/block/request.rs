@@ -8,6 +8,7 @@
 
 use std::ops::Deref;
 
+use smallvec::SmallVec;
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
@@ -32,6 +33,11 @@ pub const MAX_DISCARD_SEG: u32 = 1;
 /// Size of the request header and of one discard / write-zeroes segment.
 const HEADER_LEN: u64 = 16;
 const DWZ_SEG_LEN: u64 = 16;
+
+/// A request's buffers on one side. Linux sends a 4 KiB read or write as three descriptors
+/// (header, data, status), so the lists are short and stay inline: parsing a request does not
+/// touch the heap, which on a busy drive costs the I/O thread more than the parsing itself.
+pub type Segments = SmallVec<[Segment; 4]>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestType {
@@ -84,9 +90,9 @@ pub struct Request {
     pub kind: RequestType,
     pub sector: u64,
     /// Device-readable bytes after the header.
-    pub readable: Vec<Segment>,
+    pub readable: Segments,
     /// Device-writable bytes before the status byte.
-    pub writable: Vec<Segment>,
+    pub writable: Segments,
     pub status: GuestAddress,
 }
 
@@ -95,8 +101,8 @@ fn total(segs: &[Segment]) -> u64 {
 }
 
 /// Drops the first `n` bytes of `segs`.
-fn skip(segs: &[Segment], mut n: u64) -> Vec<Segment> {
-    let mut out = Vec::with_capacity(segs.len());
+fn skip(segs: &[Segment], mut n: u64) -> Segments {
+    let mut out = Segments::new();
     for s in segs {
         let len = u64::from(s.len);
         if n >= len {
@@ -150,7 +156,7 @@ impl Request {
         M::Target: vm_memory::GuestMemory,
     {
         let reject = |error, status| Rejected { error, status };
-        let mut descs: Vec<Descriptor> = Vec::new();
+        let mut descs: SmallVec<[Descriptor; 4]> = SmallVec::new();
         for d in chain {
             if descs.len() == MAX_DESCRIPTORS {
                 return Err(reject(ParseError::BadChain, None));
@@ -175,8 +181,8 @@ impl Request {
             .ok_or(reject(ParseError::NoStatus, None))?;
         let status_found = Some(status);
 
-        let mut readable = Vec::new();
-        let mut writable = Vec::new();
+        let mut readable = Segments::new();
+        let mut writable = Segments::new();
         let mut seen_writable = false;
         for (i, d) in descs.iter().enumerate() {
             let mut len = d.len();

@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import shutil
 import subprocess
 import threading
 
@@ -37,10 +38,13 @@ def test_images_registered_at_setup_and_register_deregister(ec2, vireod):
     assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": ["vireo-*"]}])["Images"]
     assert ec2.describe_images(Filters=[{"Name": "name", "Values": ["nope-*"]}])["Images"] == []
 
-    manifest = os.path.join(vireod.tmp, "extra.json")
+    # RegisterImage reads files only from the import directory (DATA/import by default).
+    imports = os.path.join(vireod.data, "import")
     guest = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "build", "guest")
+    shutil.copy(os.path.join(guest, "testguest.elf"), imports)
+    manifest = os.path.join(imports, "extra.json")
     with open(manifest, "w") as f:
-        f.write('{"kernel": "%s/testguest.elf", "cmdline": "console=ttyS0"}' % guest)
+        f.write('{"kernel": "testguest.elf", "cmdline": "console=ttyS0"}')
     new = ec2.register_image(Name="extra-image", ImageLocation=manifest,
                              TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "team", "Value": "qa"}]}])["ImageId"]
     got = ec2.describe_images(Filters=[{"Name": "tag:team", "Values": ["qa"]}])["Images"]

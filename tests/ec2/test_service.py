@@ -4,8 +4,10 @@ and the AWS CLI as a second real client."""
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +18,7 @@ import botocore.credentials
 import botocore.exceptions
 import pytest
 
-from conftest import ROOT, REGION, Vireod, console, image_id, instance, wait_console, wait_state
+from conftest import GUEST, ROOT, REGION, VIREOD, VMM, Vireod, console, image_id, instance, wait_console, wait_state
 
 
 def error_code(excinfo):
@@ -123,6 +125,69 @@ def raw_request(v, params, sign=True, secret=None, when=None):
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def test_register_image_reads_files_only_from_the_import_directories():
+    # vireod copies an image's files as root, and the image's guests can read them: a caller
+    # must not be able to turn any host file into an image.
+    imports = tempfile.mkdtemp(prefix="vireo-import-")
+    v = None
+    try:
+        shutil.copy(os.path.join(GUEST, "testguest.elf"), os.path.join(imports, "kernel"))
+        with open(os.path.join(imports, "good.json"), "w") as f:
+            f.write('{"kernel": "kernel"}')
+        with open(os.path.join(imports, "sneaky.json"), "w") as f:
+            f.write('{"kernel": "kernel", "root_disk": "/etc/passwd"}')
+        os.symlink("/etc/passwd", os.path.join(imports, "link"))
+        v = Vireod("--import-dir", imports)
+        ec2 = v.client()
+        images = len(ec2.describe_images()["Images"])
+        # Outside, in every form: a manifest, a file a manifest names, the parts given
+        # directly, `..`, a link out of the directory, a file that does not exist. The
+        # answer is the same whether the file exists or not.
+        the_default = os.path.join(v.data, "import")  # not an import directory when --import-dir is given
+        shutil.copy(os.path.join(imports, "good.json"), the_default)
+        for args in [
+            dict(ImageLocation="/etc/passwd"),
+            dict(ImageLocation=os.path.join(imports, "sneaky.json")),
+            dict(ImageLocation=os.path.join(the_default, "good.json")),
+            dict(ImageLocation=os.path.join(imports, "..", os.path.basename(imports), "good.json")),
+            dict(ImageLocation="/no/such/manifest.json"),
+            dict(KernelId="/etc/passwd"),
+            dict(KernelId=os.path.join(imports, "link")),
+            # RootDisk is vireo's own parameter (the vireo CLI sends it; boto3 cannot).
+            dict(KernelId=os.path.join(imports, "kernel"), RootDisk="/etc/shadow"),
+            dict(KernelId=os.path.join(imports, "kernel"), RamdiskId="/proc/self/environ"),
+        ]:
+            status, body = raw_request(v, dict(Action="RegisterImage", Version="2016-11-15", Name="stolen", **args))
+            assert status == 400 and "<Code>InvalidParameterValue</Code>" in body, (args, body)
+            assert "outside the directories vireod imports images from" in body, (args, body)
+            assert os.path.realpath(imports) in body, body
+        assert len(ec2.describe_images()["Images"]) == images, "nothing registered"
+        assert [d for d in os.listdir(os.path.join(v.data, "images")) if d.startswith(".")] == []
+        # Inside: registered, by manifest and by parts.
+        for args in [dict(ImageLocation=os.path.join(imports, "good.json")),
+                     dict(KernelId=os.path.join(imports, "kernel"))]:
+            new = ec2.register_image(Name="imported", **args)["ImageId"]
+            assert ec2.describe_images(ImageIds=[new])["Images"][0]["State"] == "available"
+            ec2.deregister_image(ImageId=new)
+    finally:
+        if v:
+            v.close()
+        shutil.rmtree(imports, ignore_errors=True)
+
+
+def test_an_import_directory_that_is_not_there_stops_vireod_at_start():
+    v = Vireod()
+    try:
+        v.kill(signal.SIGTERM)
+        out = subprocess.run([VIREOD, "serve", "--data-dir", v.data, "--listen", "127.0.0.1:0",
+                              "--vmm", VMM, "--import-dir", "/no/such/dir"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0
+        assert "--import-dir" in out.stderr and "/no/such/dir" in out.stderr, out.stderr
+    finally:
+        v.close()
 
 
 def test_bad_input_gets_ec2_errors_and_changes_nothing(vireod, ec2):

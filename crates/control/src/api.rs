@@ -3,6 +3,7 @@
 //! does; it only translates between EC2's wire shapes and the service.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::SystemTime;
 
 use axum::body::Bytes;
@@ -509,6 +510,12 @@ fn register_image(svc: &Service, p: &Params, r: &mut Response) -> Result<(), Ec2
     )?;
     dry_run(p)?;
     let name = p.required("Name")?.to_string();
+    // Only files in the import directories: vireod copies them as root into an image, and
+    // the image's guests can read them.
+    let importable = |what: &'static str, path: &Path| {
+        crate::import::importable(&svc.config().import_dirs, what, path)
+            .map_err(|e| Ec2Error::invalid_parameter_value(e.to_string()))
+    };
     let mut req = RegisterRequest {
         name,
         description: p.get("Description").unwrap_or("").to_string(),
@@ -534,16 +541,26 @@ fn register_image(svc: &Service, p: &Params, r: &mut Response) -> Result<(), Ec2
                 )));
             }
         }
-        let m = crate::manifest::Manifest::load(std::path::Path::new(loc))
+        let manifest = importable("image manifest", Path::new(loc))?;
+        let m = crate::manifest::Manifest::load(&manifest)
             .map_err(|e| Ec2Error::invalid_parameter_value(e.to_string()))?;
-        req.kernel = m.kernel;
-        req.initrd = m.initrd;
-        req.root_disk = m.root_disk;
+        req.kernel = importable("kernel", &m.kernel)?;
+        req.initrd = m.initrd.map(|p| importable("initrd", &p)).transpose()?;
+        req.root_disk = m
+            .root_disk
+            .map(|p| importable("root disk", &p))
+            .transpose()?;
         req.cmdline = m.cmdline;
     } else {
-        req.kernel = p.required("KernelId")?.into();
-        req.initrd = p.get("RamdiskId").map(Into::into);
-        req.root_disk = p.get("RootDisk").map(Into::into);
+        req.kernel = importable("kernel", Path::new(p.required("KernelId")?))?;
+        req.initrd = p
+            .get("RamdiskId")
+            .map(|p| importable("initrd", Path::new(p)))
+            .transpose()?;
+        req.root_disk = p
+            .get("RootDisk")
+            .map(|p| importable("root disk", Path::new(p)))
+            .transpose()?;
         req.cmdline = p.get("KernelCommandLine").unwrap_or("").to_string();
     }
     if let Some(dev) = p.get("RootDeviceName") {

@@ -5,6 +5,7 @@ pub mod db;
 pub mod error;
 pub mod filter;
 pub mod hosts;
+pub mod import;
 pub mod manifest;
 pub mod metrics;
 pub mod model;

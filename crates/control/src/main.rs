@@ -71,6 +71,11 @@ enum Cmd {
         /// Do not serve GET /metrics (it needs no credentials; see docs/metrics.md).
         #[arg(long)]
         no_metrics: bool,
+        /// A directory RegisterImage may read image files from (manifests, kernels, initrds,
+        /// root disks); may be repeated. Default: DATA_DIR/import. Files elsewhere on this host
+        /// are refused: vireod reads them as root and guests could read them back.
+        #[arg(long = "import-dir", value_name = "DIR")]
+        import_dirs: Vec<PathBuf>,
     },
     /// Remove the migration hosts' network namespaces (after every instance on them is gone).
     RemoveHosts {
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
             shutdown_timeout,
             migration_hosts,
             no_metrics,
+            import_dirs,
         } => {
             if !(cpu_overcommit > 0.0 && memory_overcommit > 0.0) {
                 Err(anyhow::anyhow!("overcommit ratios must be positive"))
@@ -120,12 +126,15 @@ fn main() -> ExitCode {
                 };
                 serve(
                     &data_dir,
-                    &listen,
-                    vmm,
-                    capacity,
-                    Duration::from_secs(shutdown_timeout),
-                    migration_hosts,
-                    !no_metrics,
+                    ServeOptions {
+                        listen,
+                        vmm,
+                        capacity,
+                        shutdown_timeout: Duration::from_secs(shutdown_timeout),
+                        migration_hosts,
+                        metrics: !no_metrics,
+                        import_dirs,
+                    },
                 )
             }
         }
@@ -174,6 +183,7 @@ fn init(dir: &Path, images: &[PathBuf], region: &str) -> anyhow::Result<()> {
         let owner = random_string(b"0123456789", 12);
         db.set_setting("owner_id", &owner)?;
         db.set_setting("region", region)?;
+        std::fs::create_dir_all(Config::default_import_dir(dir))?;
         let key_id = format!(
             "AKIA{}",
             random_string(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)
@@ -212,6 +222,7 @@ fn init(dir: &Path, images: &[PathBuf], region: &str) -> anyhow::Result<()> {
                 },
                 Duration::ZERO,
                 region,
+                Vec::new(),
                 Vec::new(),
             )?)?;
             for m in manifests {
@@ -283,6 +294,7 @@ fn config(
     shutdown_timeout: Duration,
     region: &str,
     hosts: Vec<vireo_control::hosts::Host>,
+    import_dirs: Vec<PathBuf>,
 ) -> anyhow::Result<Config> {
     Ok(Config {
         data_dir: std::path::absolute(dir)?,
@@ -291,18 +303,31 @@ fn config(
         shutdown_timeout,
         region: region.to_string(),
         hosts,
+        import_dirs,
     })
 }
 
-fn serve(
-    dir: &Path,
-    listen: &str,
+/// What `vireod serve` was asked for, besides the data directory.
+struct ServeOptions {
+    listen: String,
     vmm: Option<PathBuf>,
     capacity: Capacity,
     shutdown_timeout: Duration,
     migration_hosts: u32,
     metrics: bool,
-) -> anyhow::Result<()> {
+    import_dirs: Vec<PathBuf>,
+}
+
+fn serve(dir: &Path, opts: ServeOptions) -> anyhow::Result<()> {
+    let ServeOptions {
+        listen,
+        vmm,
+        capacity,
+        shutdown_timeout,
+        migration_hosts,
+        metrics,
+        import_dirs,
+    } = opts;
     if !dir.join("state.db").exists() {
         anyhow::bail!(
             "{} holds no vireod state: run `vireod init --data-dir {}` first",
@@ -313,18 +338,37 @@ fn serve(
     let region = Db::open(&dir.join("state.db"))?
         .setting("region")?
         .unwrap_or_else(|| "vireo-local-1".into());
-    let vmm = find_vmm(vmm)?;
     let abs = std::path::absolute(dir)?;
+    let import_dirs = if import_dirs.is_empty() {
+        // Made here too for data directories created before there was one.
+        let d = Config::default_import_dir(&abs);
+        std::fs::create_dir_all(&d)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", d.display()))?;
+        vec![d]
+    } else {
+        import_dirs
+    };
+    let import_dirs = vireo_control::import::resolve_dirs(&import_dirs)
+        .map_err(|e| anyhow::anyhow!("--import-dir: {e}"))?;
+    let vmm = find_vmm(vmm)?;
     let hosts = vireo_control::hosts::plan(&abs, migration_hosts)?;
     vireo_control::hosts::ensure(&abs, &hosts)?;
-    let cfg = config(dir, Some(vmm), capacity, shutdown_timeout, &region, hosts)?;
+    let cfg = config(
+        dir,
+        Some(vmm),
+        capacity,
+        shutdown_timeout,
+        &region,
+        hosts,
+        import_dirs,
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let svc = Service::open(cfg)?;
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         svc.recover().await.map_err(|e| anyhow::anyhow!("{}", e.message))?;

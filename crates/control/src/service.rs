@@ -81,9 +81,15 @@ pub struct Config {
     pub region: String,
     /// Host 0 (this namespace) and the migration hosts (`--migration-hosts`).
     pub hosts: Vec<crate::hosts::Host>,
+    /// The only directories RegisterImage reads files from, canonical (see [`crate::import`]).
+    pub import_dirs: Vec<PathBuf>,
 }
 
 impl Config {
+    /// Where RegisterImage reads files from when `vireod serve` is given no `--import-dir`.
+    pub fn default_import_dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("import")
+    }
     pub fn images_dir(&self) -> PathBuf {
         self.data_dir.join("images")
     }

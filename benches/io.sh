@@ -9,7 +9,9 @@
 # takes an interrupt per completion batch) and "polled" (io_uring --hipri on a virtio-blk poll
 # queue, virtio_blk.poll_queues=1, the drive with queues=2 and poll_us=POLL_US, QEMU with an
 # iothread polling as long: no notification, no interrupt while busy). ROUNDS rounds alternate
-# vireo, QEMU and host; medians are shown. Guests boot with mitigations=off, as the lab host does.
+# vireo, QEMU and host; medians are shown. In polled mode each round also runs the vireo-vmm
+# guest on the same drive with io_engine=null (no I/O at all): the ceiling that the guest's own
+# I/O path and the VMM leave for any device in this lab. Guests boot with mitigations=off, as the lab host does.
 # Network: iperf3 from the guest to an iperf3 server on the lab host, over a TAP in a network
 # namespace created for it, once with vireo-vmm's virtio-net and once with QEMU's user-space
 # virtio-net (-M microvm, vhost=off) and the same guest. Throughput is taken on the receiving
@@ -179,10 +181,16 @@ else
     QIO="-object iothread,id=iot0,poll-max-ns=$((POLL_US * 1000))"
     GARGS="virtio_blk.poll_queues=1 possible_cpus=2" FIO="$FIO_POLLED"
 fi
-for vmm in vireo qemu; do
-    if [ \$vmm = vireo ]; then
+# In polled mode also the same vireo-vmm guest on a drive that does no I/O (io_engine=null):
+# what any device could reach here, the guest's own path and the VMM with the disk's share gone.
+VMMS="vireo qemu"
+[ \$mode = irq ] || VMMS="vireo null qemu"
+for vmm in \$VMMS; do
+    if [ \$vmm != qemu ]; then
+        NULL=
+        [ \$vmm = vireo ] || NULL=",io_engine=null"
         timeout -s KILL 300 vireo-vmm --kernel \$G/vmlinux --initrd /tmp/initrd.gz --vcpus 1 --memory 512 \\
-            --drive path=\$B/tools.img,ro,format=raw --drive path=\$DISK,format=raw,direct\$VQ \\
+            --drive path=\$B/tools.img,ro,format=raw --drive path=\$DISK,format=raw,direct\$VQ\$NULL \\
             --cmdline "\$CMDLINE \$GARGS vireo.run=bfio-\$mode"
     else
         timeout -s KILL 300 qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \\
@@ -250,7 +258,7 @@ flock_build() {
 }
 flock_build
 
-echo "bench-io: running in the lab (about $((ROUNDS * (24 * (RUNTIME + 2) + 2 * IPERF_TIME + 120))) s)..." >&2
+echo "bench-io: running in the lab (about $((ROUNDS * (28 * (RUNTIME + 2) + 2 * IPERF_TIME + 150))) s)..." >&2
 out=$(lab/lab run --with-qemu --smp 2 --mem 3072 --timeout 2400 --bin-dir "$BIN_DIR" \
     --put "$BRD:/vireo/bench/brd.ko" --put "$B/tools:/vireo/bench/tools" --put "$B/tools.img:/vireo/bench/tools.img" \
     --put "$B/extra.cpio.gz:/vireo/bench/extra.cpio.gz" --put "$B/lab.sh:/vireo/bench/lab.sh" \
@@ -349,15 +357,24 @@ for mode, what in modes:
         q, qs = figure("qemu", key, kind)
         h, hs = figure("host", key, kind)
         print(f"  {job:<14}{vs:>17}{qs:>17}{hs:>17}{ratio(v, h):>12}{ratio(v, q):>12}")
+    if any(side == "null" and job.endswith("@" + mode) for side, job in fio):
+        print(f"  ceiling: the vireo-vmm guest on a drive with io_engine=null (no I/O: the guest's "
+              f"path and the VMM only)")
+        for job, kind in jobs:
+            key = f"{job}@{mode}"
+            n, ns = figure("null", key, kind)
+            h, _ = figure("host", key, kind)
+            print(f"  {job:<14}{ns:>17}{'':>17}{'':>17}{ratio(n, h):>12}")
 print("target: vireo-vmm guest >= 0.8x lab host")
-print("each round (vireo / QEMU / host):")
+print("each round (vireo / QEMU / host, then the null drive where it ran):")
 fmt = lambda vals: ",".join("-" if x is None else f"{x:.0f}" for x in vals)
 for mode, _ in modes:
     for job, kind in jobs:
         key = f"{job}@{mode}"
-        print(f"  {key:<20}" + " / ".join(fmt(figures(side, key, kind)) for side in ("vireo", "qemu", "host")))
+        sides = ("vireo", "qemu", "host") + (("null",) if ("null", key) in fio else ())
+        print(f"  {key:<20}" + " / ".join(fmt(figures(side, key, kind)) for side in sides))
 for mode, _ in modes:
-    for vmm in ("vireo", "qemu"):
+    for vmm in ("vireo", "null", "qemu"):
         tag = f"{vmm}-{mode}"
         if (tag, "start") in clock and (tag, "end") in clock:
             pairs = list(zip(clock[(tag, "start")], clock[(tag, "end")]))

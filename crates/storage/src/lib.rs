@@ -15,6 +15,7 @@
 
 mod chain;
 mod image;
+mod null;
 mod qcow2;
 mod raw;
 mod uring;
@@ -28,6 +29,7 @@ use vm_memory::VolatileSlice;
 
 pub use chain::MAX_CHAIN;
 pub use image::{create_overlay, detect_format, flatten, flatten_format, open};
+pub use null::NullDisk;
 
 /// The largest virtual disk accepted from an image header or a base file: 64 TiB. Bigger ones
 /// are far more likely a corrupt or hostile header than a real disk.

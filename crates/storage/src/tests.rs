@@ -599,3 +599,56 @@ fn a_batch_on_a_raw_file_moves_each_transfer_and_fails_only_the_bad_ones() {
     drop(rbuf);
     assert_eq!(buf, after[512..1024]);
 }
+
+#[test]
+fn a_null_disk_checks_like_its_image_and_moves_nothing() {
+    let d = dir();
+    let base = write_base(d.path());
+    let image = open(&base, Format::Raw, false, false).unwrap();
+    let null = NullDisk::standing_in_for(&*image);
+    assert_eq!(
+        (null.size(), null.format(), null.read_only()),
+        (image.size(), Format::Raw, false)
+    );
+    // A read leaves the buffer as it was; a write, a discard and write-zeroes reach nothing.
+    let mut buf = vec![0xa5u8; 4096];
+    null.read(&[buf.as_mut_slice().into()], 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0xa5));
+    null.write(&[buf.as_mut_slice().into()], 4096).unwrap();
+    null.discard(0, 4096).unwrap();
+    null.write_zeroes(MIB as u64, 4096, true).unwrap();
+    null.flush().unwrap();
+    let mut other = vec![0u8; 512];
+    let (a, b): ([Buffer<'_>; 1], [Buffer<'_>; 1]) =
+        ([buf.as_mut_slice().into()], [other.as_mut_slice().into()]);
+    let results = null.transfer_batch(&[
+        Transfer {
+            bufs: &a,
+            offset: 0,
+            write: true,
+        },
+        Transfer {
+            bufs: &b,
+            offset: null.size(),
+            write: false,
+        },
+    ]);
+    assert!(results[0].is_ok() && results[1].is_err());
+    assert!(
+        std::fs::read(&base).unwrap() == base_bytes(),
+        "the image is untouched"
+    );
+    // The same refusals as the image: past the end, and writes when read-only.
+    let end = null.size();
+    assert!(null.read(&[buf.as_mut_slice().into()], end - 512).is_err());
+    assert!(null
+        .write(&[buf.as_mut_slice().into()], u64::MAX - 10)
+        .is_err());
+    assert!(null.discard(end, 512).is_err());
+    let ro = NullDisk::standing_in_for(&*open(&base, Format::Raw, true, false).unwrap());
+    assert!(ro.read_only());
+    assert!(ro.write(&[buf.as_mut_slice().into()], 0).is_err());
+    assert!(ro.discard(0, 512).is_err());
+    assert!(ro.write_zeroes(0, 512, false).is_err());
+    ro.read(&[buf.as_mut_slice().into()], 0).unwrap();
+}

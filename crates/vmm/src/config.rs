@@ -167,8 +167,9 @@ pub struct DriveConfig {
     #[serde(default)]
     pub poll_us: u32,
     /// How reads and writes reach the file: "sync" (the default), one request after the
-    /// other, or "io_uring", those queued together as one batch in flight at once (raw
-    /// images only).
+    /// other, "io_uring", those queued together as one batch in flight at once (raw images
+    /// only), or "null", no I/O at all (a benchmark's baseline: the file gives the size and is
+    /// never read or written).
     #[serde(default)]
     pub io_engine: DriveIoEngine,
 }
@@ -180,6 +181,7 @@ pub enum DriveIoEngine {
     #[default]
     Sync,
     IoUring,
+    Null,
 }
 
 fn one_queue() -> u16 {
@@ -244,7 +246,7 @@ impl RateLimiterConfig {
 
 impl DriveConfig {
     /// Parses `path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N]
-    /// [,queues=N][,poll_us=N][,io_engine=sync|io_uring]` (iops/bps: buckets of that size
+    /// [,queues=N][,poll_us=N][,io_engine=sync|io_uring|null]` (iops/bps: buckets of that size
     /// refilled every second).
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut path = None;
@@ -298,16 +300,17 @@ impl DriveConfig {
                 }
                 Some(("io_engine", "sync")) => d.io_engine = DriveIoEngine::Sync,
                 Some(("io_engine", "io_uring")) => d.io_engine = DriveIoEngine::IoUring,
+                Some(("io_engine", "null")) => d.io_engine = DriveIoEngine::Null,
                 Some(("io_engine", v)) => {
                     return Err(format!(
-                        "invalid --drive io_engine {v:?}: use io_engine=sync or io_engine=io_uring"
+                        "invalid --drive io_engine {v:?}: use io_engine=sync, io_uring or null"
                     ))
                 }
                 None if part == "ro" => d.read_only = true,
                 None if part == "direct" => d.direct = true,
                 _ => {
                     return Err(format!(
-                        "invalid --drive {part:?}: use path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N][,queues=N][,poll_us=N][,io_engine=sync|io_uring]"
+                        "invalid --drive {part:?}: use path=FILE[,format=raw|qcow2][,ro][,direct][,serial=S][,iops=N][,bps=N][,queues=N][,poll_us=N][,io_engine=sync|io_uring|null]"
                     ))
                 }
             }
@@ -629,17 +632,21 @@ mod tests {
         assert_eq!(d.io_engine, DriveIoEngine::IoUring);
         let d = DriveConfig::parse("path=/a,io_engine=io_uring,io_engine=sync").unwrap();
         assert_eq!(d.io_engine, DriveIoEngine::Sync);
+        let d = DriveConfig::parse("path=/a,io_engine=null").unwrap();
+        assert_eq!(d.io_engine, DriveIoEngine::Null);
         let e = DriveConfig::parse("path=/a,io_engine=aio").unwrap_err();
         assert_eq!(
             e,
-            "invalid --drive io_engine \"aio\": use io_engine=sync or io_engine=io_uring"
+            "invalid --drive io_engine \"aio\": use io_engine=sync, io_uring or null"
         );
         let c: VmConfig = serde_json::from_str(
-            r#"{"kernel":"/k","drives":[{"path":"/a","io_engine":"io_uring"},{"path":"/b"}]}"#,
+            r#"{"kernel":"/k","drives":[{"path":"/a","io_engine":"io_uring"},{"path":"/b"},
+                {"path":"/c","io_engine":"null"}]}"#,
         )
         .unwrap();
         assert_eq!(c.drives[0].io_engine, DriveIoEngine::IoUring);
         assert_eq!(c.drives[1].io_engine, DriveIoEngine::Sync);
+        assert_eq!(c.drives[2].io_engine, DriveIoEngine::Null);
         assert!(serde_json::from_str::<VmConfig>(
             r#"{"kernel":"/k","drives":[{"path":"/a","io_engine":"aio"}]}"#
         )

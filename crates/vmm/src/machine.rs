@@ -139,6 +139,7 @@ fn open_drives(config: &VmConfig) -> Result<Vec<Drive>, Error> {
                 io_engine: match d.io_engine {
                     DriveIoEngine::Sync => IoEngine::Sync,
                     DriveIoEngine::IoUring => IoEngine::IoUring,
+                    DriveIoEngine::Null => IoEngine::Null,
                 },
             })
             .map_err(|e| Error::Host(e.to_string()))

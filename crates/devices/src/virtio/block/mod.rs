@@ -51,6 +51,10 @@ pub enum IoEngine {
     /// in flight at once: a disk that serves several requests at a time (NVMe, most file
     /// systems on one) gets the guest's queue depth. Raw images only.
     IoUring,
+    /// No I/O at all: reads and writes complete at once without touching the file (which only
+    /// gives the drive its size) or the guest's buffers. For benchmarks: what the guest's I/O
+    /// path and the VMM cost without the disk ([`vireo_storage::NullDisk`]).
+    Null,
 }
 
 /// A drive as the VMM configures it.
@@ -136,7 +140,11 @@ impl Drive {
         if opts.io_engine == IoEngine::IoUring && format != Format::Raw {
             return Err(BlockError::Engine { path });
         }
-        let disk = DiskFile::open_image(&opts.path, format, opts.read_only, opts.direct)?;
+        let image = vireo_storage::open(&opts.path, format, opts.read_only, opts.direct)?;
+        let disk = DiskFile::from_backend(match opts.io_engine {
+            IoEngine::Null => Arc::new(vireo_storage::NullDisk::standing_in_for(&*image)),
+            IoEngine::Sync | IoEngine::IoUring => image,
+        });
         Ok(Self { disk, opts })
     }
 }

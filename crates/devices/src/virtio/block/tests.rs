@@ -1097,3 +1097,56 @@ fn requests_queued_together_each_complete_with_their_own_status() {
         assert_eq!(batches, if batching { (3, 10) } else { (0, 0) });
     }
 }
+
+#[test]
+fn a_null_engine_drive_completes_requests_without_touching_the_file_or_the_buffers() {
+    let f = Fixture::new();
+    let drive = Drive::open(BlockOptions {
+        path: f.file.as_path().to_path_buf(),
+        io_engine: IoEngine::Null,
+        ..opts(false)
+    })
+    .unwrap();
+    assert_eq!(drive.disk.sectors(), DISK_SECTORS, "the file's size");
+    let vq = MockSplitQueue::new(&*f.mem, 16);
+    let mut h = BlockHandler::new(
+        f.mem.clone(),
+        Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+        vec![RequestQueue {
+            queue: vq.create_queue::<Queue>().unwrap(),
+            event: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        }],
+        Arc::new(drive.disk),
+        b"null".to_vec(),
+        RateLimiter::new(None, None).unwrap(),
+        Default::default(),
+    );
+    // A read of sector 0 completes with its length, and the buffer keeps what it held.
+    f.mem.write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
+    f.header(VIRTIO_BLK_T_IN, 0);
+    queue_read(&vq, 0);
+    h.run(None);
+    assert_eq!(used(&vq), vec![(0, 513)]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8);
+    let mut got = [0u8; 512];
+    f.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, [0xee; 512]);
+    // A write completes, and the file stays as it was.
+    f.header(VIRTIO_BLK_T_OUT, 0);
+    let n = VRING_DESC_F_NEXT as u16;
+    vq.add_desc_chains(
+        &[
+            RawDescriptor::from(SplitDescriptor::new(HDR, 16, n, 4)),
+            RawDescriptor::from(SplitDescriptor::new(DATA, 512, n, 5)),
+            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W, 0)),
+        ],
+        3,
+    )
+    .unwrap();
+    f.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    h.run(None);
+    assert_eq!(used(&vq), vec![(0, 513), (3, 1)]);
+    assert_eq!(f.status(), VIRTIO_BLK_S_OK as u8);
+    let want: Vec<u8> = (0..(DISK_SECTORS * 512) as usize).map(pattern).collect();
+    assert!(f.contents() == want, "the file is untouched");
+}

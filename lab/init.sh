@@ -40,6 +40,24 @@ mount_disk() {
     done
 }
 
+# wait_for_tsc_rate: wait (5 s at most) until the kernel has registered its TSC clocksource, which it
+# does once its refined calibration (~1 s after boot) has set the TSC rate for good. KVM reads that
+# rate when it loads and gives it to every guest vCPU as the rate to emulate. Loaded earlier, it
+# takes the early PIT estimate, which is up to 1% off: where the estimate is high KVM runs every
+# nested guest in its TSC catch-up mode (the TSC is pushed forward at each clock update), where low
+# it logs "user requested TSC rate below hardware speed" and converts the guests' TSC-deadline
+# timers at the wrong rate. Nested Debian guests stalled or triple-faulted now and then with either.
+wait_for_tsc_rate() {
+    local i c
+    for ((i = 0; i < 500; i++)); do
+        for c in $(cat /sys/devices/system/clocksource/clocksource0/available_clocksource); do
+            [ "$c" = tsc ] && return 0
+        done
+        usleep 10000
+    done
+    echo "lab-init: the TSC clocksource did not appear in 5 s; KVM loads with the early TSC rate"
+}
+
 # link_tree SRC DST: make SRC's files appear under DST through symlinks (whole directories where
 # DST has none yet).
 link_tree() {
@@ -68,6 +86,7 @@ main() {
     chmod 1777 /tmp /var/tmp
 
     read -r kver </proc/sys/kernel/osrelease
+    wait_for_tsc_rate
     read -r t_mods _ </proc/uptime
     while read -r m; do
         if ! err=$(insmod "/lib/modules/$kver/$m" 2>&1); then

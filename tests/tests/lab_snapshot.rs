@@ -53,7 +53,7 @@ stuck() {
 }
 tick() { n=0; while [ "$(last)" = "" ] || [ "$(last)" -lt "$1" ]; do
     sleep 0.1; n=$((n + 1)); if [ $n -gt 600 ]; then stuck "$1"; fi; done; }
-timeout 150 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/i.gz --memory 256 --rng \
+timeout 150 env VIREO_LOG=debug vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/i.gz --memory 256 --rng \
     --cmdline 'console=ttyS0 panic=-1 quiet vireo.run=snap vireo.exit=wait' \
     --api-sock /tmp/a.sock --serial file:$con 2>/tmp/a.err &
 a=$!
@@ -63,13 +63,18 @@ vireo-api /tmp/a.sock PUT /vm/snapshot '{"path": "/tmp/snap"}' || exit 1
 echo "SNAPSHOT-AT $(last)"
 vireo-api /tmp/a.sock PUT /vm/stop >/dev/null
 wait $a; echo "A-EXIT=$?"
-timeout 150 vireo-vmm --restore /tmp/snap --resume --api-sock /tmp/b.sock --serial file:$con 2>/tmp/b.err &
+timeout 150 env VIREO_LOG=debug vireo-vmm --restore /tmp/snap --resume --api-sock /tmp/b.sock --serial file:$con 2>/tmp/b.err &
 b=$!
 tick $(( $(last) + 25 ))
 echo "RESTORED-TO $(last)"
-timeout 150 vireo-vmm --incoming 127.0.0.1:4444 --api-sock /tmp/c.sock --serial file:$con 2>/tmp/c.err &
+timeout 150 env VIREO_LOG=debug vireo-vmm --incoming 127.0.0.1:4444 --api-sock /tmp/c.sock --serial file:$con 2>/tmp/c.err &
 c=$!
-sleep 0.3
+# The destination listens once it has built its VM shell: wait for port 4444 (0x115C) in
+# LISTEN (0A) rather than for a fixed time, which a loaded host overran.
+n=0
+until grep -q ':115C 00000000:0000 0A' /proc/net/tcp; do
+    sleep 0.05; n=$((n + 1)); [ $n -lt 600 ] || { echo NO-LISTENER; cat /tmp/c.err; exit 1; }
+done
 vireo-api /tmp/b.sock PUT /vm/migrate '{"destination": "127.0.0.1:4444", "downtime_ms": 50}' \
     || { echo MIGRATE-FAILED; cat /tmp/b.err /tmp/c.err; kill $b $c; exit 1; }
 wait $b; echo "B-EXIT=$?"

@@ -330,3 +330,86 @@ fn shutdown_presses_ctrl_alt_del_on_a_running_vm_only() {
     assert_eq!(vm.wait().unwrap().code(), Some(0));
     assert!(UnixStream::connect(&sock).is_err());
 }
+
+/// (thread name, `Seccomp:` mode, `Seccomp_filters:` count) of each thread of `pid`.
+fn seccomp_of_threads(pid: u32) -> Vec<(String, u32, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(status) = std::fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let field = |key: &str| -> String {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {status}"))
+                .trim()
+                .to_string()
+        };
+        out.push((
+            field("Name:"),
+            field("Seccomp:").parse().unwrap(),
+            field("Seccomp_filters:").parse().unwrap(),
+        ));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_thread_of_a_running_vmm_is_under_its_seccomp_filter() {
+    require_kvm();
+    let sock = scratch("seccomp.sock");
+    let vm = Running::start(
+        Command::new(vmm_bin())
+            .args(["--kernel", guest("power").to_str().unwrap()])
+            .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"]),
+        &sock,
+    );
+    assert_eq!(call(&sock, "GET", "/vm", None).0, 200);
+    // Each vCPU thread adds its own filter as it starts: wait for both.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let threads = loop {
+        let t = seccomp_of_threads(vm.id());
+        if t.iter()
+            .filter(|(n, _, f)| n.starts_with("vcpu") && *f == 3)
+            .count()
+            == 2
+            || Instant::now() > deadline
+        {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Mode 2 is "filter". The process's threads have the clone3 filter and the process
+    // filter; vCPU threads have the vCPU filter on top.
+    for (name, mode, filters) in &threads {
+        assert_eq!(*mode, 2, "{name} is not filtered: {threads:?}");
+        if name.starts_with("kvm-") {
+            // KVM's own worker (kvm-nx-lpage-recovery), a kernel thread in the process that
+            // takes the filters of the vCPU thread whose first KVM_RUN made it.
+            continue;
+        }
+        let want = if name.starts_with("vcpu") { 3 } else { 2 };
+        assert_eq!(*filters, want, "{name}: {threads:?}");
+    }
+    for name in ["vireo-vmm", "io", "api", "vcpu0", "vcpu1"] {
+        assert!(
+            threads.iter().any(|t| t.0 == name),
+            "no {name}: {threads:?}"
+        );
+    }
+    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+
+    // --seccomp off leaves the process unfiltered.
+    let sock = scratch("seccomp-off.sock");
+    let vm = Running::start(
+        Command::new(vmm_bin())
+            .args(["--kernel", guest("power").to_str().unwrap()])
+            .args(["--memory", "64", "--cmdline", "h", "--seccomp", "off"]),
+        &sock,
+    );
+    let threads = seccomp_of_threads(vm.id());
+    assert!(threads.iter().all(|t| t.1 == 0), "{threads:?}");
+    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+}

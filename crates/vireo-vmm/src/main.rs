@@ -1,13 +1,15 @@
 //! `vireo-vmm`: one process per virtual machine.
 //!
 //! Exit status: 0 the guest powered off; 3 the guest asked for a reboot; 4 the guest failed
-//! (triple fault, emulation failure, crash); 1 the VM could not be built or run; 2 bad usage.
+//! (triple fault, emulation failure, crash); 1 the VM could not be built or run; 2 bad usage;
+//! 159 a VMM thread made a system call its seccomp filter forbids.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use vmm::config::{parse_memory_mib, SerialConfig};
+use vmm::seccomp::SeccompMode;
 use vmm::{RunOptions, StopReason, VmConfig};
 
 const EXIT_POWEROFF: u8 = 0;
@@ -21,7 +23,8 @@ const EXIT_GUEST_FAULT: u8 = 4;
     version,
     about = "Run one KVM virtual machine: boot a Linux kernel with a serial console",
     after_help = "Exit status: 0 guest powered off, 3 guest rebooted, 4 guest fault \
-                  (triple fault, emulation failure), 1 error, 2 usage.\n\
+                  (triple fault, emulation failure), 1 error, 2 usage, 159 forbidden system \
+                  call (seccomp).\n\
                   Flags override the values of --config."
 )]
 struct Args {
@@ -87,9 +90,18 @@ struct Args {
     /// drives, TAPs and vsock socket the source may bring) apply.
     #[arg(long, value_name = "ADDR:PORT")]
     incoming: Option<String>,
+    /// System-call filters while the guest runs: on (a forbidden call stops the VMM with
+    /// status 159), log (the kernel logs forbidden calls, which go through) or off; see
+    /// docs/security.md.
+    #[arg(long, value_name = "MODE", default_value = "on", value_parser = parse_seccomp)]
+    seccomp: SeccompMode,
     /// After the VM ends, write how it ended and its VM exits by reason as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     summary_json: Option<PathBuf>,
+}
+
+fn parse_seccomp(s: &str) -> Result<SeccompMode, String> {
+    s.parse()
 }
 
 fn parse_serial(s: &str) -> Result<SerialConfig, String> {
@@ -194,6 +206,7 @@ fn main() -> ExitCode {
         api_socket: args.api_sock.clone(),
         api_listener: None,
         restore_requested: None,
+        seccomp: args.seccomp,
     };
     // Flags that describe a VM to boot. A destination may be given the VM's configuration
     // (--config): the devices the source may bring.

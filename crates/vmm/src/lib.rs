@@ -10,6 +10,7 @@ pub mod machine;
 pub mod memory;
 pub mod metrics;
 pub mod migration;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vstate;
 

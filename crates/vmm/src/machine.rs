@@ -77,6 +77,8 @@ pub struct RunOptions {
     /// When the API asked for the snapshot this machine was restored from (the
     /// `vireo_timing` log line reports the time from there to running vCPUs).
     pub restore_requested: Option<std::time::Instant>,
+    /// The system-call filters installed before the guest runs (crate::seccomp).
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// How a run ended and what the vCPUs did.
@@ -684,13 +686,24 @@ pub(crate) fn launch(
         config.vcpus,
         handles.first().map_or(0, |h| h.tsc_khz()),
     );
+    // Everything the machine needs is open and mapped: from here on, each thread keeps to
+    // the system calls it needs while the guest runs.
+    let seccomp = opts.seccomp;
+    if let Err(e) = crate::seccomp::install_process_filter(seccomp) {
+        control.request_stop(StopReason::Host);
+        io_handle.kick();
+        if let Some(t) = io_thread {
+            let _ = t.join();
+        }
+        return Err(Error::Host(e.to_string()));
+    }
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let spawned = match vcpu0_thread.take() {
-            Some(spare) if id == 0 => spare.run(move || vcpu.run()),
+            Some(spare) if id == 0 => spare.run(move || vcpu.run(seccomp)),
             _ => std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || vcpu.run()),
+                .spawn(move || vcpu.run(seccomp)),
         };
         match spawned {
             Ok(t) => threads.push(t),

@@ -174,6 +174,9 @@ pub struct ExitCounters {
     /// report once the thread is gone, and a floor that keeps them monotonic.
     pub cpu_ns: AtomicU64,
     pub wait_ns: AtomicU64,
+    /// The thread's own schedstat file, opened as it starts: it reads its final times through
+    /// it as it ends, when its system-call filter no longer lets it open files.
+    schedstat: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 /// A copy of [`ExitCounters`] at one moment.
@@ -200,14 +203,28 @@ impl ExitCounters {
         // SAFETY: SYS_gettid takes no arguments, has no preconditions and cannot fail.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
         self.tid.store(tid, Ordering::Relaxed);
+        *self.schedstat.lock().unwrap_or_else(|e| e.into_inner()) =
+            std::fs::File::open("/proc/thread-self/schedstat").ok();
     }
 
     /// Called by the vCPU thread as it ends: records its final times, then forgets its tid
     /// (which the kernel may give to another thread of this process).
     pub fn thread_ending(&self) {
-        let tid = self.tid.load(Ordering::Relaxed);
-        if tid > 0 {
-            self.record(read_schedstat(tid));
+        if let Some(f) = self
+            .schedstat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            use std::os::unix::fs::FileExt;
+            let mut buf = [0u8; 96];
+            if let Ok(n) = f.read_at(&mut buf, 0) {
+                self.record(
+                    std::str::from_utf8(&buf[..n])
+                        .ok()
+                        .and_then(parse_schedstat),
+                );
+            }
         }
         self.tid.store(0, Ordering::Relaxed);
     }

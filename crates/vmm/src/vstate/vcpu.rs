@@ -284,8 +284,17 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until the machine stops. A guest-caused failure stops the whole machine.
-    pub fn run(mut self) {
+    /// The thread first narrows its system calls to `seccomp`'s vCPU filter.
+    pub fn run(mut self, seccomp: crate::seccomp::SeccompMode) {
         self.counters.thread_started();
+        host_kvm_is_pvm();
+        if let Err(e) = crate::seccomp::install_vcpu_filter(seccomp) {
+            // The process filter went in a moment ago, so this does not happen in practice;
+            // a vCPU must not run the guest without its filter, and the exit status says
+            // that the VMM failed.
+            eprintln!("vireo-vmm: error: vCPU {}: {e}", self.id);
+            std::process::exit(1);
+        }
         self.run_loop();
         self.counters.thread_ending();
     }
@@ -459,7 +468,9 @@ fn fault_context(fd: &VcpuFd) -> String {
 }
 
 /// PVM ("Pagetable-based Virtual Machine") runs guest kernel mode through KVM's instruction
-/// emulator, so a stock kernel fails there with emulation errors.
+/// emulator, so a stock kernel fails there with emulation errors. Looked up once: a vCPU
+/// thread asks after its system-call filter has taken away looking at files.
 pub fn host_kvm_is_pvm() -> bool {
-    Path::new("/sys/module/kvm_pvm").exists()
+    static PVM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PVM.get_or_init(|| Path::new("/sys/module/kvm_pvm").exists())
 }

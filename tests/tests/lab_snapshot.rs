@@ -122,7 +122,10 @@ fn debian_guest_survives_snapshot_restore_and_live_migration() {
     let mut checks = 0;
     for l in console.lines().filter(|l| l.starts_with("TICK ")) {
         let mut f = l.split_whitespace().skip(1);
-        let n: u64 = f.next().unwrap().parse().unwrap();
+        let n: u64 = f
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a garbled tick line {l:?}: {console}"));
         assert_eq!(n, expect, "ticks not continuous at {l:?}: {console}");
         if let Some(md5) = f.next() {
             assert_eq!(md5, pattern, "the pattern changed at tick {n}: {console}");

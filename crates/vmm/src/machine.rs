@@ -689,7 +689,11 @@ pub(crate) fn launch(
     // Everything the machine needs is open and mapped: from here on, each thread keeps to
     // the system calls it needs while the guest runs.
     let seccomp = opts.seccomp;
-    if let Err(e) = crate::seccomp::install_process_filter(seccomp) {
+    let io_uring = config
+        .drives
+        .iter()
+        .any(|d| d.io_engine == crate::config::DriveIoEngine::IoUring);
+    if let Err(e) = crate::seccomp::install_process_filter(seccomp, io_uring) {
         control.request_stop(StopReason::Host);
         io_handle.kick();
         if let Some(t) = io_thread {

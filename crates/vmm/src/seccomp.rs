@@ -97,10 +97,6 @@ const PROCESS_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_fdatasync,
     libc::SYS_fcntl,
     libc::SYS_dup,
-    libc::SYS_ioctl,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
     // Memory.
     libc::SYS_mmap,
     libc::SYS_munmap,
@@ -173,7 +169,6 @@ const VCPU_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_close,
     libc::SYS_fcntl,
     libc::SYS_dup,
-    libc::SYS_ioctl,
     libc::SYS_mmap,
     libc::SYS_munmap,
     libc::SYS_mremap,
@@ -243,6 +238,7 @@ const NEVER: &[libc::c_long] = &[
     libc::SYS_personality,
     libc::SYS_iopl,
     libc::SYS_ioperm,
+    libc::SYS_io_uring_setup,
 ];
 
 fn cond(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompCondition {
@@ -267,10 +263,33 @@ fn refusal(mode: SeccompMode) -> SeccompAction {
     }
 }
 
-/// The process filter.
-fn process_filter(mode: SeccompMode) -> BpfProgram {
+/// `ioctl` with any request but the two that push input into a terminal (TIOCSTI) or act
+/// on the virtual console (TIOCLINUX): stdin and stdout may be the user's terminal.
+fn ioctl_rules() -> Vec<SeccompRule> {
+    vec![rule(
+        [libc::TIOCSTI, libc::TIOCLINUX]
+            .iter()
+            .map(|&req| cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, req))
+            .collect(),
+    )]
+}
+
+/// The process filter. io_uring's calls are in it only for a machine with an
+/// `io_engine=io_uring` drive: the operations a ring carries out (opening files among them)
+/// pass no filter.
+fn process_filter(mode: SeccompMode, io_uring: bool) -> BpfProgram {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         PROCESS_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect();
+    if io_uring {
+        for nr in [
+            libc::SYS_io_uring_setup,
+            libc::SYS_io_uring_enter,
+            libc::SYS_io_uring_register,
+        ] {
+            rules.insert(nr, vec![]);
+        }
+    }
+    rules.insert(libc::SYS_ioctl, ioctl_rules());
     let flags = libc::CLONE_THREAD as u64;
     rules.insert(
         libc::SYS_clone,
@@ -331,10 +350,10 @@ fn clone3_filter() -> BpfProgram {
 }
 
 fn vcpu_filter(mode: SeccompMode) -> BpfProgram {
-    compile(
-        VCPU_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect(),
-        refusal(mode),
-    )
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        VCPU_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect();
+    rules.insert(libc::SYS_ioctl, ioctl_rules());
+    compile(rules, refusal(mode))
 }
 
 thread_local! {
@@ -343,15 +362,16 @@ thread_local! {
     static ROLE: Cell<&'static str> = const { Cell::new("VMM") };
 }
 
-/// Installs the process filter on every thread of the process (and the SIGSYS handler).
-pub fn install_process_filter(mode: SeccompMode) -> Result<(), SeccompError> {
+/// Installs the process filter on every thread of the process (and the SIGSYS handler);
+/// `io_uring`: a drive of the machine uses io_uring.
+pub fn install_process_filter(mode: SeccompMode, io_uring: bool) -> Result<(), SeccompError> {
     if mode == SeccompMode::Off {
         return Ok(());
     }
     install_sigsys_handler()?;
     let err = |e: seccompiler::Error| SeccompError(e.to_string());
     seccompiler::apply_filter_all_threads(&clone3_filter()).map_err(err)?;
-    seccompiler::apply_filter_all_threads(&process_filter(mode)).map_err(err)
+    seccompiler::apply_filter_all_threads(&process_filter(mode, io_uring)).map_err(err)
 }
 
 /// Adds the vCPU filter to the calling thread.
@@ -490,7 +510,7 @@ mod tests {
 
     #[test]
     fn a_forbidden_call_stops_the_process_with_one_line_and_allowed_ones_work() {
-        let process = process_filter(SeccompMode::Enforce);
+        let process = process_filter(SeccompMode::Enforce, false);
         let vcpu = vcpu_filter(SeccompMode::Enforce);
         let clone3 = clone3_filter();
         // Under the process filter: getpid works, clone3 says ENOSYS, a new process (clone
@@ -521,6 +541,15 @@ mod tests {
                 libc::SYS_clone
             )
         );
+        // Nor is a terminal's input pushed into (TIOCSTI on an unopened descriptor number).
+        let (status, out) = in_child(|| {
+            install_sigsys_handler().unwrap();
+            seccompiler::apply_filter(&process).unwrap();
+            // SAFETY: a plain system call; the filter stops it first.
+            unsafe { libc::syscall(libc::SYS_ioctl, 1000, libc::TIOCSTI, 0usize) };
+        });
+        assert_eq!(libc::WEXITSTATUS(status), EXIT_SECCOMP, "{out}");
+        assert!(out.contains("system call 16,"), "{out}");
         // A vCPU thread cannot open a file.
         let (status, out) = in_child(|| {
             install_sigsys_handler().unwrap();

@@ -3,13 +3,20 @@
 # missing. Quiet and quick when everything is already there.
 set -euo pipefail
 
-need=()
 want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || need+=("$1"); }
 # qemu-utils: qemu-img cross-checks the qcow2 images vireo-storage writes (its tests).
-for p in qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd e2fsprogs binutils libc6-dev; do want "$p"; done
+missing() {
+    need=()
+    for p in qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd e2fsprogs binutils libc6-dev; do want "$p"; done
+}
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is missing; install rustup's stable toolchain" >&2; exit 1; }
 
-if [ ${#need[@]} -gt 0 ]; then
+# Twice at most: installing one package can remove another that conflicts with it (a machine
+# with backports' qemu-utils 10 lost it to bookworm's qemu-system-x86 7.2), which the second
+# round puts back at the matching version.
+for _ in 1 2; do
+    missing
+    [ ${#need[@]} -gt 0 ] || break
     echo "install-deps: installing ${need[*]}"
     SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
     export DEBIAN_FRONTEND=noninteractive
@@ -18,7 +25,9 @@ if [ ${#need[@]} -gt 0 ]; then
         $SUDO apt-get update -qq >/dev/null
         $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     fi
-fi
+done
+missing
+[ ${#need[@]} -eq 0 ] || { echo "install-deps: ${need[*]} still missing after apt-get install" >&2; exit 1; }
 
 # The real EC2 clients the tests drive vireod with (boto3, the AWS CLI) and pytest, from PyPI, in
 # a virtual environment under build/ (reinstalled when tests/ec2/requirements.txt changes).

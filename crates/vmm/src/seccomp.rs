@@ -62,21 +62,58 @@ impl FromStr for SeccompMode {
 #[error("cannot install the seccomp filter: {0}")]
 pub struct SeccompError(String);
 
-/// System calls of the whole VMM while it runs (besides those with argument rules below).
-const PROCESS_SYSCALLS: &[libc::c_long] = &[
-    // Files and descriptors already open, and snapshot files.
+/// System calls of every VMM thread, vCPU threads included: reads and writes on open
+/// descriptors, device activation by the guest (eventfds, timerfds; KVM and TAP ioctls have
+/// their own rule), memory, futexes, time, signals, and leaving.
+const THREAD_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_readv,
     libc::SYS_writev,
     libc::SYS_pread64,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_dup,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_clock_gettime,
+    libc::SYS_gettimeofday,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_tgkill,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_getrandom,
+    libc::SYS_epoll_ctl,
+    libc::SYS_eventfd2,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
+];
+
+/// What the VMM's other threads (main, I/O, API) add to [`THREAD_SYSCALLS`] while it runs,
+/// snapshots and migrations included (besides the calls with argument rules below).
+const PROCESS_ONLY_SYSCALLS: &[libc::c_long] = &[
+    // Disks, TAPs and snapshot files.
     libc::SYS_pwrite64,
     libc::SYS_preadv,
     libc::SYS_pwritev,
     libc::SYS_preadv2,
     libc::SYS_pwritev2,
     libc::SYS_lseek,
-    libc::SYS_close,
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
@@ -95,53 +132,22 @@ const PROCESS_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_fallocate,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
-    libc::SYS_fcntl,
-    libc::SYS_dup,
-    // Memory.
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_mprotect,
-    libc::SYS_madvise,
-    libc::SYS_brk,
-    // Threads, time and signals.
-    libc::SYS_futex,
+    // Threads (clone has its own rule), signals, limits.
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
-    libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_nanosleep,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_clock_gettime,
-    libc::SYS_gettimeofday,
     libc::SYS_rt_sigaction,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_sigaltstack,
-    libc::SYS_restart_syscall,
-    libc::SYS_tgkill,
-    libc::SYS_getpid,
-    libc::SYS_gettid,
     libc::SYS_clone3,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_getrandom,
     libc::SYS_prlimit64,
     libc::SYS_sysinfo,
     // A vCPU thread adds its own filter (filters only ever narrow what a thread may do).
     libc::SYS_seccomp,
     // Event loops.
     libc::SYS_epoll_create1,
-    libc::SYS_epoll_ctl,
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_poll,
     libc::SYS_ppoll,
-    libc::SYS_eventfd2,
-    libc::SYS_timerfd_create,
-    libc::SYS_timerfd_settime,
-    libc::SYS_timerfd_gettime,
-    // Sockets: the API, vsock's host side, migration streams.
+    // Sockets (socket has its own rule): the API, vsock's host side, migration streams.
     libc::SYS_connect,
     libc::SYS_bind,
     libc::SYS_listen,
@@ -156,47 +162,6 @@ const PROCESS_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_getsockopt,
     libc::SYS_getsockname,
     libc::SYS_getpeername,
-];
-
-/// System calls of a vCPU thread: device emulation on I/O exits, device activation by the
-/// guest (eventfds, timerfds, KVM and TAP ioctls), pausing, and leaving.
-const VCPU_SYSCALLS: &[libc::c_long] = &[
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_pread64,
-    libc::SYS_close,
-    libc::SYS_fcntl,
-    libc::SYS_dup,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_mprotect,
-    libc::SYS_madvise,
-    libc::SYS_brk,
-    libc::SYS_futex,
-    libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_nanosleep,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_clock_gettime,
-    libc::SYS_gettimeofday,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_sigaltstack,
-    libc::SYS_restart_syscall,
-    libc::SYS_tgkill,
-    libc::SYS_getpid,
-    libc::SYS_gettid,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_getrandom,
-    libc::SYS_epoll_ctl,
-    libc::SYS_eventfd2,
-    libc::SYS_timerfd_create,
-    libc::SYS_timerfd_settime,
-    libc::SYS_timerfd_gettime,
 ];
 
 /// Calls that no VMM thread makes, whatever happens: none may be in either list.
@@ -278,8 +243,11 @@ fn ioctl_rules() -> Vec<SeccompRule> {
 /// `io_engine=io_uring` drive: the operations a ring carries out (opening files among them)
 /// pass no filter.
 fn process_filter(mode: SeccompMode, io_uring: bool) -> BpfProgram {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        PROCESS_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = THREAD_SYSCALLS
+        .iter()
+        .chain(PROCESS_ONLY_SYSCALLS)
+        .map(|&nr| (nr, vec![]))
+        .collect();
     if io_uring {
         for nr in [
             libc::SYS_io_uring_setup,
@@ -351,7 +319,7 @@ fn clone3_filter() -> BpfProgram {
 
 fn vcpu_filter(mode: SeccompMode) -> BpfProgram {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        VCPU_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect();
+        THREAD_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect();
     rules.insert(libc::SYS_ioctl, ioctl_rules());
     compile(rules, refusal(mode))
 }
@@ -445,11 +413,11 @@ mod tests {
     #[test]
     fn the_lists_leave_out_every_dangerous_call_and_the_vcpu_list_is_narrower() {
         for nr in NEVER {
-            assert!(!PROCESS_SYSCALLS.contains(nr), "{nr} in the process list");
-            assert!(!VCPU_SYSCALLS.contains(nr), "{nr} in the vCPU list");
-        }
-        for nr in VCPU_SYSCALLS {
-            assert!(PROCESS_SYSCALLS.contains(nr), "{nr} in the vCPU list only");
+            assert!(
+                !PROCESS_ONLY_SYSCALLS.contains(nr),
+                "{nr} in the process list"
+            );
+            assert!(!THREAD_SYSCALLS.contains(nr), "{nr} in the vCPU list");
         }
         for nr in [
             libc::SYS_openat,
@@ -459,11 +427,14 @@ mod tests {
             libc::SYS_clone3,
             libc::SYS_unlink,
         ] {
-            assert!(!VCPU_SYSCALLS.contains(&nr), "{nr} allowed on vCPU threads");
+            assert!(
+                !THREAD_SYSCALLS.contains(&nr),
+                "{nr} allowed on vCPU threads"
+            );
         }
         // What the SIGSYS handler itself needs.
         for nr in [libc::SYS_write, libc::SYS_exit_group] {
-            assert!(PROCESS_SYSCALLS.contains(&nr) && VCPU_SYSCALLS.contains(&nr));
+            assert!(THREAD_SYSCALLS.contains(&nr));
         }
         assert_eq!("on".parse(), Ok(SeccompMode::Enforce));
         assert_eq!("off".parse(), Ok(SeccompMode::Off));

@@ -1,6 +1,6 @@
 //! How a machine's run ends: the first stop request wins, every vCPU thread sees it.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -167,15 +167,14 @@ pub struct ExitCounters {
     pub hlt: AtomicU64,
     pub interrupted: AtomicU64,
     pub other: AtomicU64,
-    /// The vCPU thread's kernel thread id while it runs (0 before and after), so that the API
-    /// thread can read its scheduler statistics from /proc.
-    pub tid: AtomicI32,
     /// The largest CPU time and run-queue wait (ns) seen for the thread: what the metrics
     /// report once the thread is gone, and a floor that keeps them monotonic.
     pub cpu_ns: AtomicU64,
     pub wait_ns: AtomicU64,
-    /// The thread's own schedstat file, opened as it starts: it reads its final times through
-    /// it as it ends, when its system-call filter no longer lets it open files.
+    /// The vCPU thread's /proc schedstat file while the thread runs (opened by the thread as
+    /// it starts, so it is that thread's; dropped as it ends): the API thread reads the times
+    /// through it, and the thread reads its last ones as it ends, when its system-call filter
+    /// no longer lets it open a file.
     schedstat: std::sync::Mutex<Option<std::fs::File>>,
 }
 
@@ -198,35 +197,19 @@ impl ExitCounters {
 
     /// Called by the vCPU thread when it starts.
     pub fn thread_started(&self) {
-        // The raw syscall, not glibc's gettid(): in the static release build (LTO) that wrapper
-        // resolved to a null weak symbol and the vCPU thread jumped to address 0.
-        // SAFETY: SYS_gettid takes no arguments, has no preconditions and cannot fail.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
-        self.tid.store(tid, Ordering::Relaxed);
-        *self.schedstat.lock().unwrap_or_else(|e| e.into_inner()) =
-            std::fs::File::open("/proc/thread-self/schedstat").ok();
+        *self.schedstat() = std::fs::File::open("/proc/thread-self/schedstat").ok();
     }
 
-    /// Called by the vCPU thread as it ends: records its final times, then forgets its tid
-    /// (which the kernel may give to another thread of this process).
+    fn schedstat(&self) -> std::sync::MutexGuard<'_, Option<std::fs::File>> {
+        self.schedstat.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by the vCPU thread as it ends: records its final times and closes the file
+    /// (after the thread, it would only say that the thread is gone).
     pub fn thread_ending(&self) {
-        if let Some(f) = self
-            .schedstat
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            use std::os::unix::fs::FileExt;
-            let mut buf = [0u8; 96];
-            if let Ok(n) = f.read_at(&mut buf, 0) {
-                self.record(
-                    std::str::from_utf8(&buf[..n])
-                        .ok()
-                        .and_then(parse_schedstat),
-                );
-            }
+        if let Some(f) = self.schedstat().take() {
+            self.record(read_schedstat(&f));
         }
-        self.tid.store(0, Ordering::Relaxed);
     }
 
     fn record(&self, times: Option<(u64, u64)>) {
@@ -239,9 +222,8 @@ impl ExitCounters {
     /// The vCPU thread's (CPU time, run-queue wait) in nanoseconds so far: read now while the
     /// thread runs, its last values after.
     pub fn thread_times(&self) -> (u64, u64) {
-        let tid = self.tid.load(Ordering::Relaxed);
-        if tid > 0 {
-            self.record(read_schedstat(tid));
+        if let Some(f) = self.schedstat().as_ref() {
+            self.record(read_schedstat(f));
         }
         (
             self.cpu_ns.load(Ordering::Relaxed),
@@ -265,9 +247,11 @@ impl ExitCounters {
 
 /// A thread of this process's schedstat: nanoseconds on a CPU (user and system time, what
 /// CLOCK_THREAD_CPUTIME_ID counts) and nanoseconds runnable but waiting on a run queue.
-fn read_schedstat(tid: i32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-    parse_schedstat(&s)
+fn read_schedstat(f: &std::fs::File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 96];
+    let n = f.read_at(&mut buf, 0).ok()?;
+    parse_schedstat(std::str::from_utf8(&buf[..n]).ok()?)
 }
 
 fn parse_schedstat(s: &str) -> Option<(u64, u64)> {
@@ -315,10 +299,9 @@ mod tests {
             c2.thread_started();
             // Burn 20 ms of CPU (however long that takes on a busy host), as the thread
             // itself measures it.
-            // SAFETY: gettid has no preconditions.
-            let tid = unsafe { libc::gettid() };
+            let own = std::fs::File::open("/proc/thread-self/schedstat").unwrap();
             let mut x = 0u64;
-            while read_schedstat(tid).unwrap().0 < 20_000_000 {
+            while read_schedstat(&own).unwrap().0 < 20_000_000 {
                 for _ in 0..100_000 {
                     x = std::hint::black_box(x.wrapping_add(1));
                 }
@@ -332,7 +315,10 @@ mod tests {
         assert!(cpu >= 20_000_000, "the thread ran {cpu} ns");
         done_tx.send(()).unwrap();
         t.join().unwrap();
-        assert_eq!(c.tid.load(Ordering::Relaxed), 0);
+        assert!(
+            c.schedstat().is_none(),
+            "the file is closed with the thread"
+        );
         let (after, _) = c.thread_times();
         assert!(after >= cpu, "monotonic after the thread ended");
     }

@@ -129,10 +129,18 @@ pub fn run_in_lab(command: &str, extra: &[&str]) -> Ran {
                 line.trim()
             );
             // A passing test's stderr is not shown: `make test` prints this file at its end,
-            // so that repeated labs are seen.
+            // so that repeated labs are seen, with the end of the broken L1's console (the
+            // repeated lab overwrites the file).
+            let console_tail: String = tail(&console, 12)
+                .lines()
+                .map(|l| format!("    {l}\n"))
+                .collect();
             let note = format!(
-                "{}: {}\n",
-                command.lines().next().unwrap_or_default(),
+                "{}: {}\n{console_tail}",
+                command
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or_default(),
                 line.trim()
             );
             let _ = std::fs::OpenOptions::new()

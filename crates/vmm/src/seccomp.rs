@@ -531,6 +531,22 @@ mod tests {
         });
         assert_eq!(libc::WEXITSTATUS(status), EXIT_SECCOMP, "{out}");
         assert!(out.contains("a vCPU thread made system call 257,"), "{out}");
+        // In log mode the same call goes through (the kernel only logs it).
+        let logging = process_filter(SeccompMode::Log, false);
+        let (status, out) = in_child(|| {
+            install_sigsys_handler().unwrap();
+            seccompiler::apply_filter(&logging).unwrap();
+            // SAFETY: chdir("/") is in neither list and changes nothing the parent sees.
+            if unsafe { libc::syscall(libc::SYS_chdir, c"/".as_ptr()) } != 0 {
+                // SAFETY: leaving the child.
+                unsafe { libc::_exit(12) };
+            }
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{status:#x} {out}"
+        );
+        assert_eq!(out, "");
         // Without the handler the kernel's default action for SIGSYS ends the process.
         let (status, _) = in_child(|| {
             seccompiler::apply_filter(&process).unwrap();

@@ -41,7 +41,8 @@ start_vm() {
     chmod 0755 /tmp/extra/bin/vsock-probe /tmp/extra/etc/vireo/vsock.sh
     (cd /tmp/extra && find . | cpio -o -H newc 2>/dev/null | gzip) >/tmp/extra.gz
     cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz >/tmp/initrd.gz
-    timeout 240 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/initrd.gz --memory 256 \
+    # debug: a guest fault's registers reach the console, and so the failure report.
+    VIREO_LOG=debug timeout 240 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/initrd.gz --memory 256 \
         --vsock cid=3,uds=/tmp/v.sock $VMM_ARGS \
         --cmdline "console=ttyS0 panic=-1 quiet vireo.run=vsock" >/tmp/console 2>&1 &
     VMM=$!

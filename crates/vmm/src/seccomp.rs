@@ -239,6 +239,21 @@ fn ioctl_rules() -> Vec<SeccompRule> {
     )]
 }
 
+/// Rules that let a call through when its first (int) argument is one of `values`.
+fn first_arg_one_of(values: &[libc::c_int]) -> Vec<SeccompRule> {
+    values
+        .iter()
+        .map(|&v| {
+            rule(vec![cond(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                v as u64,
+            )])
+        })
+        .collect()
+}
+
 /// The process filter. io_uring's calls are in it only for a machine with an
 /// `io_engine=io_uring` drive: the operations a ring carries out (opening files among them)
 /// pass no filter.
@@ -270,35 +285,15 @@ fn process_filter(mode: SeccompMode, io_uring: bool) -> BpfProgram {
     );
     rules.insert(
         libc::SYS_socket,
-        [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6]
-            .iter()
-            .map(|&family| {
-                rule(vec![cond(
-                    0,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    family as u64,
-                )])
-            })
-            .collect(),
+        first_arg_one_of(&[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6]),
     );
     rules.insert(
         libc::SYS_prctl,
-        [
+        first_arg_one_of(&[
             libc::PR_SET_NAME,
             libc::PR_GET_NAME,
             libc::PR_SET_NO_NEW_PRIVS,
-        ]
-        .iter()
-        .map(|&op| {
-            rule(vec![cond(
-                0,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                op as u64,
-            )])
-        })
-        .collect(),
+        ]),
     );
     compile(rules, refusal(mode))
 }

@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod log_limit;
 pub mod metrics;
 pub mod power;
 pub mod rate_limiter;

@@ -280,6 +280,72 @@ pub fn write_sample<'l>(
     out.push('\n');
 }
 
+/// `help` escaped for a `# HELP` line (`\\` and `\n`).
+pub fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Writes a `# HELP` line; `text` must already be escaped ([`escape_help`], or as parsed).
+pub fn write_help(out: &mut String, name: &str, text: &str) {
+    let _ = writeln!(out, "# HELP {name} {text}");
+}
+
+/// Writes a `# TYPE` line.
+pub fn write_type(out: &mut String, name: &str, kind: Kind) {
+    let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
+}
+
+/// Builds an exposition family by family: [`Exposition::family`] writes a family's `# HELP`
+/// and `# TYPE`, then its samples follow. Whoever writes text here (the VMM's `GET /metrics`,
+/// vireod's) writes it through this module, so there is one spelling of the format.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// Starts a family; `help` is plain text, escaped here.
+    pub fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        write_help(&mut self.out, name, &escape_help(help));
+        write_type(&mut self.out, name, kind);
+    }
+
+    /// One sample. Counters kept as `u64` are passed as `f64`: exact, and written the same
+    /// digits, below 2^53.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        write_sample(&mut self.out, name, labels.iter().copied(), value, None);
+    }
+
+    /// A histogram's samples: `_bucket` for each (upper bound in the family's unit,
+    /// cumulative count) given, then `+Inf` (the count), `_sum` and `_count`. The family
+    /// must have been started with [`Kind::Histogram`].
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        buckets: impl IntoIterator<Item = (f64, u64)>,
+        count: u64,
+        sum: f64,
+    ) {
+        let bucket = format!("{name}_bucket");
+        let bucket_sample = |out: &mut String, le: &str, n: u64| {
+            let all = labels.iter().copied().chain([("le", le)]);
+            write_sample(out, &bucket, all, n as f64, None);
+        };
+        for (le, n) in buckets {
+            bucket_sample(&mut self.out, &format_value(le), n);
+        }
+        bucket_sample(&mut self.out, "+Inf", count);
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, count as f64);
+    }
+
+    /// The text written so far.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +416,36 @@ mod tests {
         ] {
             assert!(parse_line(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn an_exposition_writes_families_and_histograms() {
+        let mut e = Exposition::default();
+        e.family("a_total", Kind::Counter, "A \\ thing.\nSecond line.");
+        e.sample("a_total", &[("x", "1")], 7.0);
+        e.sample("a_total", &[], 16777216.0);
+        e.family("h_seconds", Kind::Histogram, "H.");
+        e.histogram(
+            "h_seconds",
+            &[("d", "0")],
+            [(0.00005, 1), (0.0001, 2)],
+            3,
+            0.25,
+        );
+        assert_eq!(
+            e.finish(),
+            "# HELP a_total A \\\\ thing.\\nSecond line.\n\
+             # TYPE a_total counter\n\
+             a_total{x=\"1\"} 7\n\
+             a_total 16777216\n\
+             # HELP h_seconds H.\n\
+             # TYPE h_seconds histogram\n\
+             h_seconds_bucket{d=\"0\",le=\"0.00005\"} 1\n\
+             h_seconds_bucket{d=\"0\",le=\"0.0001\"} 2\n\
+             h_seconds_bucket{d=\"0\",le=\"+Inf\"} 3\n\
+             h_seconds_sum{d=\"0\"} 0.25\n\
+             h_seconds_count{d=\"0\"} 3\n"
+        );
     }
 
     #[test]

@@ -6,8 +6,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use vireo_vmm_api::{ExitCounts, ExitSummary, Stop};
 use vmm::config::{parse_memory_mib, SerialConfig};
 use vmm::seccomp::SeccompMode;
 use vmm::{RunOptions, StopReason, VmConfig};
@@ -66,6 +68,11 @@ struct Args {
     /// "CONNECT <port>\n"; guest connections to host port P go to PATH_P).
     #[arg(long, value_name = "SPEC")]
     vsock: Option<String>,
+    /// What the guest's SMBIOS (DMI) tables say about the machine:
+    /// uuid=UUID,serial=S,asset-tag=S,manufacturer=S,product=S,version=S,sku=S,family=S (each
+    /// optional; strings 1-64 bytes, no commas; see docs/vmm.md).
+    #[arg(long, value_name = "SPEC")]
+    smbios: Option<String>,
     /// Back guest RAM with 4 KiB pages only (default: transparent huge pages where available).
     #[arg(long)]
     no_huge_pages: bool,
@@ -104,26 +111,74 @@ fn parse_seccomp(s: &str) -> Result<SeccompMode, String> {
     s.parse()
 }
 
-fn parse_serial(s: &str) -> Result<SerialConfig, String> {
+/// Why the command line or a file it names cannot be used, or a summary cannot be written.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("cannot read config {}: {source}", path.display())]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {}: {source}", path.display())]
+    InvalidConfig {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no kernel: give --kernel FILE or --config FILE")]
+    NoKernel,
+    #[error("invalid --serial {0:?}: use stdout, none or file:PATH")]
+    Serial(String),
+    /// `--memory` that does not parse.
+    #[error(transparent)]
+    Memory(#[from] vmm::config::ConfigError),
+    /// `--drive`, `--net`, `--balloon` or `--vsock` that does not parse.
+    #[error(transparent)]
+    DeviceOption(#[from] vmm::config::OptionError),
+    /// `--smbios` that does not parse.
+    #[error(transparent)]
+    Smbios(#[from] vireo_vmm_api::smbios::FlagError),
+    #[error(
+        "--restore and --incoming take the VM's configuration from the snapshot or the \
+             source; only --api-sock, --serial and --summary-json apply"
+    )]
+    BootFlagsWithRestore,
+    #[error("cannot write summary {}: {source}", path.display())]
+    WriteSummary {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn parse_serial(s: &str) -> Result<SerialConfig, CliError> {
     match s {
         "stdout" => Ok(SerialConfig::Stdout),
         "none" => Ok(SerialConfig::None),
         _ => match s.strip_prefix("file:") {
             Some(p) if !p.is_empty() => Ok(SerialConfig::File(p.into())),
-            _ => Err(format!(
-                "invalid --serial {s:?}: use stdout, none or file:PATH"
-            )),
+            _ => Err(CliError::Serial(s.to_string())),
         },
     }
 }
 
-fn build_config(args: &Args) -> Result<VmConfig, String> {
+/// The VM configuration file at `path` (`--config`).
+fn read_config(path: &std::path::Path) -> Result<VmConfig, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::ReadConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| CliError::InvalidConfig {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn build_config(args: &Args) -> Result<VmConfig, CliError> {
     let mut config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-            let mut c: VmConfig = serde_json::from_str(&text)
-                .map_err(|e| format!("invalid config {}: {e}", path.display()))?;
+            let mut c = read_config(path)?;
             if let Some(k) = &args.kernel {
                 c.kernel = k.clone();
             }
@@ -131,7 +186,7 @@ fn build_config(args: &Args) -> Result<VmConfig, String> {
         }
         None => match &args.kernel {
             Some(k) => VmConfig::new(k.clone()),
-            None => return Err("no kernel: give --kernel FILE or --config FILE".into()),
+            None => return Err(CliError::NoKernel),
         },
     };
     if let Some(i) = &args.initrd {
@@ -144,7 +199,7 @@ fn build_config(args: &Args) -> Result<VmConfig, String> {
         config.vcpus = n;
     }
     if let Some(m) = &args.memory {
-        config.memory_mib = parse_memory_mib(m).map_err(|e| e.to_string())?;
+        config.memory_mib = parse_memory_mib(m)?;
     }
     for d in &args.drive {
         config.drives.push(vmm::config::DriveConfig::parse(d)?);
@@ -161,6 +216,9 @@ fn build_config(args: &Args) -> Result<VmConfig, String> {
     if let Some(v) = &args.vsock {
         config.vsock = Some(vmm::config::VsockConfig::parse(v)?);
     }
+    if let Some(s) = &args.smbios {
+        config.smbios = vmm::config::Smbios::parse_flag(s)?;
+    }
     if args.no_huge_pages {
         config.huge_pages = false;
     }
@@ -170,25 +228,38 @@ fn build_config(args: &Args) -> Result<VmConfig, String> {
     Ok(config)
 }
 
-fn write_summary(path: &PathBuf, report: &vmm::RunReport) -> Result<(), String> {
+fn write_summary(path: &PathBuf, report: &vmm::RunReport) -> Result<(), CliError> {
     let stop = match &report.reason {
-        StopReason::PowerOff => "poweroff".to_string(),
-        StopReason::Reset => "reboot".to_string(),
-        StopReason::Host => "host".to_string(),
-        StopReason::Migrated => "migrated".to_string(),
-        StopReason::Fault(f) => format!("fault: {f}"),
+        StopReason::PowerOff => Stop::PowerOff,
+        StopReason::Reset => Stop::Reboot,
+        StopReason::Host => Stop::Host,
+        StopReason::Migrated => Stop::Migrated,
+        StopReason::Fault(f) => Stop::Fault(f.to_string()),
     };
-    let json = serde_json::json!({
-        "stop": stop,
-        "exits_total": report.total_exits(),
-        "exits_per_vcpu": report.exits,
-    });
-    std::fs::write(path, format!("{json}\n"))
-        .map_err(|e| format!("cannot write summary {}: {e}", path.display()))
+    let counts = |c: vmm::ExitCounts| ExitCounts {
+        hlt: c.hlt,
+        interrupted: c.interrupted,
+        io_in: c.io_in,
+        io_out: c.io_out,
+        mmio_read: c.mmio_read,
+        mmio_write: c.mmio_write,
+        other: c.other,
+    };
+    let summary = ExitSummary {
+        exits_per_vcpu: report.exits.iter().copied().map(counts).collect(),
+        exits_total: counts(report.total_exits()),
+        stop,
+    };
+    std::fs::write(path, summary.to_file_text()).map_err(|source| CliError::WriteSummary {
+        path: path.clone(),
+        source,
+    })
 }
 
 fn main() -> ExitCode {
     vmm::machine::mark_process_start();
+    // Before any thread starts: see its docs (a vCPU thread must never open a file).
+    vmm::seccomp::prepare_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG")
@@ -197,14 +268,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let fail = |msg: String| {
+    let fail = |msg: &dyn std::fmt::Display| {
         eprintln!("vireo-vmm: error: {msg}");
         ExitCode::from(EXIT_ERROR)
     };
     let opts = RunOptions {
         console_input: true,
-        api_socket: args.api_sock.clone(),
-        api_listener: None,
+        control: args.api_sock.clone().map(|sock| {
+            Arc::new(vmm::api::HttpApi::new(sock)) as Arc<dyn vmm::handle::ControlServer>
+        }),
         restore_requested: None,
         seccomp: args.seccomp,
     };
@@ -220,27 +292,24 @@ fn main() -> ExitCode {
         || !args.net.is_empty()
         || args.balloon.is_some()
         || args.rng
-        || args.vsock.is_some();
+        || args.vsock.is_some()
+        || args.smbios.is_some();
     let result = if let (false, None, None, Some(sock)) =
         (booting, &args.restore, &args.incoming, &args.api_sock)
     {
         // Nothing to boot: wait for PUT /vm/snapshot/load on the API socket.
         let serial = match args.serial.as_deref().map(parse_serial).transpose() {
             Ok(s) => s,
-            Err(e) => return fail(e),
+            Err(e) => return fail(&e),
         };
-        vmm::snapshot::restore_from_api(sock, serial, opts)
+        vmm::api::restore_from_api(sock, serial, opts)
     } else if args.restore.is_some() || args.incoming.is_some() {
         if booting {
-            return fail(
-                "--restore and --incoming take the VM's configuration from the snapshot or the \
-                 source; only --api-sock, --serial and --summary-json apply"
-                    .into(),
-            );
+            return fail(&CliError::BootFlagsWithRestore);
         }
         let serial = match args.serial.as_deref().map(parse_serial).transpose() {
             Ok(s) => s,
-            Err(e) => return fail(e),
+            Err(e) => return fail(&e),
         };
         if let Some(dir) = &args.restore {
             vmm::snapshot::restore(
@@ -254,17 +323,9 @@ fn main() -> ExitCode {
             )
         } else {
             let addr = args.incoming.as_deref().unwrap_or_default();
-            let local = match &args.config {
-                Some(path) => match std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))
-                    .and_then(|t| {
-                        serde_json::from_str::<VmConfig>(&t)
-                            .map_err(|e| format!("invalid config {}: {e}", path.display()))
-                    }) {
-                    Ok(c) => Some(c),
-                    Err(e) => return fail(e),
-                },
-                None => None,
+            let local = match args.config.as_deref().map(read_config).transpose() {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
             };
             vmm::migration::incoming(
                 addr,
@@ -275,16 +336,16 @@ fn main() -> ExitCode {
     } else {
         match build_config(&args) {
             Ok(c) => vmm::run(&c, opts),
-            Err(e) => return fail(e),
+            Err(e) => return fail(&e),
         }
     };
     let report = match result {
         Ok(r) => r,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(&e),
     };
     if let Some(path) = &args.summary_json {
         if let Err(e) = write_summary(path, &report) {
-            return fail(e);
+            return fail(&e);
         }
     }
     match report.reason {

@@ -1,4 +1,5 @@
-//! The VMM's control API: HTTP/1.1 with JSON bodies on a Unix socket, served by one thread.
+//! The VMM's control API: HTTP/1.1 with JSON bodies on a Unix socket (docs/api.md), served
+//! by one thread and a thread per connection.
 //!
 //! | request | effect |
 //! |---|---|
@@ -14,10 +15,13 @@
 //! | `PUT /vm/snapshot` `{"path": DIR}` | write a snapshot of the paused VM to DIR |
 //! | `PUT /vm/migrate` `{"destination": "HOST:PORT", "downtime_ms": N}` | live-migrate |
 //! | `GET /vm/migrate` | the migration's progress |
-//! | `PUT /vm/snapshot/load` `{"path": DIR, "resume": B, "verify_memory": B}` | start from a snapshot (only a VMM started with nothing but `--api-sock`; `serve_until_load`) |
+//! | `PUT /vm/snapshot/load` `{"path": DIR, "resume": B, "verify_memory": B}` | start from a snapshot (only a VMM started with nothing but `--api-sock`: [`restore_from_api`]) |
 //!
-//! A bucket `B` is `{"size": N, "one_time_burst": N, "refill_time_ms": N}` or `null`
-//! (unlimited); changed limits apply to a running device within a millisecond.
+//! The bodies are the types of `vireo_vmm_api`, the contract vireod and the tests use too.
+//! A request is first parsed into an [`Action`] by [`parse`] (a pure function: the method,
+//! path and body decide everything that needs no machine), then carried out on the machine's
+//! [`MachineHandle`], whose refusals become the answer's status. The engine knows nothing of
+//! this module: the binary gives it an [`HttpApi`] ([`ControlServer`]) to serve a machine.
 //!
 //! Requests are bounded (64 KiB of headers and body); anything malformed gets a 400 with a
 //! JSON `{"error": "..."}` and changes nothing.
@@ -26,56 +30,205 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use vireo_vmm_api::{
+    self as wire, BalloonTarget, DriveLimits, ErrorBody, LoadRequest, MigrateRequest, NetLimits,
+    RateLimiter, SnapshotRequest, VmInfo, VmState,
+};
 
-use devices::rate_limiter::LimiterHandle;
-use devices::virtio::net::NetCounters;
-use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _, MemoryRegionAddress};
-
-use crate::config::RateLimiterConfig;
-use crate::machine::DeviceControls;
-use crate::metrics::{self, Exposition};
-use crate::migration::{self, MigrationError, SharedProgress};
-use crate::snapshot::{MachineAccess, SnapshotError};
-use crate::vstate::control::{ExitCounters, RunControl, StopReason};
+use crate::config::SerialConfig;
+use crate::handle::{ControlError, ControlServer, MachineHandle, ServeError};
+use crate::machine::{Error, RunOptions, RunReport};
+use crate::snapshot::{RestoreOptions, SnapshotError, SnapshotLoader};
 
 const MAX_REQUEST: usize = 64 * 1024;
-
-/// Interrupts KVM_RUN on every vCPU thread.
-pub type Kicker = Arc<dyn Fn() + Send + Sync>;
-
-/// What the API acts on.
-pub struct ApiContext {
-    pub control: Arc<RunControl>,
-    pub kick_vcpus: Kicker,
-    pub nr_vcpus: usize,
-    pub memory_mib: u64,
-    pub devices: DeviceControls,
-    pub exit_counters: Vec<Arc<ExitCounters>>,
-    /// Snapshots and migration.
-    pub machine: Arc<MachineAccess>,
-}
-
-struct Api {
-    ctx: ApiContext,
-    migration: SharedProgress,
-    migrating: AtomicBool,
-    /// Connections being served; each has its own thread (a migration's PUT lasts while
-    /// GET /vm/migrate is asked), and at most MAX_CONNECTIONS at once.
-    connections: Arc<AtomicUsize>,
-    /// Set when a migration succeeded: the VMM stops once its answer is written, and its
-    /// I/O thread stays frozen until then (its devices must not act for a guest that now
-    /// runs elsewhere).
-    migrated: Mutex<Option<devices::virtio::IoFreeze>>,
-}
-
+/// Connections served at once; each has its own thread (a migration's PUT lasts while
+/// GET /vm/migrate is asked).
 const MAX_CONNECTIONS: usize = 8;
 
+/// What a request asks of a running machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Info,
+    Pause,
+    Resume,
+    Stop,
+    Shutdown,
+    Balloon,
+    SetBalloon(BalloonTarget),
+    DriveLimits(usize),
+    SetDriveLimits(usize, DriveLimits),
+    NetLimits(usize),
+    SetNetLimits(usize, NetLimits),
+    Metrics,
+    Snapshot(SnapshotRequest),
+    /// `PUT /vm/migrate`, the downtime defaulted and checked.
+    Migrate {
+        destination: String,
+        downtime_ms: u64,
+    },
+    Migration,
+}
+
+/// A request refused before anything was done: the answer's status and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// The resources of a running VMM without an index; another method on one of them is a 405.
+const RESOURCES: [&str; 9] = [
+    "/vm",
+    "/vm/pause",
+    "/vm/resume",
+    "/vm/stop",
+    "/vm/shutdown",
+    "/vm/snapshot",
+    "/vm/migrate",
+    "/balloon",
+    "/metrics",
+];
+
+/// Parses a request to a running VMM.
+pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<Action, Refusal> {
+    Ok(match (method, path) {
+        ("GET", "/vm") => Action::Info,
+        ("PUT", "/vm/pause") => Action::Pause,
+        ("PUT", "/vm/resume") => Action::Resume,
+        ("PUT", "/vm/stop") => Action::Stop,
+        ("PUT", "/vm/shutdown") => Action::Shutdown,
+        ("GET", "/balloon") => Action::Balloon,
+        ("PATCH", "/balloon") => Action::SetBalloon(
+            serde_json::from_slice(body)
+                .map_err(|_| Refusal::new(400, "body must be {\"target_mib\": N}"))?,
+        ),
+        ("PUT", "/vm/snapshot") => match serde_json::from_slice::<SnapshotRequest>(body) {
+            Ok(r) if !r.path.as_os_str().is_empty() => Action::Snapshot(r),
+            _ => return Err(Refusal::new(400, "body must be {\"path\": \"DIR\"}")),
+        },
+        ("PUT", "/vm/migrate") => {
+            let r: MigrateRequest = serde_json::from_slice(body).map_err(|e| {
+                Refusal::new(
+                    400,
+                    format!(
+                        "body must be {{\"destination\": \"HOST:PORT\", \"downtime_ms\": N}}: {e}"
+                    ),
+                )
+            })?;
+            let downtime_ms = r.downtime_ms.unwrap_or(wire::DEFAULT_DOWNTIME_MS);
+            if !wire::DOWNTIME_MS_RANGE.contains(&downtime_ms) {
+                return Err(Refusal::new(400, "downtime_ms must be 1 to 60000"));
+            }
+            Action::Migrate {
+                destination: r.destination,
+                downtime_ms,
+            }
+        }
+        ("GET", "/vm/migrate") => Action::Migration,
+        ("GET", "/metrics") => Action::Metrics,
+        (_, p) if p.starts_with("/drives/") || p.starts_with("/net/") => {
+            return parse_limits(method, path, body)
+        }
+        (_, p) if RESOURCES.contains(&p) => {
+            return Err(Refusal::new(
+                405,
+                format!("{method} is not allowed on {path}"),
+            ))
+        }
+        _ => return Err(Refusal::new(404, format!("no such resource: {path}"))),
+    })
+}
+
+/// `/drives/{i}` and `/net/{i}`: read or change a device's rate limits.
+fn parse_limits(method: &str, path: &str, body: &[u8]) -> Result<Action, Refusal> {
+    let (drive, index) = match (path.strip_prefix("/drives/"), path.strip_prefix("/net/")) {
+        (Some(i), _) => (true, i),
+        (_, Some(i)) => (false, i),
+        _ => return Err(Refusal::new(404, format!("no such resource: {path}"))),
+    };
+    let Ok(index) = index.parse::<usize>() else {
+        return Err(Refusal::new(404, format!("no such device: {path}")));
+    };
+    match method {
+        "GET" if drive => Ok(Action::DriveLimits(index)),
+        "GET" => Ok(Action::NetLimits(index)),
+        "PATCH" => {
+            let bad = |e: serde_json::Error| Refusal::new(400, format!("bad limits: {e}"));
+            // Every field is checked before any is applied.
+            if drive {
+                let l: DriveLimits = serde_json::from_slice(body).map_err(bad)?;
+                check_buckets("rate_limiter", &l.rate_limiter)?;
+                Ok(Action::SetDriveLimits(index, l))
+            } else {
+                let l: NetLimits = serde_json::from_slice(body).map_err(bad)?;
+                check_buckets("rx_rate_limiter", &l.rx_rate_limiter)?;
+                check_buckets("tx_rate_limiter", &l.tx_rate_limiter)?;
+                Ok(Action::SetNetLimits(index, l))
+            }
+        }
+        _ => Err(Refusal::new(
+            405,
+            format!("{method} is not allowed on {path}"),
+        )),
+    }
+}
+
+/// A bucket that never fills would stop the device for good: refused.
+fn check_buckets(key: &str, limiter: &Option<RateLimiter>) -> Result<(), Refusal> {
+    let zero = limiter
+        .iter()
+        .flat_map(|l| [l.ops, l.bytes])
+        .flatten()
+        .any(|b| b.size == 0 || b.refill_time_ms == 0);
+    if zero {
+        return Err(Refusal::new(
+            400,
+            format!("{key}: size and refill_time_ms must be positive (null: unlimited)"),
+        ));
+    }
+    Ok(())
+}
+
+/// What a request asks of a VMM that has no VM yet ([`restore_from_api`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preload {
+    Info,
+    Load(LoadRequest),
+}
+
+/// Parses a request to a VMM that waits for a snapshot to load.
+pub fn parse_preload(method: &str, path: &str, body: &[u8]) -> Result<Preload, Refusal> {
+    match (method, path) {
+        ("GET", "/vm") => Ok(Preload::Info),
+        ("PUT", "/vm/snapshot/load") => serde_json::from_slice(body)
+            .map(Preload::Load)
+            .map_err(|e| Refusal::new(400, format!("bad snapshot load request: {e}"))),
+        (_, "/vm/snapshot/load") => {
+            Err(Refusal::new(405, "PUT /vm/snapshot/load loads a snapshot"))
+        }
+        _ => Err(Refusal::new(
+            400,
+            "no VM yet: load a snapshot first (PUT /vm/snapshot/load {\"path\": DIR})",
+        )),
+    }
+}
+
+/// An answer to write.
 struct Response {
     code: u16,
     content_type: &'static str,
@@ -83,15 +236,15 @@ struct Response {
 }
 
 impl Response {
-    fn json(code: u16, v: Value) -> Self {
+    fn json(code: u16, v: &impl Serialize) -> Self {
         Self {
             code,
             content_type: "application/json",
-            body: v.to_string(),
+            body: serde_json::to_string(v).expect("answers always serialize"),
         }
     }
     fn error(code: u16, msg: impl Into<String>) -> Self {
-        Self::json(code, json!({ "error": msg.into() }))
+        Self::json(code, &ErrorBody { error: msg.into() })
     }
     fn no_content() -> Self {
         Self {
@@ -99,6 +252,77 @@ impl Response {
             content_type: "application/json",
             body: String::new(),
         }
+    }
+    fn from_result<T: Serialize>(r: Result<T, ControlError>) -> Self {
+        match r {
+            Ok(v) => Self::json(200, &v),
+            Err(e) => Self::refused(e),
+        }
+    }
+    fn done(r: Result<(), ControlError>) -> Self {
+        match r {
+            Ok(()) => Self::no_content(),
+            Err(e) => Self::refused(e),
+        }
+    }
+    fn refused(e: ControlError) -> Self {
+        let code = match &e {
+            ControlError::Stopped
+            | ControlError::Paused
+            | ControlError::MigrationBusy(_)
+            | ControlError::Snapshot(SnapshotError::NotPaused) => 409,
+            ControlError::NoBalloon | ControlError::NoKeyboard | ControlError::NoDevice => 404,
+            ControlError::BalloonTooLarge { .. } => 400,
+            ControlError::Snapshot(_) => 500,
+            ControlError::Migration(_) => 502,
+        };
+        Self::error(code, e.to_string())
+    }
+}
+
+/// Carries out `action` on the machine.
+fn carry_out(m: &MachineHandle, action: Action) -> Response {
+    let no_device = |kind: &str, i: usize, e: ControlError| match e {
+        ControlError::NoDevice => Response::error(404, format!("no such device: /{kind}/{i}")),
+        e => Response::refused(e),
+    };
+    match action {
+        Action::Info => Response::json(200, &m.info()),
+        Action::Pause => Response::done(m.pause()),
+        Action::Resume => {
+            m.resume();
+            Response::no_content()
+        }
+        Action::Stop => {
+            m.stop();
+            Response::no_content()
+        }
+        Action::Shutdown => Response::done(m.shutdown()),
+        Action::Balloon => Response::from_result(m.balloon()),
+        Action::SetBalloon(t) => Response::done(m.set_balloon_target(t.target_mib)),
+        Action::DriveLimits(i) => m
+            .drive_limits(i)
+            .map_or_else(|e| no_device("drives", i, e), |l| Response::json(200, &l)),
+        Action::SetDriveLimits(i, l) => m
+            .set_drive_limits(i, &l)
+            .map_or_else(|e| no_device("drives", i, e), |()| Response::no_content()),
+        Action::NetLimits(i) => m
+            .net_limits(i)
+            .map_or_else(|e| no_device("net", i, e), |l| Response::json(200, &l)),
+        Action::SetNetLimits(i, l) => m
+            .set_net_limits(i, &l)
+            .map_or_else(|e| no_device("net", i, e), |()| Response::no_content()),
+        Action::Metrics => Response {
+            code: 200,
+            content_type: wire::METRICS_CONTENT_TYPE,
+            body: m.metrics(),
+        },
+        Action::Snapshot(r) => Response::from_result(m.snapshot(&r.path)),
+        Action::Migrate {
+            destination,
+            downtime_ms,
+        } => Response::from_result(m.migrate(&destination, downtime_ms)),
+        Action::Migration => Response::json(200, &m.migration()),
     }
 }
 
@@ -117,41 +341,69 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
-/// Binds `path` and serves the API on a thread until the machine stops.
-pub fn spawn(path: &Path, ctx: ApiContext) -> std::io::Result<JoinHandle<()>> {
-    spawn_on(Arc::new(bind(path)?), path, ctx)
+/// The HTTP API as a machine's [`ControlServer`]: serves on `path` until the machine stops,
+/// then removes the socket file.
+#[derive(Debug)]
+pub struct HttpApi {
+    path: PathBuf,
+    /// Already bound (by the API that loaded a snapshot): served without a moment in which
+    /// the socket does not answer.
+    listener: Option<Arc<UnixListener>>,
 }
 
-/// Serves the API on `listener`, bound to `path`, on a thread until the machine stops; the
-/// socket file is removed then.
-pub fn spawn_on(
-    listener: Arc<UnixListener>,
-    path: &Path,
-    ctx: ApiContext,
-) -> std::io::Result<JoinHandle<()>> {
-    listener.set_nonblocking(true)?;
-    let api = Arc::new(Api {
-        ctx,
-        migration: Arc::new(Mutex::new(migration::Progress {
-            state: "none".into(),
-            ..Default::default()
-        })),
-        migrating: AtomicBool::new(false),
-        connections: Arc::new(AtomicUsize::new(0)),
-        migrated: Mutex::new(None),
-    });
-    let path: PathBuf = path.to_path_buf();
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            api.serve(&listener);
-            let _ = std::fs::remove_file(&path);
-        })
+impl HttpApi {
+    /// Binds `path` when the machine runs.
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            listener: None,
+        }
+    }
+
+    /// Serves `listener`, bound to `path`.
+    pub fn on_listener(listener: UnixListener, path: PathBuf) -> Self {
+        Self {
+            path,
+            listener: Some(Arc::new(listener)),
+        }
+    }
 }
 
-impl Api {
+impl ControlServer for HttpApi {
+    fn serve(&self, machine: MachineHandle) -> Result<JoinHandle<()>, ServeError> {
+        let fail = |source: std::io::Error| ServeError::Start {
+            socket: self.path.clone(),
+            source,
+        };
+        let listener = match &self.listener {
+            Some(l) => l.clone(),
+            None => Arc::new(bind(&self.path).map_err(fail)?),
+        };
+        listener.set_nonblocking(true).map_err(fail)?;
+        let server = Arc::new(Server {
+            machine,
+            connections: Arc::new(AtomicUsize::new(0)),
+        });
+        let path = self.path.clone();
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                server.serve(&listener);
+                let _ = std::fs::remove_file(&path);
+            })
+            .map_err(fail)
+    }
+}
+
+struct Server {
+    machine: MachineHandle,
+    /// Connections being served, at most MAX_CONNECTIONS at once.
+    connections: Arc<AtomicUsize>,
+}
+
+impl Server {
     fn serve(self: &Arc<Self>, listener: &UnixListener) {
-        while !self.ctx.control.should_stop() {
+        while !self.machine.should_stop() {
             let mut pfd = libc::pollfd {
                 fd: listener.as_raw_fd(),
                 events: libc::POLLIN,
@@ -172,17 +424,17 @@ impl Api {
                         );
                         continue;
                     }
-                    let api = self.clone();
+                    let server = self.clone();
                     let spawned =
                         std::thread::Builder::new()
                             .name("api-conn".into())
                             .spawn(move || {
-                                if let Err(e) = api.serve_connection(stream) {
+                                if let Err(e) = server.serve_connection(stream) {
                                     tracing::debug!("api connection: {e}");
                                 }
                                 // Counted out only once this thread no longer holds the machine.
-                                let connections = api.connections.clone();
-                                drop(api);
+                                let connections = server.connections.clone();
+                                drop(server);
                                 connections.fetch_sub(1, Ordering::SeqCst);
                             });
                     if let Err(e) = spawned {
@@ -214,15 +466,13 @@ impl Api {
             };
             match request {
                 Ok((method, path, body)) => {
-                    let written = write_response(&mut stream, &self.route(&method, &path, &body));
-                    let frozen = self
-                        .migrated
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take();
-                    if let Some(frozen) = frozen {
-                        self.ctx.control.request_stop(StopReason::Migrated);
-                        drop(frozen);
+                    let response = match parse(&method, &path, &body) {
+                        Ok(action) => carry_out(&self.machine, action),
+                        Err(r) => Response::error(r.status, r.message),
+                    };
+                    let written = write_response(&mut stream, &response);
+                    // A migration that succeeded ends the machine once its answer is out.
+                    if self.machine.finish_migration() {
                         return written;
                     }
                     written?;
@@ -235,610 +485,48 @@ impl Api {
             buf.drain(..used);
         }
     }
-
-    fn route(&self, method: &str, path: &str, body: &[u8]) -> Response {
-        match (method, path) {
-            ("GET", "/vm") => Response::json(
-                200,
-                json!({
-                    "state": if self.ctx.control.pause_requested() { "paused" } else { "running" },
-                    "vcpus": self.ctx.nr_vcpus,
-                    "memory_mib": self.ctx.memory_mib,
-                }),
-            ),
-            ("PUT", "/vm/pause") => {
-                let kick = self.ctx.kick_vcpus.clone();
-                if self.ctx.control.pause(self.ctx.nr_vcpus, || kick()) {
-                    Response::no_content()
-                } else {
-                    Response::error(409, "the VM has stopped")
-                }
-            }
-            ("PUT", "/vm/resume") => {
-                self.ctx.control.resume();
-                Response::no_content()
-            }
-            ("PUT", "/vm/stop") => {
-                self.ctx.control.request_stop(StopReason::Host);
-                Response::no_content()
-            }
-            ("PUT", "/vm/shutdown") => self.shutdown(),
-            ("GET", "/balloon") => match &self.ctx.devices.balloon {
-                Some(b) => {
-                    let s = b.status();
-                    Response::json(
-                        200,
-                        json!({
-                            "target_mib": (u64::from(s.target_pages) * 4096) >> 20,
-                            "actual_mib": (u64::from(s.actual_pages) * 4096) >> 20,
-                            "inflated_pages": s.inflated_pages,
-                            "deflated_pages": s.deflated_pages,
-                            "invalid_pfns": s.invalid_pfns,
-                            "stats": s.stats.map(|st| json!({
-                                "swap_in": st.swap_in, "swap_out": st.swap_out,
-                                "major_faults": st.major_faults, "minor_faults": st.minor_faults,
-                                "free_memory": st.free_memory, "total_memory": st.total_memory,
-                                "available_memory": st.available_memory,
-                                "disk_caches": st.disk_caches,
-                            })),
-                        }),
-                    )
-                }
-                None => Response::error(404, "this VM has no balloon"),
-            },
-            ("PATCH", "/balloon") => {
-                let Some(b) = &self.ctx.devices.balloon else {
-                    return Response::error(404, "this VM has no balloon");
-                };
-                let target = serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|v| v.get("target_mib").and_then(Value::as_u64));
-                match target {
-                    Some(mib) if mib <= self.ctx.memory_mib => {
-                        b.set_target_mib(mib as u32);
-                        Response::no_content()
-                    }
-                    Some(mib) => Response::error(
-                        400,
-                        format!(
-                            "target_mib {mib} is more than the VM's {} MiB",
-                            self.ctx.memory_mib
-                        ),
-                    ),
-                    None => Response::error(400, "body must be {\"target_mib\": N}"),
-                }
-            }
-            ("PUT", "/vm/snapshot") => self.snapshot(body),
-            ("PUT", "/vm/migrate") => self.migrate(body),
-            ("GET", "/vm/migrate") => {
-                let p = self
-                    .migration
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                Response::json(200, json!(p))
-            }
-            ("GET", "/metrics") => Response {
-                code: 200,
-                content_type: "text/plain; version=0.0.4",
-                body: self.metrics(),
-            },
-            (_, p) if p.starts_with("/drives/") || p.starts_with("/net/") => {
-                self.route_limits(method, p, body)
-            }
-            (
-                _,
-                "/vm" | "/vm/pause" | "/vm/resume" | "/vm/stop" | "/vm/shutdown" | "/vm/snapshot"
-                | "/vm/migrate" | "/balloon" | "/metrics",
-            ) => Response::error(405, format!("{method} is not allowed on {path}")),
-            _ => Response::error(404, format!("no such resource: {path}")),
-        }
-    }
-
-    /// Asks the guest to shut down: Ctrl-Alt-Del on its keyboard. What the guest does with it
-    /// is up to the guest (the VMM exits when it powers off); a paused guest could not act on
-    /// it, so that is refused rather than left to wait unseen.
-    fn shutdown(&self) -> Response {
-        if self.ctx.control.should_stop() {
-            return Response::error(409, "the VM has stopped");
-        }
-        if self.ctx.control.pause_requested() {
-            return Response::error(409, "the VM is paused: resume it first");
-        }
-        let Some(kbd) = &self.ctx.devices.keyboard else {
-            return Response::error(404, "this VM has no keyboard");
-        };
-        if !kbd
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .press_ctrl_alt_del()
-        {
-            // The guest turned its keyboard off or is not reading it: it will not see this
-            // press, which is what a stop with a deadline is for.
-            tracing::warn!("ctrl-alt-del not delivered: the guest's keyboard is not listening");
-        }
-        Response::no_content()
-    }
-
-    /// `PUT /vm/snapshot {"path": DIR}`: the VM must be paused.
-    fn snapshot(&self, body: &[u8]) -> Response {
-        let path = serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v.get("path").and_then(Value::as_str).map(PathBuf::from));
-        let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
-            return Response::error(400, "body must be {\"path\": \"DIR\"}");
-        };
-        if self.ctx.control.should_stop() {
-            return Response::error(409, "the VM has stopped");
-        }
-        match self.ctx.machine.snapshot(&path) {
-            Ok(stats) => Response::json(200, json!(stats)),
-            Err(e @ SnapshotError::NotPaused) => Response::error(409, e.to_string()),
-            Err(e) => Response::error(500, e.to_string()),
-        }
-    }
-
-    /// `PUT /vm/migrate {"destination": "HOST:PORT", "downtime_ms": N}`: answers when the
-    /// migration is over: 200 (the destination runs the guest; this VMM then exits with
-    /// status 0) or an error (the guest still runs here).
-    fn migrate(&self, body: &[u8]) -> Response {
-        let v = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
-        let Some(dest) = v.get("destination").and_then(Value::as_str) else {
-            return Response::error(
-                400,
-                "body must be {\"destination\": \"HOST:PORT\", \"downtime_ms\": N}",
-            );
-        };
-        let downtime_ms = match v.get("downtime_ms") {
-            None | Some(Value::Null) => 50,
-            Some(d) => match d.as_u64() {
-                Some(ms) if (1..=60_000).contains(&ms) => ms,
-                _ => return Response::error(400, "downtime_ms must be 1 to 60000"),
-            },
-        };
-        if self.ctx.control.should_stop() {
-            return Response::error(409, "the VM has stopped");
-        }
-        if self.migrating.swap(true, Ordering::SeqCst) {
-            return Response::error(409, MigrationError::Busy.to_string());
-        }
-        let r = migration::migrate(&self.ctx.machine, dest, downtime_ms, &self.migration);
-        self.migrating.store(false, Ordering::SeqCst);
-        let progress = self
-            .migration
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match r {
-            Ok(frozen) => {
-                *self.migrated.lock().unwrap_or_else(|e| e.into_inner()) = Some(frozen);
-                Response::json(200, json!(progress))
-            }
-            Err(e) => Response::error(502, format!("migration failed: {e}")),
-        }
-    }
-
-    /// `/drives/{i}` and `/net/{i}`: read or change a device's rate limits.
-    fn route_limits(&self, method: &str, path: &str, body: &[u8]) -> Response {
-        let (kind, index) = match path.trim_start_matches('/').split_once('/') {
-            Some((kind, i)) => (kind, i.parse::<usize>().ok()),
-            None => return Response::error(404, format!("no such resource: {path}")),
-        };
-        let limits: Vec<(&str, &LimiterHandle)> = match (kind, index) {
-            ("drives", Some(i)) if i < self.ctx.devices.drives.len() => {
-                vec![("rate_limiter", &self.ctx.devices.drives[i])]
-            }
-            ("net", Some(i)) if i < self.ctx.devices.net.len() => {
-                let (rx, tx) = &self.ctx.devices.net[i];
-                vec![("rx_rate_limiter", rx), ("tx_rate_limiter", tx)]
-            }
-            _ => return Response::error(404, format!("no such device: {path}")),
-        };
-        match method {
-            "GET" => {
-                let mut out = serde_json::Map::new();
-                for (key, h) in &limits {
-                    let (ops, bytes) = h.limits();
-                    out.insert(
-                        key.to_string(),
-                        json!(RateLimiterConfig::from_buckets(ops, bytes)),
-                    );
-                }
-                Response::json(200, Value::Object(out))
-            }
-            "PATCH" => {
-                let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
-                    return Response::error(400, "body must be a JSON object");
-                };
-                let mut changes = Vec::new();
-                for (key, value) in fields {
-                    let Some((_, handle)) = limits.iter().find(|(k, _)| *k == key) else {
-                        return Response::error(400, format!("unknown field {key:?}"));
-                    };
-                    let cfg = match serde_json::from_value::<RateLimiterConfig>(value) {
-                        Ok(c) => c,
-                        Err(e) => return Response::error(400, format!("{key}: {e}")),
-                    };
-                    let zero = [cfg.ops, cfg.bytes]
-                        .iter()
-                        .flatten()
-                        .any(|b| b.size == 0 || b.refill_time_ms == 0);
-                    if zero {
-                        return Response::error(
-                            400,
-                            format!(
-                                "{key}: size and refill_time_ms must be positive (null: unlimited)"
-                            ),
-                        );
-                    }
-                    changes.push((*handle, cfg.buckets()));
-                }
-                // All fields were valid: apply them together.
-                for (handle, (ops, bytes)) in changes {
-                    handle.set(ops, bytes);
-                }
-                Response::no_content()
-            }
-            _ => Response::error(405, format!("{method} is not allowed on {path}")),
-        }
-    }
-
-    fn metrics(&self) -> String {
-        let mut e = Exposition::default();
-        self.vcpu_metrics(&mut e);
-        self.memory_metrics(&mut e);
-        self.block_metrics(&mut e);
-        self.net_metrics(&mut e);
-        e.finish()
-    }
-
-    fn vcpu_metrics(&self, e: &mut Exposition) {
-        let counters = &self.ctx.exit_counters;
-        let ids: Vec<String> = (0..counters.len()).map(|i| i.to_string()).collect();
-        let times: Vec<(u64, u64)> = counters.iter().map(|c| c.thread_times()).collect();
-        e.family(
-            "vireo_vcpu_seconds_total",
-            "counter",
-            "CPU time (user and system, guest mode included) of each vCPU thread.",
-        );
-        for (id, (cpu, _)) in ids.iter().zip(&times) {
-            e.sample("vireo_vcpu_seconds_total", &[("vcpu", id)], secs(*cpu));
-        }
-        e.family(
-            "vireo_vcpu_steal_seconds_total",
-            "counter",
-            "Time each vCPU thread was runnable but waiting for a host CPU (the steal time \
-             KVM reports to the guest).",
-        );
-        for (id, (_, wait)) in ids.iter().zip(&times) {
-            e.sample(
-                "vireo_vcpu_steal_seconds_total",
-                &[("vcpu", id)],
-                secs(*wait),
-            );
-        }
-        e.family(
-            "vireo_vcpu_exits_total",
-            "counter",
-            "VM exits handled by the VMM, by vCPU and reason.",
-        );
-        let mut all = 0u64;
-        for (id, c) in ids.iter().zip(counters) {
-            let s = c.snapshot();
-            for (reason, n) in [
-                ("io_in", s.io_in),
-                ("io_out", s.io_out),
-                ("mmio_read", s.mmio_read),
-                ("mmio_write", s.mmio_write),
-                ("hlt", s.hlt),
-                ("interrupted", s.interrupted),
-                ("other", s.other),
-            ] {
-                all += n;
-                e.sample(
-                    "vireo_vcpu_exits_total",
-                    &[("vcpu", id), ("reason", reason)],
-                    n,
-                );
-            }
-        }
-        e.family(
-            "vireo_vm_exits_total",
-            "counter",
-            "VM exits handled by the VMM, every vCPU and reason together.",
-        );
-        e.sample("vireo_vm_exits_total", &[], all);
-    }
-
-    fn memory_metrics(&self, e: &mut Exposition) {
-        e.family("vireo_memory_bytes", "gauge", "Guest memory size.");
-        e.sample("vireo_memory_bytes", &[], self.ctx.memory_mib << 20);
-        let guest: Vec<(usize, usize)> = self
-            .ctx
-            .machine
-            .mem
-            .iter()
-            .filter_map(|r| {
-                let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
-                Some((host as usize, r.len() as usize))
-            })
-            .collect();
-        if let Some((guest_rss, vmm_rss)) = metrics::resident_bytes(&guest) {
-            e.family(
-                "vireo_memory_resident_bytes",
-                "gauge",
-                "Guest memory backed by host RAM (resident in the VMM process).",
-            );
-            e.sample("vireo_memory_resident_bytes", &[], guest_rss);
-            e.family(
-                "vireo_vmm_resident_bytes",
-                "gauge",
-                "Resident memory of the VMM process other than guest memory.",
-            );
-            e.sample("vireo_vmm_resident_bytes", &[], vmm_rss);
-        }
-        if let Some(b) = &self.ctx.devices.balloon {
-            let s = b.status();
-            e.family(
-                "vireo_balloon_target_bytes",
-                "gauge",
-                "Memory the balloon asks the guest to give back.",
-            );
-            e.sample(
-                "vireo_balloon_target_bytes",
-                &[],
-                u64::from(s.target_pages) * 4096,
-            );
-            e.family(
-                "vireo_balloon_actual_bytes",
-                "gauge",
-                "Memory the guest has given back to the balloon.",
-            );
-            e.sample(
-                "vireo_balloon_actual_bytes",
-                &[],
-                u64::from(s.actual_pages) * 4096,
-            );
-            if let Some(free) = s.stats.and_then(|st| st.free_memory) {
-                e.family(
-                    "vireo_guest_free_memory_bytes",
-                    "gauge",
-                    "Free memory the guest last reported through the balloon.",
-                );
-                e.sample("vireo_guest_free_memory_bytes", &[], free);
-            }
-        }
-    }
-
-    fn block_metrics(&self, e: &mut Exposition) {
-        let drives = &self.ctx.devices.drive_stats;
-        if drives.is_empty() {
-            return;
-        }
-        let config = &self.ctx.machine.config.drives;
-        let ids: Vec<String> = (0..drives.len()).map(|i| i.to_string()).collect();
-        let labels = |i: usize| -> Vec<(&str, &str)> {
-            let mut l = vec![("drive", ids[i].as_str())];
-            if let Some(serial) = config.get(i).and_then(|d| d.serial.as_deref()) {
-                l.push(("serial", serial));
-            }
-            l
-        };
-        e.family(
-            "vireo_block_requests_total",
-            "counter",
-            "Requests a drive completed, by operation (failed ones too).",
-        );
-        for (i, s) in drives.iter().enumerate() {
-            for (op, c) in [
-                ("read", &s.reads),
-                ("write", &s.writes),
-                ("flush", &s.flushes),
-                ("discard", &s.discards),
-                ("other", &s.other),
-            ] {
-                let mut l = labels(i);
-                l.push(("op", op));
-                e.sample("vireo_block_requests_total", &l, c.get());
-            }
-        }
-        type Get = fn(&devices::virtio::block::Stats) -> u64;
-        let simple: [(&str, &str, Get); 7] = [
-            (
-                "vireo_block_read_bytes_total",
-                "Bytes a drive read for the guest.",
-                |s| s.read_bytes.get(),
-            ),
-            (
-                "vireo_block_written_bytes_total",
-                "Bytes the guest wrote to a drive.",
-                |s| s.written_bytes.get(),
-            ),
-            (
-                "vireo_block_errors_total",
-                "Requests that failed or were malformed.",
-                |s| s.errors.get(),
-            ),
-            (
-                "vireo_block_notifications_total",
-                "Queue notifications from the guest (each a VM exit handled in the kernel).",
-                |s| s.notifications.get(),
-            ),
-            (
-                "vireo_block_interrupts_total",
-                "Interrupts the drive raised in the guest.",
-                |s| s.interrupts.get(),
-            ),
-            (
-                "vireo_block_batches_total",
-                "Groups of two or more reads and writes handed to the disk together (io_engine=io_uring).",
-                |s| s.batches.get(),
-            ),
-            (
-                "vireo_block_batched_requests_total",
-                "Requests in those groups.",
-                |s| s.batched.get(),
-            ),
-        ];
-        for (name, help, get) in simple {
-            e.family(name, "counter", help);
-            for (i, s) in drives.iter().enumerate() {
-                e.sample(name, &labels(i), get(s));
-            }
-        }
-        e.family(
-            "vireo_block_request_seconds",
-            "histogram",
-            "Time to serve a request once taken off the queue (after any rate-limit wait).",
-        );
-        for (i, s) in drives.iter().enumerate() {
-            e.histogram(
-                "vireo_block_request_seconds",
-                &labels(i),
-                &s.latency.snapshot(),
-            );
-        }
-        let throttle: Vec<_> = self
-            .ctx
-            .devices
-            .drives
-            .iter()
-            .map(|h| h.counters())
-            .collect();
-        e.family(
-            "vireo_block_throttled_total",
-            "counter",
-            "Times a drive's rate limiter held its queue back.",
-        );
-        for (i, t) in throttle.iter().enumerate() {
-            e.sample("vireo_block_throttled_total", &labels(i), t.throttled.get());
-        }
-        e.family(
-            "vireo_block_throttled_seconds_total",
-            "counter",
-            "Time a drive's queue was held back by its rate limiter (counted as each wait ends).",
-        );
-        for (i, t) in throttle.iter().enumerate() {
-            e.sample(
-                "vireo_block_throttled_seconds_total",
-                &labels(i),
-                secs(t.throttled_ns.get()),
-            );
-        }
-    }
-
-    fn net_metrics(&self, e: &mut Exposition) {
-        let ifaces = &self.ctx.devices.net_stats;
-        if ifaces.is_empty() {
-            return;
-        }
-        let config = &self.ctx.machine.config.net;
-        let ids: Vec<String> = (0..ifaces.len()).map(|i| i.to_string()).collect();
-        let labels = |i: usize| -> Vec<(&str, &str)> {
-            let mut l = vec![("iface", ids[i].as_str())];
-            if let Some(n) = config.get(i) {
-                l.push(("tap", n.tap.as_str()));
-            }
-            l
-        };
-        type Get = fn(&devices::virtio::net::NetCounters) -> u64;
-        let families: [(&str, &str, Get); 6] = [
-            (
-                "vireo_net_rx_packets_total",
-                "Frames delivered to the guest.",
-                |c| NetCounters::get(&c.rx_packets),
-            ),
-            (
-                "vireo_net_rx_bytes_total",
-                "Bytes delivered to the guest (Ethernet frames, no virtio header).",
-                |c| NetCounters::get(&c.rx_bytes),
-            ),
-            (
-                "vireo_net_rx_dropped_total",
-                "Frames from the TAP not delivered: malformed, or the guest's buffers unusable.",
-                |c| NetCounters::get(&c.rx_dropped),
-            ),
-            (
-                "vireo_net_tx_packets_total",
-                "Frames the guest sent to the TAP.",
-                |c| NetCounters::get(&c.tx_packets),
-            ),
-            (
-                "vireo_net_tx_bytes_total",
-                "Bytes the guest sent (Ethernet frames, no virtio header).",
-                |c| NetCounters::get(&c.tx_bytes),
-            ),
-            (
-                "vireo_net_tx_dropped_total",
-                "Guest frames not sent: malformed, oversize, or refused by the TAP.",
-                |c| NetCounters::get(&c.tx_dropped),
-            ),
-        ];
-        for (name, help, get) in families {
-            e.family(name, "counter", help);
-            for (i, c) in ifaces.iter().enumerate() {
-                e.sample(name, &labels(i), get(c));
-            }
-        }
-        let throttle: Vec<_> = self
-            .ctx
-            .devices
-            .net
-            .iter()
-            .map(|(rx, tx)| (rx.counters(), tx.counters()))
-            .collect();
-        e.family(
-            "vireo_net_throttled_total",
-            "counter",
-            "Times an interface's rate limiter held a direction back.",
-        );
-        for (i, (rx, tx)) in throttle.iter().enumerate() {
-            for (dir, t) in [("rx", rx), ("tx", tx)] {
-                let mut l = labels(i);
-                l.push(("direction", dir));
-                e.sample("vireo_net_throttled_total", &l, t.throttled.get());
-            }
-        }
-        e.family(
-            "vireo_net_throttled_seconds_total",
-            "counter",
-            "Time an interface's direction was held back by its rate limiter.",
-        );
-        for (i, (rx, tx)) in throttle.iter().enumerate() {
-            for (dir, t) in [("rx", rx), ("tx", tx)] {
-                let mut l = labels(i);
-                l.push(("direction", dir));
-                e.sample(
-                    "vireo_net_throttled_seconds_total",
-                    &l,
-                    secs(t.throttled_ns.get()),
-                );
-            }
-        }
-    }
 }
 
-/// Nanoseconds as the seconds Prometheus expects.
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
-/// `PUT /vm/snapshot/load`: what a VMM started with only `--api-sock` is asked to run.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoadRequest {
-    /// The snapshot directory (`PUT /vm/snapshot`'s `path`).
-    pub path: PathBuf,
-    /// Run the vCPUs at once; otherwise the VM waits, paused, for `PUT /vm/resume`.
-    #[serde(default)]
-    pub resume: bool,
-    /// Check the memory file's checksum too (reads every data page of it).
-    #[serde(default = "yes")]
-    pub verify_memory: bool,
-}
-
-fn yes() -> bool {
-    true
+/// Serves the API on `socket` until a client loads a snapshot (`PUT /vm/snapshot/load`), then
+/// runs that machine to its end, its API on the same socket. A snapshot that cannot be loaded
+/// is refused to the client with the reason, leaves nothing behind, and the VMM waits on.
+///
+/// While it waits, the engine holds the machine's shell ready ([`SnapshotLoader`]), so that a
+/// load does only what depends on the snapshot.
+pub fn restore_from_api(
+    socket: &Path,
+    serial: Option<SerialConfig>,
+    mut opts: RunOptions,
+) -> Result<RunReport, Error> {
+    // The shell first: a host without KVM fails before the socket exists.
+    let mut loader = SnapshotLoader::new()?;
+    let listener = bind(socket).map_err(|source| ServeError::Start {
+        socket: socket.to_path_buf(),
+        source,
+    })?;
+    let (prepared, requested) = serve_until_load(&listener, |req| {
+        let requested = std::time::Instant::now();
+        let ropts = RestoreOptions {
+            dir: req.path,
+            resume: req.resume,
+            verify_memory: req.verify_memory,
+            serial: serial.clone(),
+        };
+        loader
+            .load(&ropts)
+            .map(|p| (p, requested))
+            .map_err(|e| e.to_string())
+    })
+    .map_err(|source| ServeError::Failed {
+        socket: socket.to_path_buf(),
+        source,
+    })?;
+    opts.control = Some(Arc::new(HttpApi::on_listener(
+        listener,
+        socket.to_path_buf(),
+    )));
+    opts.restore_requested = Some(requested);
+    prepared.run(opts)
 }
 
 /// The API of a VMM that has no VM yet: serves `listener` one connection at a time until a
@@ -846,7 +534,7 @@ fn yes() -> bool {
 /// machine; when it fails, the client gets a 400 with its message, nothing is kept, and the
 /// VMM goes on waiting. `GET /vm` answers `{"state": "not-loaded"}`; anything else gets a
 /// 400 that says a snapshot must be loaded first.
-pub fn serve_until_load<T>(
+fn serve_until_load<T>(
     listener: &UnixListener,
     mut load: impl FnMut(LoadRequest) -> Result<T, String>,
 ) -> std::io::Result<T> {
@@ -869,27 +557,23 @@ pub fn serve_until_load<T>(
                 }
             };
             buf.drain(..used);
-            let response = match (method.as_str(), path.as_str()) {
-                ("GET", "/vm") => Response::json(200, json!({ "state": "not-loaded" })),
-                ("PUT", "/vm/snapshot/load") => {
-                    match serde_json::from_slice::<LoadRequest>(&body) {
-                        Err(e) => Response::error(400, format!("bad snapshot load request: {e}")),
-                        Ok(req) => match load(req) {
-                            Ok(loaded) => {
-                                let _ = write_response(&mut stream, &Response::no_content());
-                                return Ok(loaded);
-                            }
-                            Err(msg) => Response::error(400, msg),
-                        },
-                    }
-                }
-                (_, "/vm/snapshot/load") => {
-                    Response::error(405, "PUT /vm/snapshot/load loads a snapshot")
-                }
-                _ => Response::error(
-                    400,
-                    "no VM yet: load a snapshot first (PUT /vm/snapshot/load {\"path\": DIR})",
+            let response = match parse_preload(&method, &path, &body) {
+                Ok(Preload::Info) => Response::json(
+                    200,
+                    &VmInfo {
+                        memory_mib: None,
+                        state: VmState::NotLoaded,
+                        vcpus: None,
+                    },
                 ),
+                Ok(Preload::Load(req)) => match load(req) {
+                    Ok(loaded) => {
+                        let _ = write_response(&mut stream, &Response::no_content());
+                        return Ok(loaded);
+                    }
+                    Err(msg) => Response::error(400, msg),
+                },
+                Err(r) => Response::error(r.status, r.message),
             };
             if write_response(&mut stream, &response).is_err() {
                 break;
@@ -971,4 +655,238 @@ fn write_response(stream: &mut UnixStream, r: &Response) -> std::io::Result<()> 
     );
     stream.write_all(head.as_bytes())?;
     stream.write_all(r.body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::TokenBucket;
+
+    fn refused(method: &str, path: &str, body: &str) -> Refusal {
+        parse(method, path, body.as_bytes()).expect_err(&format!("{method} {path} {body}"))
+    }
+
+    #[test]
+    fn requests_become_actions() {
+        let p = |m: &str, path: &str, body: &str| parse(m, path, body.as_bytes()).unwrap();
+        assert_eq!(p("GET", "/vm", ""), Action::Info);
+        assert_eq!(p("PUT", "/vm/pause", ""), Action::Pause);
+        assert_eq!(p("PUT", "/vm/resume", ""), Action::Resume);
+        assert_eq!(p("PUT", "/vm/stop", ""), Action::Stop);
+        assert_eq!(p("PUT", "/vm/shutdown", ""), Action::Shutdown);
+        assert_eq!(p("GET", "/balloon", ""), Action::Balloon);
+        assert_eq!(
+            p("PATCH", "/balloon", r#"{"target_mib": 16}"#),
+            Action::SetBalloon(BalloonTarget { target_mib: 16 })
+        );
+        assert_eq!(p("GET", "/metrics", ""), Action::Metrics);
+        assert_eq!(p("GET", "/vm/migrate", ""), Action::Migration);
+        assert_eq!(
+            p("PUT", "/vm/snapshot", r#"{"path": "/s"}"#),
+            Action::Snapshot(SnapshotRequest { path: "/s".into() })
+        );
+        assert_eq!(
+            p("PUT", "/vm/migrate", r#"{"destination": "h:1"}"#),
+            Action::Migrate {
+                destination: "h:1".into(),
+                downtime_ms: 50
+            }
+        );
+        assert_eq!(
+            p(
+                "PUT",
+                "/vm/migrate",
+                r#"{"destination": "h:1", "downtime_ms": 60000}"#
+            ),
+            Action::Migrate {
+                destination: "h:1".into(),
+                downtime_ms: 60000
+            }
+        );
+        assert_eq!(p("GET", "/drives/0", ""), Action::DriveLimits(0));
+        assert_eq!(p("GET", "/net/3", ""), Action::NetLimits(3));
+        let ops = TokenBucket {
+            one_time_burst: 0,
+            refill_time_ms: 1000,
+            size: 500,
+        };
+        assert_eq!(
+            p(
+                "PATCH",
+                "/drives/1",
+                r#"{"rate_limiter": {"ops": {"size": 500, "refill_time_ms": 1000}}}"#
+            ),
+            Action::SetDriveLimits(
+                1,
+                DriveLimits {
+                    rate_limiter: Some(RateLimiter {
+                        bytes: None,
+                        ops: Some(ops)
+                    })
+                }
+            )
+        );
+        // `{}` lifts the limits; no field changes nothing.
+        assert_eq!(
+            p("PATCH", "/drives/0", r#"{"rate_limiter": {}}"#),
+            Action::SetDriveLimits(
+                0,
+                DriveLimits {
+                    rate_limiter: Some(RateLimiter::default())
+                }
+            )
+        );
+        assert_eq!(
+            p("PATCH", "/net/0", r#"{"tx_rate_limiter": {"bytes": null}}"#),
+            Action::SetNetLimits(
+                0,
+                NetLimits {
+                    rx_rate_limiter: None,
+                    tx_rate_limiter: Some(RateLimiter::default())
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_400() {
+        for (method, path, body) in [
+            ("PATCH", "/balloon", r#""x""#),
+            ("PATCH", "/balloon", ""),
+            ("PATCH", "/balloon", "{not json"),
+            ("PATCH", "/balloon", r#"{"target_mib": -1}"#),
+            ("PATCH", "/balloon", r#"{"target_mib": 1, "extra": 2}"#),
+            ("PUT", "/vm/snapshot", r#"{"path": ""}"#),
+            ("PUT", "/vm/snapshot", r#"{"dir": "/s"}"#),
+            ("PUT", "/vm/snapshot", "[]"),
+            ("PUT", "/vm/migrate", r#"{"downtime_ms": 5}"#),
+            (
+                "PUT",
+                "/vm/migrate",
+                r#"{"destination": "h:1", "speed": 5}"#,
+            ),
+            ("PATCH", "/drives/0", r#""x""#),
+            (
+                "PATCH",
+                "/drives/0",
+                r#"{"rx_rate_limiter": {"ops": null}}"#,
+            ),
+            ("PATCH", "/drives/0", r#"{"rate_limiter": null}"#),
+            (
+                "PATCH",
+                "/drives/0",
+                r#"{"rate_limiter": {"ops": {"size": 1}}}"#,
+            ),
+            ("PATCH", "/net/0", r#"{"rate_limiter": {}}"#),
+        ] {
+            assert_eq!(
+                refused(method, path, body).status,
+                400,
+                "{method} {path} {body}"
+            );
+        }
+        assert_eq!(
+            refused("PATCH", "/balloon", r#""x""#).message,
+            r#"body must be {"target_mib": N}"#
+        );
+    }
+
+    #[test]
+    fn downtime_out_of_range_and_empty_buckets_are_refused() {
+        for d in ["0", "60001", "18446744073709551615"] {
+            let body = format!(r#"{{"destination": "h:1", "downtime_ms": {d}}}"#);
+            let r = refused("PUT", "/vm/migrate", &body);
+            assert_eq!(
+                (r.status, r.message.as_str()),
+                (400, "downtime_ms must be 1 to 60000")
+            );
+        }
+        let r = refused(
+            "PATCH",
+            "/drives/0",
+            r#"{"rate_limiter": {"ops": {"size": 0, "refill_time_ms": 1000}}}"#,
+        );
+        assert_eq!(
+            (r.status, r.message.as_str()),
+            (
+                400,
+                "rate_limiter: size and refill_time_ms must be positive (null: unlimited)"
+            )
+        );
+        let r = refused(
+            "PATCH",
+            "/net/0",
+            r#"{"rx_rate_limiter": {}, "tx_rate_limiter": {"bytes": {"size": 9, "refill_time_ms": 0}}}"#,
+        );
+        assert!(r.message.starts_with("tx_rate_limiter: "), "{r:?}");
+    }
+
+    #[test]
+    fn wrong_methods_get_405_and_unknown_paths_404() {
+        for (method, path) in [
+            ("DELETE", "/vm"),
+            ("GET", "/vm/pause"),
+            ("POST", "/vm/resume"),
+            ("GET", "/vm/stop"),
+            ("GET", "/vm/shutdown"),
+            ("GET", "/vm/snapshot"),
+            ("DELETE", "/vm/migrate"),
+            ("PUT", "/balloon"),
+            ("PUT", "/metrics"),
+            ("PUT", "/drives/0"),
+            ("DELETE", "/net/1"),
+        ] {
+            let r = refused(method, path, "");
+            assert_eq!(r.status, 405, "{method} {path}");
+            assert_eq!(r.message, format!("{method} is not allowed on {path}"));
+        }
+        for path in ["/nope", "/vm/", "/drives", "/vm/snapshot/load"] {
+            let r = refused("GET", path, "");
+            assert_eq!(
+                (r.status, r.message),
+                (404, format!("no such resource: {path}"))
+            );
+        }
+        for path in ["/drives/x", "/net/", "/drives/0/1", "/net/-1"] {
+            let r = refused("GET", path, "");
+            assert_eq!(
+                (r.status, r.message),
+                (404, format!("no such device: {path}"))
+            );
+        }
+    }
+
+    #[test]
+    fn a_vmm_without_a_vm_takes_only_a_load() {
+        assert_eq!(parse_preload("GET", "/vm", b"").unwrap(), Preload::Info);
+        assert_eq!(
+            parse_preload(
+                "PUT",
+                "/vm/snapshot/load",
+                br#"{"path": "/s", "resume": true}"#
+            )
+            .unwrap(),
+            Preload::Load(LoadRequest {
+                path: "/s".into(),
+                resume: true,
+                verify_memory: true
+            })
+        );
+        let r =
+            parse_preload("PUT", "/vm/snapshot/load", br#"{"path": "/s", "x": 1}"#).unwrap_err();
+        assert_eq!(r.status, 400);
+        assert!(
+            r.message.starts_with("bad snapshot load request: "),
+            "{r:?}"
+        );
+        assert_eq!(
+            parse_preload("GET", "/vm/snapshot/load", b"")
+                .unwrap_err()
+                .status,
+            405
+        );
+        let r = parse_preload("PUT", "/vm/pause", b"").unwrap_err();
+        assert_eq!(r.status, 400);
+        assert!(r.message.starts_with("no VM yet: load a snapshot first"));
+    }
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod arch;
 pub mod checksum;
 pub mod config;
+pub mod handle;
 pub mod machine;
 pub mod memory;
 pub mod metrics;

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, FromRawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
@@ -26,12 +26,12 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::api;
 use crate::arch::layout::{self, *};
-use crate::arch::{acpi, boot, cpuid, gdt};
+use crate::arch::{acpi, boot, cpuid, gdt, smbios};
 use crate::config::{
     host_memory_mib, ConfigError, DriveFormat, DriveIoEngine, SerialConfig, VmConfig,
 };
+use crate::handle::{ControlServer, Kicker, MachineHandle};
 use crate::memory::{Backing, GuestMemoryMmap, GuestRam};
 use crate::vstate::control::{ExitCounts, RunControl, StopReason};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
@@ -51,6 +51,8 @@ pub enum Error {
     #[error(transparent)]
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
+    Smbios(#[from] smbios::SmbiosError),
+    #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("{what} {path}: {reason}")]
     File {
@@ -60,8 +62,80 @@ pub enum Error {
     },
     #[error("cannot allocate {mib} MiB of guest memory: {reason}")]
     Memory { mib: u64, reason: String },
-    #[error("{0}")]
-    Host(String),
+    /// A drive or network device configured out of what it supports.
+    #[error(transparent)]
+    Device(#[from] crate::config::DeviceError),
+    /// A snapshot's serial-port state that the UART refuses.
+    #[error(transparent)]
+    SerialState(#[from] devices::legacy::SerialStateError),
+    /// A drive's image file that cannot be opened or used.
+    #[error(transparent)]
+    Drive(#[from] devices::virtio::block::BlockError),
+    /// A TAP interface that cannot be opened.
+    #[error(transparent)]
+    Tap(#[from] devices::virtio::net::TapError),
+    /// A vsock CID out of range or a socket that cannot be listened on.
+    #[error(transparent)]
+    Vsock(#[from] devices::virtio::vsock::VsockError),
+    /// Something the host did not give: a thread, an eventfd, the console, `/proc/meminfo`.
+    #[error("{what}: {source}")]
+    Os {
+        /// What the VMM could not do, as the user reads it (`cannot create an eventfd`).
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A KVM ioctl outside a VM or vCPU (those are [`VmError`] and [`VcpuError`]).
+    #[error("{what}: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// More virtio devices than the layout has MMIO slots and interrupts for.
+    #[error("{count} virtio devices asked for; at most {MAX_VIRTIO_DEVICES} fit")]
+    TooManyDevices { count: usize },
+    /// A virtio device whose queues cannot be made (its maximum queue sizes are invalid).
+    #[error("virtio device set-up: {0}")]
+    VirtioSetup(#[source] virtio_queue::Error),
+    /// Two devices at overlapping addresses (a bug in the layout, never the user's doing).
+    #[error("device layout: {0}")]
+    Layout(#[from] devices::BusError),
+    /// The boot GDT and IDT that cannot be written into guest memory.
+    #[error("cannot write the boot GDT: {0}")]
+    BootTables(#[source] vm_memory::GuestMemoryError),
+    /// The signal handler that interrupts KVM_RUN.
+    #[error("cannot install the vCPU kick handler: {0}")]
+    KickHandler(#[source] vmm_sys_util::errno::Error),
+    /// The system-call filters that cannot be installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    /// The control server (the API) that cannot start.
+    #[error(transparent)]
+    Serve(#[from] crate::handle::ServeError),
+    /// A snapshot refused or unreadable, before its machine was built.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// A machine state that does not encode, decode or hold together.
+    #[error(transparent)]
+    State(#[from] crate::snapshot::StateError),
+    /// A saved machine whose device states do not match the devices its configuration
+    /// builds.
+    #[error("{built} devices built for {saved} device states")]
+    DeviceStates { built: usize, saved: usize },
+    /// A device's saved state that its device refuses.
+    #[error("device state: {0}")]
+    DeviceState(#[source] devices::virtio::mmio::RestoreError),
+    /// A migration's destination that failed before or while its machine was received.
+    #[error("migration: {0}")]
+    Migration(#[from] crate::migration::MigrationError),
+}
+
+impl Error {
+    /// An error of the host's own (an `io::Error`) while doing `what`.
+    pub(crate) fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+        move |source| Error::Os { what, source }
+    }
 }
 
 /// How to run a machine beyond what the guest is made of.
@@ -69,11 +143,9 @@ pub enum Error {
 pub struct RunOptions {
     /// Feed the VMM's standard input to the serial console.
     pub console_input: bool,
-    /// Serve the control API (crate::api) on this Unix socket.
-    pub api_socket: Option<std::path::PathBuf>,
-    /// `api_socket`, already bound (by the API that loaded a snapshot): served without a
-    /// moment in which the socket does not answer.
-    pub api_listener: Option<std::sync::Arc<std::os::unix::net::UnixListener>>,
+    /// What serves the machine's control interface once it runs (the binary gives the HTTP
+    /// API); the engine hands it a [`MachineHandle`] and knows nothing of its protocol.
+    pub control: Option<Arc<dyn ControlServer>>,
     /// When the API asked for the snapshot this machine was restored from (the
     /// `vireo_timing` log line reports the time from there to running vCPUs).
     pub restore_requested: Option<std::time::Instant>,
@@ -144,7 +216,7 @@ fn open_drives(config: &VmConfig) -> Result<Vec<Drive>, Error> {
                     DriveIoEngine::Null => IoEngine::Null,
                 },
             })
-            .map_err(|e| Error::Host(e.to_string()))
+            .map_err(Error::from)
         })
         .collect()
 }
@@ -168,14 +240,33 @@ fn open_taps(config: &VmConfig) -> Result<Vec<OpenTap>, Error> {
         .net
         .iter()
         .map(|n| {
-            n.check().map_err(Error::Host)?;
+            n.check()?;
             let mac = n
                 .mac
                 .as_deref()
                 .map(str::parse::<MacAddr>)
                 .transpose()
-                .map_err(|e| Error::Host(format!("net {}: {e}", n.tap)))?;
-            let tap = Tap::open(&n.tap).map_err(|e| Error::Host(e.to_string()))?;
+                .map_err(|source| crate::config::DeviceError::Mac {
+                    tap: n.tap.clone(),
+                    source,
+                })?;
+            let tap = match n.tap_fd {
+                Some(fd) => {
+                    if config.net.iter().filter(|m| m.tap_fd == Some(fd)).count() > 1 {
+                        return Err(devices::virtio::net::TapError::BadFd(fd).into());
+                    }
+                    // SAFETY: F_GETFD only reads the fd's flags; no memory is passed.
+                    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                        return Err(devices::virtio::net::TapError::BadFd(fd).into());
+                    }
+                    // SAFETY: the fd is open (checked above), was handed to this process for
+                    // this one device (`tap-fd=`, checked unique above) and nothing else in the
+                    // VMM owns it, so the Tap may own and close it.
+                    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                    Tap::from_fd(owned)?
+                }
+                None => Tap::open(&n.tap)?,
+            };
             Ok(OpenTap {
                 tap: Arc::new(tap),
                 mac,
@@ -193,7 +284,7 @@ fn open_vsock(config: &VmConfig) -> Result<Option<VsockHost>, Error> {
         .as_ref()
         .map(|v| VsockHost::bind(v.guest_cid, &v.uds_path))
         .transpose()
-        .map_err(|e| Error::Host(e.to_string()))
+        .map_err(Error::from)
 }
 
 fn vsock_device(io: &EventLoopHandle, host: Option<VsockHost>) -> Option<Box<dyn VirtioDevice>> {
@@ -221,7 +312,7 @@ pub(crate) fn serial_output(cfg: &SerialConfig) -> Result<SerialOutput, Error> {
             .as_fd()
             .try_clone_to_owned()
             .map(SerialOutput::Fd)
-            .map_err(|e| Error::Host(format!("cannot use stdout for the console: {e}"))),
+            .map_err(Error::os("cannot use stdout for the console")),
         SerialConfig::File(path) => OpenOptions::new()
             .create(true)
             .append(true)
@@ -344,8 +435,7 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     // Cheap checks first, so that bad input fails before anything is created.
     tracing::debug!("start");
     let kvm = Vm::open_kvm()?;
-    let host_mib = host_memory_mib()
-        .map_err(|e| Error::Host(format!("cannot read the host's memory size: {e}")))?;
+    let host_mib = host_memory_mib().map_err(Error::os("cannot read the host's memory size"))?;
     config.check_limits(kvm.get_max_vcpus() as u64, host_mib)?;
     let mut kernel_file = open_file("cannot open kernel", &config.kernel)?;
     let mut initrd_file = config
@@ -374,6 +464,15 @@ pub fn run(config: &VmConfig, opts: RunOptions) -> Result<RunReport, Error> {
     let cmdline = guest_cmdline(&config.cmdline);
     boot::load_command_line(&mem, &cmdline)?;
     let rsdp = acpi::setup_acpi(&mem, config.vcpus, &parts.virtio_slots)?;
+    smbios::setup_smbios(
+        &mem,
+        &smbios::Machine {
+            identity: &config.smbios,
+            vcpus: config.vcpus,
+            mem_size,
+            cpu: smbios::CpuInfo::from_cpuid(&parts.supported_cpuid),
+        },
+    )?;
     write_descriptor_tables(&mem)?;
     boot::write_reset_vector(&mem)?;
     boot::write_boot_structures(
@@ -421,7 +520,10 @@ impl Shell {
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| Error::Host(format!("cannot read KVM's supported CPUID: {e}")))?;
+            .map_err(|source| Error::Kvm {
+                what: "cannot read KVM's supported CPUID",
+                source,
+            })?;
         let vm = Vm::new(kvm)?;
         tracing::debug!("VM created");
         let vcpu0 = vm.fd.create_vcpu(0).map_err(|error| VcpuError {
@@ -430,11 +532,11 @@ impl Shell {
             error,
         })?;
         let vcpu0 = VcpuHandle::new(0, vcpu0);
-        let vcpu0_thread = SpareThread::spawn("vcpu0")
-            .map_err(|e| Error::Host(format!("cannot start a vCPU thread: {e}")))?;
+        let vcpu0_thread =
+            SpareThread::spawn("vcpu0").map_err(Error::os("cannot start a vCPU thread"))?;
         let eventfd = || {
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-                .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))
+                .map_err(Error::os("cannot create an eventfd"))
         };
         let serial_irq = eventfd()?;
         vm.fd
@@ -450,19 +552,17 @@ impl Shell {
                 what: "keyboard irqfd",
                 error,
             })?;
-        let mut event_loop = EventLoop::new()
-            .map_err(|e| Error::Host(format!("cannot create the device I/O loop: {e}")))?;
+        let mut event_loop =
+            EventLoop::new().map_err(Error::os("cannot create the device I/O loop"))?;
         let io = event_loop.handle();
-        let control = Arc::new(
-            RunControl::new().map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?,
-        );
+        let control = Arc::new(RunControl::new().map_err(Error::os("cannot create an eventfd"))?);
         // Devices register their handlers with the running thread as they are activated.
         let io_thread = {
             let stop = control.clone();
             let thread = std::thread::Builder::new()
                 .name("io".into())
                 .spawn(move || event_loop.run_until(|| stop.should_stop()))
-                .map_err(|e| Error::Host(format!("cannot start the device I/O thread: {e}")))?;
+                .map_err(Error::os("cannot start the device I/O thread"))?;
             IoThread {
                 thread: Some(thread),
                 control: control.clone(),
@@ -568,28 +668,24 @@ pub(crate) fn build(
     };
     let serial_trigger = serial_irq
         .try_clone()
-        .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?;
+        .map_err(Error::os("cannot create an eventfd"))?;
     let serial = Arc::new(Mutex::new(Serial::new(
         EventFdTrigger::new(serial_trigger),
         serial_out,
     )));
     let mut pio = Bus::new();
-    let bus_err = |e: devices::BusError| Error::Host(format!("device layout: {e}"));
-    pio.insert(SERIAL_PORT, 8, serial.clone())
-        .map_err(bus_err)?;
+    pio.insert(SERIAL_PORT, 8, serial.clone())?;
     let i8042 = Arc::new(Mutex::new(I8042::new(
         sink.clone(),
         EventFdTrigger::new(keyboard_irq),
     )));
     controls.keyboard = Some(i8042.clone());
-    pio.insert(I8042::BASE, I8042::LEN, i8042)
-        .map_err(bus_err)?;
+    pio.insert(I8042::BASE, I8042::LEN, i8042)?;
     pio.insert(
         ACPI_PM_PORT,
         power::LEN,
         Arc::new(Mutex::new(AcpiPowerDevice::new(sink))),
-    )
-    .map_err(bus_err)?;
+    )?;
     let ctx = VcpuContext {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
@@ -699,7 +795,7 @@ pub(crate) fn launch(
         if let Some(t) = io_thread {
             let _ = t.join();
         }
-        return Err(Error::Host(e.to_string()));
+        return Err(e.into());
     }
     let mut threads = Vec::with_capacity(vcpus.len());
     for (id, vcpu) in vcpus.into_iter().enumerate() {
@@ -714,7 +810,7 @@ pub(crate) fn launch(
             Err(e) => {
                 control.request_stop(StopReason::Host);
                 stop_vcpus(threads);
-                return Err(Error::Host(format!("cannot start a vCPU thread: {e}")));
+                return Err(Error::os("cannot start a vCPU thread")(e));
             }
         }
     }
@@ -746,22 +842,15 @@ pub(crate) fn launch(
         kick_vcpus: vcpu_kicker(&threads),
         host,
     });
-    let api_thread = match &opts.api_socket {
-        Some(path) => {
-            let ctx = api::ApiContext {
-                control: control.clone(),
-                kick_vcpus: vcpu_kicker(&threads),
-                nr_vcpus: threads.len(),
-                memory_mib: config.memory_mib,
-                devices: controls.clone(),
-                exit_counters: counters.clone(),
-                machine: machine.clone(),
-            };
-            let served = match &opts.api_listener {
-                Some(listener) => api::spawn_on(listener.clone(), path, ctx),
-                None => api::spawn(path, ctx),
-            };
-            match served {
+    let api_thread = match &opts.control {
+        Some(server) => {
+            let handle = MachineHandle::new(
+                threads.len(),
+                controls.clone(),
+                counters.clone(),
+                machine.clone(),
+            );
+            match server.serve(handle) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     control.request_stop(StopReason::Host);
@@ -770,10 +859,7 @@ pub(crate) fn launch(
                     if let Some(t) = io_thread {
                         let _ = t.join();
                     }
-                    return Err(Error::Host(format!(
-                        "cannot serve the API on {}: {e}",
-                        path.display()
-                    )));
+                    return Err(e.into());
                 }
             }
         }
@@ -799,7 +885,7 @@ pub(crate) fn launch(
         );
     }
     let reason = control.wait();
-    // The API thread may kick vCPU threads, so it ends before they are joined.
+    // The control server may kick vCPU threads, so it ends before they are joined.
     if let Some(t) = api_thread {
         let _ = t.join();
     }
@@ -889,14 +975,13 @@ fn attach_virtio_devices(
     mmio: &mut Bus,
 ) -> Result<Attached, Error> {
     if devices.len() > MAX_VIRTIO_DEVICES {
-        return Err(Error::Host(format!(
-            "{} virtio devices asked for; at most {MAX_VIRTIO_DEVICES} fit",
-            devices.len()
-        )));
+        return Err(Error::TooManyDevices {
+            count: devices.len(),
+        });
     }
     let evt = || {
         EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))
+            .map_err(Error::os("cannot create an eventfd"))
     };
     let mut slots = Vec::new();
     let mut transports = Vec::new();
@@ -931,11 +1016,10 @@ fn attach_virtio_devices(
             Arc::new(Interrupt::new(irq)),
             queue_events,
         )
-        .map_err(|e| Error::Host(format!("virtio device set-up: {e}")))?;
+        .map_err(Error::VirtioSetup)?;
         let transport = Arc::new(Mutex::new(transport));
         transports.push(transport.clone());
-        mmio.insert(base, virtio::mmio::MMIO_LEN, transport)
-            .map_err(|e| Error::Host(format!("device layout: {e}")))?;
+        mmio.insert(base, virtio::mmio::MMIO_LEN, transport)?;
         slots.push(acpi::VirtioMmioSlot {
             base,
             len: virtio::mmio::MMIO_LEN,
@@ -952,7 +1036,7 @@ fn write_descriptor_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
         .collect();
     mem.write_slice(&gdt, GuestAddress(GDT_START))
         .and_then(|_| mem.write_obj(0u64, GuestAddress(IDT_START)))
-        .map_err(|e| Error::Host(format!("cannot write the boot GDT: {e}")))
+        .map_err(Error::BootTables)
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -963,20 +1047,20 @@ fn install_kick_handler() -> Result<(), Error> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
-        result = register_signal_handler(SIGRTMIN(), kick_handler)
-            .map_err(|e| Error::Host(format!("cannot install the vCPU kick handler: {e}")));
+        result = register_signal_handler(SIGRTMIN(), kick_handler).map_err(Error::KickHandler);
     });
     result
 }
 
 /// Interrupts KVM_RUN on every vCPU thread (for pause).
-fn vcpu_kicker(threads: &[JoinHandle<()>]) -> api::Kicker {
+fn vcpu_kicker(threads: &[JoinHandle<()>]) -> Kicker {
     use std::os::unix::thread::JoinHandleExt;
     let ids: Vec<libc::pthread_t> = threads.iter().map(|t| t.as_pthread_t()).collect();
     Arc::new(move || {
         for &id in &ids {
-            // SAFETY: the vCPU threads are joined only after the API thread (the only user of
-            // this closure) has ended, so every id names a live thread.
+            // SAFETY: the vCPU threads are joined only after the control server's thread (the
+            // only user of this closure, through the machine handle) has ended, so every id
+            // names a live thread.
             unsafe { libc::pthread_kill(id, SIGRTMIN()) };
         }
     })
@@ -1028,7 +1112,94 @@ fn spawn_console_input(serial: Arc<Mutex<Serial>>, control: Arc<RunControl>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{guest_cmdline, SpareThread};
+    use std::error::Error as _;
+
+    use super::{guest_cmdline, Error, SpareThread};
+    use crate::handle::ServeError;
+    use crate::migration::MigrationError;
+    use crate::snapshot::{SnapshotError, StateError};
+
+    /// The typed errors keep the one-line messages users (and the tests that run the binary)
+    /// read, and hand their cause on as `source()`.
+    #[test]
+    fn errors_keep_their_lines_and_their_sources() {
+        let e =
+            Error::os("cannot create an eventfd")(std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(
+            e.to_string()
+                .starts_with("cannot create an eventfd: Too many open files"),
+            "{e}"
+        );
+        let io = e
+            .source()
+            .unwrap()
+            .downcast_ref::<std::io::Error>()
+            .unwrap();
+        assert_eq!(io.raw_os_error(), Some(libc::EMFILE));
+
+        let e = Error::Kvm {
+            what: "cannot read KVM's supported CPUID",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        };
+        assert!(matches!(&e, Error::Kvm { source, .. } if source.errno() == libc::E2BIG));
+        assert!(e.source().unwrap().is::<kvm_ioctls::Error>());
+
+        let e = Error::TooManyDevices { count: 40 };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "40 virtio devices asked for; at most {} fit",
+                crate::arch::layout::MAX_VIRTIO_DEVICES
+            )
+        );
+        assert!(e.source().is_none());
+
+        let e: Error = ServeError::Start {
+            socket: "/run/vm.sock".into(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        }
+        .into();
+        assert!(matches!(e, Error::Serve(ServeError::Start { .. })));
+        assert!(
+            e.to_string()
+                .starts_with("cannot serve the API on /run/vm.sock: "),
+            "{e}"
+        );
+
+        let e: Error = SnapshotError::Inconsistent {
+            path: "/s/state".into(),
+            source: StateError::VcpuCount {
+                states: 1,
+                vcpus: 2,
+            },
+        }
+        .into();
+        assert_eq!(
+            e.to_string(),
+            "snapshot /s/state: 1 vCPU states for 2 vCPUs"
+        );
+        // Transparent: the snapshot error's own source is the next one down.
+        let state = e.source().unwrap().downcast_ref::<StateError>().unwrap();
+        assert!(matches!(
+            state,
+            StateError::VcpuCount {
+                states: 1,
+                vcpus: 2
+            }
+        ));
+
+        let e: Error = MigrationError::Listen {
+            addr: "10.0.0.2:20000".into(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        }
+        .into();
+        assert!(
+            e.to_string()
+                .starts_with("migration: cannot listen on 10.0.0.2:20000: "),
+            "{e}"
+        );
+        assert!(e.source().unwrap().is::<MigrationError>());
+    }
 
     #[test]
     fn a_spare_thread_runs_its_work_under_its_name_and_an_unused_one_ends() {

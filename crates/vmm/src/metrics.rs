@@ -1,82 +1,412 @@
-//! Prometheus text exposition (format 0.0.4) for `GET /metrics`, and the process-level readings
-//! behind it that are not device counters (resident memory).
-
-use std::fmt::Write as _;
+//! A machine's metrics as Prometheus text (format 0.0.4, written with vireo-promtext) for
+//! `GET /metrics`: vCPU times and exits, memory, balloon, drives and net devices
+//! (docs/api.md lists every family), and the process-level readings behind them that are not
+//! device counters (resident memory).
 
 use devices::metrics::{HistogramSnapshot, LATENCY_BOUNDS_NS};
+use devices::rate_limiter::ThrottleCounters;
+use devices::virtio::net::NetCounters;
+use vireo_promtext::{Exposition, Kind};
+use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _, MemoryRegionAddress};
 
-/// Builds the exposition: each metric family once, `# HELP` and `# TYPE` before its samples.
+use crate::handle::MachineHandle;
+
+/// A counter family read from each device's counters `T`: its name, help and reading.
+type CounterFamily<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// The project's one writer of the format (vireo-promtext), fed the values as the counters
+/// hold them.
 #[derive(Default)]
-pub struct Exposition {
-    out: String,
+pub(crate) struct Writer(Exposition);
+
+/// A sample's value: counters are u64, times and ratios f64.
+pub(crate) trait SampleValue {
+    fn into_f64(self) -> f64;
 }
 
-/// A sample's labels, in order.
-pub type Labels<'a> = &'a [(&'a str, &'a str)];
+impl SampleValue for u64 {
+    fn into_f64(self) -> f64 {
+        // Exact, and written with the same digits as the integer, below 2^53 (9 PB, or 104
+        // days of nanoseconds: counters here are bytes, requests and seconds).
+        self as f64
+    }
+}
 
-impl Exposition {
-    /// Starts a family; `kind` is counter, gauge or histogram.
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+impl SampleValue for f64 {
+    fn into_f64(self) -> f64 {
+        self
+    }
+}
+
+impl Writer {
+    pub(crate) fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        self.0.family(name, kind, help);
     }
 
-    pub fn sample(&mut self, name: &str, labels: Labels<'_>, value: impl std::fmt::Display) {
-        self.out.push_str(name);
-        write_labels(&mut self.out, labels, None);
-        let _ = writeln!(self.out, " {value}");
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl SampleValue) {
+        self.0.sample(name, labels, value.into_f64());
     }
 
-    /// A histogram's `_bucket` (cumulative, `le` in seconds, then `+Inf`), `_sum` and `_count`
-    /// samples; the family must have been started with kind histogram.
-    pub fn histogram(&mut self, name: &str, labels: Labels<'_>, h: &HistogramSnapshot) {
-        for (bound, n) in LATENCY_BOUNDS_NS.iter().zip(&h.cumulative) {
-            let le = format!("{}", *bound as f64 / 1e9);
-            self.bucket(name, labels, &le, *n);
+    /// A latency histogram: buckets at [`LATENCY_BOUNDS_NS`], in seconds.
+    pub(crate) fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+        let buckets = LATENCY_BOUNDS_NS
+            .iter()
+            .zip(&h.cumulative)
+            .map(|(bound, n)| (*bound as f64 / 1e9, *n));
+        self.0
+            .histogram(name, labels, buckets, h.count, h.sum_seconds);
+    }
+
+    /// A family of one sample without labels.
+    pub(crate) fn single(&mut self, name: &str, kind: Kind, help: &str, value: impl SampleValue) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    /// Counter families read the same way from each of a set of devices: `table` holds each
+    /// family's name, help and reading of a device's counters `T`; `labels(i)` names device `i`.
+    pub(crate) fn device_counters<'l, T>(
+        &mut self,
+        table: &[CounterFamily<T>],
+        devices: &[std::sync::Arc<T>],
+        labels: impl Fn(usize) -> Vec<(&'l str, &'l str)>,
+    ) {
+        for (name, help, get) in table {
+            self.family(name, Kind::Counter, help);
+            for (i, d) in devices.iter().enumerate() {
+                self.sample(name, &labels(i), get(d));
+            }
         }
-        self.bucket(name, labels, "+Inf", h.count);
-        self.sample(&format!("{name}_sum"), labels, h.sum_seconds);
-        self.sample(&format!("{name}_count"), labels, h.count);
     }
 
-    fn bucket(&mut self, name: &str, labels: Labels<'_>, le: &str, n: u64) {
-        self.out.push_str(name);
-        self.out.push_str("_bucket");
-        write_labels(&mut self.out, labels, Some(le));
-        let _ = writeln!(self.out, " {n}");
+    /// The two rate-limiter families of a kind of device (`{prefix}_throttled_total` and
+    /// `{prefix}_throttled_seconds_total`, helped by `help`): one sample for each limiter,
+    /// labelled as given.
+    pub(crate) fn throttle_counters(
+        &mut self,
+        [total, seconds]: [(&str, &str); 2],
+        limiters: &[(Vec<(&str, &str)>, &ThrottleCounters)],
+    ) {
+        self.family(total.0, Kind::Counter, total.1);
+        for (l, t) in limiters {
+            self.sample(total.0, l, t.throttled.get());
+        }
+        self.family(seconds.0, Kind::Counter, seconds.1);
+        for (l, t) in limiters {
+            self.sample(seconds.0, l, secs(t.throttled_ns.get()));
+        }
     }
 
-    pub fn finish(self) -> String {
-        self.out
+    pub(crate) fn finish(self) -> String {
+        self.0.finish()
     }
 }
 
-fn write_labels(out: &mut String, labels: Labels<'_>, le: Option<&str>) {
-    if labels.is_empty() && le.is_none() {
+/// The machine's metrics, every family in docs/api.md's order.
+pub fn render(m: &MachineHandle) -> String {
+    let mut e = Writer::default();
+    vcpu_metrics(m, &mut e);
+    memory_metrics(m, &mut e);
+    block_metrics(m, &mut e);
+    net_metrics(m, &mut e);
+    e.finish()
+}
+
+fn vcpu_metrics(m: &MachineHandle, e: &mut Writer) {
+    let counters = m.exit_counters();
+    let ids: Vec<String> = (0..counters.len()).map(|i| i.to_string()).collect();
+    let times: Vec<(u64, u64)> = counters.iter().map(|c| c.thread_times()).collect();
+    e.family(
+        "vireo_vcpu_seconds_total",
+        Kind::Counter,
+        "CPU time (user and system, guest mode included) of each vCPU thread.",
+    );
+    for (id, (cpu, _)) in ids.iter().zip(&times) {
+        e.sample("vireo_vcpu_seconds_total", &[("vcpu", id)], secs(*cpu));
+    }
+    e.family(
+        "vireo_vcpu_steal_seconds_total",
+        Kind::Counter,
+        "Time each vCPU thread was runnable but waiting for a host CPU (the steal time \
+         KVM reports to the guest).",
+    );
+    for (id, (_, wait)) in ids.iter().zip(&times) {
+        e.sample(
+            "vireo_vcpu_steal_seconds_total",
+            &[("vcpu", id)],
+            secs(*wait),
+        );
+    }
+    e.family(
+        "vireo_vcpu_exits_total",
+        Kind::Counter,
+        "VM exits handled by the VMM, by vCPU and reason.",
+    );
+    let mut all = 0u64;
+    for (id, c) in ids.iter().zip(counters) {
+        let s = c.snapshot();
+        for (reason, n) in [
+            ("io_in", s.io_in),
+            ("io_out", s.io_out),
+            ("mmio_read", s.mmio_read),
+            ("mmio_write", s.mmio_write),
+            ("hlt", s.hlt),
+            ("interrupted", s.interrupted),
+            ("other", s.other),
+        ] {
+            all += n;
+            e.sample(
+                "vireo_vcpu_exits_total",
+                &[("vcpu", id), ("reason", reason)],
+                n,
+            );
+        }
+    }
+    e.single(
+        "vireo_vm_exits_total",
+        Kind::Counter,
+        "VM exits handled by the VMM, every vCPU and reason together.",
+        all,
+    );
+}
+
+fn memory_metrics(m: &MachineHandle, e: &mut Writer) {
+    e.single(
+        "vireo_memory_bytes",
+        Kind::Gauge,
+        "Guest memory size.",
+        m.memory_mib() << 20,
+    );
+    let guest: Vec<(usize, usize)> = m
+        .machine()
+        .mem
+        .iter()
+        .filter_map(|r| {
+            let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+            Some((host as usize, r.len() as usize))
+        })
+        .collect();
+    if let Some((guest_rss, vmm_rss)) = resident_bytes(&guest) {
+        e.single(
+            "vireo_memory_resident_bytes",
+            Kind::Gauge,
+            "Guest memory backed by host RAM (resident in the VMM process).",
+            guest_rss,
+        );
+        e.single(
+            "vireo_vmm_resident_bytes",
+            Kind::Gauge,
+            "Resident memory of the VMM process other than guest memory.",
+            vmm_rss,
+        );
+    }
+    if let Some(b) = &m.devices().balloon {
+        let s = b.status();
+        e.single(
+            "vireo_balloon_target_bytes",
+            Kind::Gauge,
+            "Memory the balloon asks the guest to give back.",
+            u64::from(s.target_pages) * 4096,
+        );
+        e.single(
+            "vireo_balloon_actual_bytes",
+            Kind::Gauge,
+            "Memory the guest has given back to the balloon.",
+            u64::from(s.actual_pages) * 4096,
+        );
+        if let Some(free) = s.stats.and_then(|st| st.free_memory) {
+            e.single(
+                "vireo_guest_free_memory_bytes",
+                Kind::Gauge,
+                "Free memory the guest last reported through the balloon.",
+                free,
+            );
+        }
+    }
+}
+
+fn block_metrics(m: &MachineHandle, e: &mut Writer) {
+    let drives = &m.devices().drive_stats;
+    if drives.is_empty() {
         return;
     }
-    out.push('{');
-    let mut first = true;
-    for (k, v) in labels.iter().copied().chain(le.map(|l| ("le", l))) {
-        if !first {
-            out.push(',');
+    let config = &m.machine().config.drives;
+    let ids: Vec<String> = (0..drives.len()).map(|i| i.to_string()).collect();
+    let labels = |i: usize| -> Vec<(&str, &str)> {
+        let mut l = vec![("drive", ids[i].as_str())];
+        if let Some(serial) = config.get(i).and_then(|d| d.serial.as_deref()) {
+            l.push(("serial", serial));
         }
-        first = false;
-        let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+        l
+    };
+    e.family(
+        "vireo_block_requests_total",
+        Kind::Counter,
+        "Requests a drive completed, by operation (failed ones too).",
+    );
+    for (i, s) in drives.iter().enumerate() {
+        for (op, c) in [
+            ("read", &s.reads),
+            ("write", &s.writes),
+            ("flush", &s.flushes),
+            ("discard", &s.discards),
+            ("other", &s.other),
+        ] {
+            let mut l = labels(i);
+            l.push(("op", op));
+            e.sample("vireo_block_requests_total", &l, c.get());
+        }
     }
-    out.push('}');
+    let simple: [CounterFamily<devices::virtio::block::Stats>; 7] = [
+        (
+            "vireo_block_read_bytes_total",
+            "Bytes a drive read for the guest.",
+            |s| s.read_bytes.get(),
+        ),
+        (
+            "vireo_block_written_bytes_total",
+            "Bytes the guest wrote to a drive.",
+            |s| s.written_bytes.get(),
+        ),
+        (
+            "vireo_block_errors_total",
+            "Requests that failed or were malformed.",
+            |s| s.errors.get(),
+        ),
+        (
+            "vireo_block_notifications_total",
+            "Queue notifications from the guest (each a VM exit handled in the kernel).",
+            |s| s.notifications.get(),
+        ),
+        (
+            "vireo_block_interrupts_total",
+            "Interrupts the drive raised in the guest.",
+            |s| s.interrupts.get(),
+        ),
+        (
+            "vireo_block_batches_total",
+            "Groups of two or more reads and writes handed to the disk together (io_engine=io_uring).",
+            |s| s.batches.get(),
+        ),
+        (
+            "vireo_block_batched_requests_total",
+            "Requests in those groups.",
+            |s| s.batched.get(),
+        ),
+    ];
+    e.device_counters(&simple, drives, labels);
+    e.family(
+        "vireo_block_request_seconds",
+        Kind::Histogram,
+        "Time to serve a request once taken off the queue (after any rate-limit wait).",
+    );
+    for (i, s) in drives.iter().enumerate() {
+        e.histogram(
+            "vireo_block_request_seconds",
+            &labels(i),
+            &s.latency.snapshot(),
+        );
+    }
+    let throttle: Vec<_> = m.devices().drives.iter().map(|h| h.counters()).collect();
+    let limiters: Vec<_> = throttle
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (labels(i), &**t))
+        .collect();
+    e.throttle_counters(
+        [
+            (
+                "vireo_block_throttled_total",
+                "Times a drive's rate limiter held its queue back.",
+            ),
+            (
+                "vireo_block_throttled_seconds_total",
+                "Time a drive's queue was held back by its rate limiter (counted as each wait ends).",
+            ),
+        ],
+        &limiters,
+    );
 }
 
-/// Label values may hold anything (a drive's serial is whatever the operator wrote); the format
-/// escapes backslash, double quote and newline.
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn net_metrics(m: &MachineHandle, e: &mut Writer) {
+    let ifaces = &m.devices().net_stats;
+    if ifaces.is_empty() {
+        return;
+    }
+    let config = &m.machine().config.net;
+    let ids: Vec<String> = (0..ifaces.len()).map(|i| i.to_string()).collect();
+    let labels = |i: usize| -> Vec<(&str, &str)> {
+        let mut l = vec![("iface", ids[i].as_str())];
+        if let Some(n) = config.get(i) {
+            l.push(("tap", n.tap.as_str()));
+        }
+        l
+    };
+    let families: [CounterFamily<NetCounters>; 6] = [
+        (
+            "vireo_net_rx_packets_total",
+            "Frames delivered to the guest.",
+            |c| NetCounters::get(&c.rx_packets),
+        ),
+        (
+            "vireo_net_rx_bytes_total",
+            "Bytes delivered to the guest (Ethernet frames, no virtio header).",
+            |c| NetCounters::get(&c.rx_bytes),
+        ),
+        (
+            "vireo_net_rx_dropped_total",
+            "Frames from the TAP not delivered: malformed, or the guest's buffers unusable.",
+            |c| NetCounters::get(&c.rx_dropped),
+        ),
+        (
+            "vireo_net_tx_packets_total",
+            "Frames the guest sent to the TAP.",
+            |c| NetCounters::get(&c.tx_packets),
+        ),
+        (
+            "vireo_net_tx_bytes_total",
+            "Bytes the guest sent (Ethernet frames, no virtio header).",
+            |c| NetCounters::get(&c.tx_bytes),
+        ),
+        (
+            "vireo_net_tx_dropped_total",
+            "Guest frames not sent: malformed, oversize, or refused by the TAP.",
+            |c| NetCounters::get(&c.tx_dropped),
+        ),
+    ];
+    e.device_counters(&families, ifaces, labels);
+    let throttle: Vec<_> = m
+        .devices()
+        .net
+        .iter()
+        .map(|(rx, tx)| (rx.counters(), tx.counters()))
+        .collect();
+    let mut limiters = Vec::new();
+    for (i, (rx, tx)) in throttle.iter().enumerate() {
+        for (dir, t) in [("rx", rx), ("tx", tx)] {
+            let mut l = labels(i);
+            l.push(("direction", dir));
+            limiters.push((l, &**t));
+        }
+    }
+    e.throttle_counters(
+        [
+            (
+                "vireo_net_throttled_total",
+                "Times an interface's rate limiter held a direction back.",
+            ),
+            (
+                "vireo_net_throttled_seconds_total",
+                "Time an interface's direction was held back by its rate limiter.",
+            ),
+        ],
+        &limiters,
+    );
 }
 
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
+/// Nanoseconds as the seconds Prometheus expects.
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
 }
 
 /// Resident memory, from /proc/self/smaps: (guest RAM, everything else the process maps), in
@@ -302,17 +632,17 @@ mod tests {
         for us in [10, 60, 700, 3_000, 2_000_000] {
             h.observe(Duration::from_micros(us));
         }
-        let mut e = Exposition::default();
-        e.family("vireo_x_total", "counter", "An x.\nSecond line.");
+        let mut e = Writer::default();
+        e.family("vireo_x_total", Kind::Counter, "An x.\nSecond line.");
         e.sample(
             "vireo_x_total",
             &[("drive", "0"), ("serial", "a\"b\\c\nd")],
-            7,
+            7u64,
         );
-        e.sample("vireo_x_total", &[], 0);
-        e.family("vireo_y_seconds", "histogram", "A y.");
+        e.sample("vireo_x_total", &[], 0u64);
+        e.family("vireo_y_seconds", Kind::Histogram, "A y.");
         e.histogram("vireo_y_seconds", &[("drive", "0")], &h.snapshot());
-        e.family("vireo_z_bytes", "gauge", "A z.");
+        e.family("vireo_z_bytes", Kind::Gauge, "A z.");
         e.sample("vireo_z_bytes", &[], 0.5);
         let text = e.finish();
         let samples = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));

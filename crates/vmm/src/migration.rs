@@ -36,7 +36,7 @@ use crate::vstate::vm::Vm;
 use devices::virtio::IoFreeze;
 
 pub const MAGIC: &[u8; 8] = b"VIREOMIG";
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 4;
 
 const HELLO: u32 = 1;
 const PAGES: u32 = 2;
@@ -72,6 +72,26 @@ pub enum MigrationError {
     Source(String),
     #[error("a migration is already running")]
     Busy,
+    /// The destination cannot listen on its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The destination's wait for a source failed.
+    #[error("accept on {addr}: {source}")]
+    Accept {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source's connection cannot be set up (timeouts, a second handle on it).
+    #[error("{0}")]
+    Connection(#[source] std::io::Error),
+    /// The source could not be told that the destination's guest runs.
+    #[error("cannot tell the source the guest runs: {0}")]
+    Running(#[source] std::io::Error),
 }
 
 /// What the source reports while and after it migrates (`GET /vm/migrate`).
@@ -424,7 +444,8 @@ fn migrate_inner(
         .save_state()
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     lap("state saved");
-    let encoded = snapshot::encode_state(&state).map_err(MigrationError::Source)?;
+    let encoded =
+        snapshot::encode_state(&state).map_err(|e| MigrationError::Source(e.to_string()))?;
     let (pages, bytes) = (sender.pages, sender.bytes + encoded.len() as u64);
     write_frame(&mut w, STATE, &encoded)?;
     w.flush()?;
@@ -480,13 +501,33 @@ pub struct IncomingOptions {
     pub local: Option<VmConfig>,
 }
 
-/// The host resources a configuration makes the VMM open, for comparison.
-fn backends(c: &VmConfig) -> serde_json::Value {
-    serde_json::json!({
-        "drives": c.drives.iter().map(|d| (d.path.clone(), d.read_only)).collect::<Vec<_>>(),
-        "net": c.net.iter().map(|n| n.tap.clone()).collect::<Vec<_>>(),
-        "vsock": c.vsock.as_ref().map(|v| (v.guest_cid, v.uds_path.clone())),
-    })
+/// The host resources a configuration makes the VMM open, for comparison: each drive's file
+/// and whether it is read-only, each TAP, the vsock CID and socket.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+struct Backends {
+    drives: Vec<(std::path::PathBuf, bool)>,
+    net: Vec<String>,
+    vsock: Option<(u64, std::path::PathBuf)>,
+}
+
+impl std::fmt::Display for Backends {
+    /// As JSON on one line, in the refusal a user reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+fn backends(c: &VmConfig) -> Backends {
+    Backends {
+        drives: c
+            .drives
+            .iter()
+            .map(|d| (d.path.clone(), d.read_only))
+            .collect(),
+        net: c.net.iter().map(|n| n.tap.clone()).collect(),
+        vsock: c.vsock.as_ref().map(|v| (v.guest_cid, v.uds_path.clone())),
+    }
 }
 
 /// Checks the source's configuration against what the destination allows.
@@ -509,30 +550,32 @@ fn check_allowed(source: &VmConfig, local: Option<&VmConfig>) -> Result<(), Migr
 
 /// Waits on `listen` for one migration, then runs the migrated machine to its end.
 pub fn incoming(listen: &str, inc: IncomingOptions, opts: RunOptions) -> Result<RunReport, Error> {
-    let fail = |what: String| Error::Host(format!("migration: {what}"));
-    let listener =
-        TcpListener::bind(listen).map_err(|e| fail(format!("cannot listen on {listen}: {e}")))?;
+    let listener = TcpListener::bind(listen).map_err(|source| MigrationError::Listen {
+        addr: listen.to_string(),
+        source,
+    })?;
     // The machine's shell is made while no source has called yet.
     let shell = Shell::create(Vm::open_kvm()?)?;
     snapshot::warm_up(&shell);
-    let (stream, peer) = listener
-        .accept()
-        .map_err(|e| fail(format!("accept on {listen}: {e}")))?;
+    let (stream, peer) = listener.accept().map_err(|source| MigrationError::Accept {
+        addr: listen.to_string(),
+        source,
+    })?;
     drop(listener);
     tracing::debug!("migration from {peer}");
     stream
         .set_read_timeout(Some(PEER_TIMEOUT))
         .and_then(|_| stream.set_write_timeout(Some(PEER_TIMEOUT)))
         .and_then(|_| stream.set_nodelay(true))
-        .map_err(|e| fail(e.to_string()))?;
-    let mut writer = stream.try_clone().map_err(|e| fail(e.to_string()))?;
+        .map_err(MigrationError::Connection)?;
+    let mut writer = stream.try_clone().map_err(MigrationError::Connection)?;
     let mut r = BufReader::with_capacity(1 << 20, stream);
     match receive(&mut r, &mut writer, inc, shell) {
         Ok((parts, paused)) => {
             let on_started: machine::OnStarted = Box::new(move || {
                 write_frame(&mut writer, RUNNING, &[])
                     .and_then(|_| writer.flush())
-                    .map_err(|e| fail(format!("cannot tell the source the guest runs: {e}")))
+                    .map_err(|e| MigrationError::Running(e).into())
             });
             let start = if paused {
                 Launch::Paused
@@ -548,7 +591,7 @@ pub fn incoming(listen: &str, inc: IncomingOptions, opts: RunOptions) -> Result<
                 ERROR,
                 &msg.as_bytes()[..msg.len().min(MAX_ERROR as usize)],
             );
-            Err(fail(msg))
+            Err(e.into())
         }
     }
 }
@@ -586,6 +629,14 @@ fn receive(
         .check_limits(kvm.get_max_vcpus() as u64, host_mib)
         .map_err(|e| MigrationError::Source(e.to_string()))?;
     check_allowed(&config, inc.local.as_ref())?;
+    // The TAPs are the ones allowed (same names, same order): where the local configuration
+    // hands one over as an inherited fd (vireod opens it inside a VPC's network namespace),
+    // that fd is used instead of opening the name here.
+    if let Some(local) = &inc.local {
+        for (n, l) in config.net.iter_mut().zip(&local.net) {
+            n.tap_fd = l.tap_fd;
+        }
+    }
     config.serial = inc.serial.unwrap_or_default();
     let parts = machine::build(shell, &config, MemorySource::Anonymous)
         .map_err(|e| MigrationError::Source(e.to_string()))?;
@@ -635,7 +686,7 @@ fn receive(
                 "the state's machine differs from the announced one".into(),
             ));
         }
-        snapshot::check_consistent(&state).map_err(proto)?;
+        snapshot::check_consistent(&state).map_err(|e| proto(e.to_string()))?;
         // The host was checked at HELLO; the state must come from that host.
         if state.host != hello_host {
             return Err(proto(
@@ -656,4 +707,47 @@ fn page_in_ram(mem: &GuestMemoryMmap, gpa: u64) -> bool {
                 .checked_add(PAGE_SIZE as u64)
                 .is_some_and(|end| end <= start + r.len())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_devices() -> VmConfig {
+        let mut c = VmConfig::new("/k".into());
+        c.drives
+            .push(crate::config::DriveConfig::parse("path=/d/root.img,ro").unwrap());
+        c.net
+            .push(crate::config::NetConfig::parse("tap=tap0").unwrap());
+        c.vsock = Some(crate::config::VsockConfig::parse("cid=3,uds=/d/v.sock").unwrap());
+        c
+    }
+
+    #[test]
+    fn a_source_with_devices_needs_a_local_config_that_names_the_same() {
+        let source = config_with_devices();
+        assert!(check_allowed(&VmConfig::new("/other".into()), None).is_ok());
+        assert!(check_allowed(&source, Some(&source)).is_ok());
+        let e = check_allowed(&source, None).unwrap_err().to_string();
+        assert!(
+            e.contains("give the destination the VM's configuration (--config)"),
+            "{e}"
+        );
+        let mut local = source.clone();
+        local.drives[0].read_only = false;
+        assert_eq!(
+            check_allowed(&source, Some(&local))
+                .unwrap_err()
+                .to_string(),
+            "protocol error: the source's devices \
+             {\"drives\":[[\"/d/root.img\",true]],\"net\":[\"tap0\"],\"vsock\":[3,\"/d/v.sock\"]} \
+             are not the ones --config allows here \
+             {\"drives\":[[\"/d/root.img\",false]],\"net\":[\"tap0\"],\"vsock\":[3,\"/d/v.sock\"]}"
+        );
+        // Without devices the line reads as it did with json!: empty lists and null.
+        assert_eq!(
+            backends(&VmConfig::new("/k".into())).to_string(),
+            r#"{"drives":[],"net":[],"vsock":null}"#
+        );
+    }
 }

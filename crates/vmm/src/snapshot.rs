@@ -28,10 +28,10 @@ use kvm_bindings::{kvm_cpuid_entry2, KVM_MAX_CPUID_ENTRIES};
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::api::Kicker;
 use crate::arch::{cpuid, layout};
 use crate::checksum;
 use crate::config::{host_memory_mib, VmConfig};
+use crate::handle::Kicker;
 use crate::machine::{self, Error, Launch, MemorySource, Parts, RunOptions, RunReport, Shell};
 use crate::memory::{is_zero_page, GuestMemoryMmap, PAGE_SIZE};
 use crate::vstate::control::RunControl;
@@ -41,7 +41,7 @@ use crate::vstate::vm::{Vm, VmState};
 pub const MAGIC: &[u8; 8] = b"VIREOSNP";
 /// The format version this build writes and reads. Bump it whenever [`MachineState`] or the
 /// layout of the files changes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 4;
 pub const HEADER_LEN: usize = 64;
 pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
@@ -66,6 +66,46 @@ pub enum SnapshotError {
     NotPaused,
     #[error("cannot take a snapshot: {0}")]
     Save(String),
+    /// A state file whose machine state does not decode.
+    #[error("snapshot {path}: state: {source}")]
+    Decode {
+        path: String,
+        #[source]
+        source: StateError,
+    },
+    /// A state file whose machine state contradicts itself ([`check_consistent`]).
+    #[error("snapshot {path}: {source}")]
+    Inconsistent {
+        path: String,
+        #[source]
+        source: StateError,
+    },
+}
+
+/// A machine state that cannot be encoded, does not decode, or contradicts itself, as a
+/// snapshot's state file and a migration's STATE frame carry it.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot encode the machine state: {0}")]
+    Encode(#[source] postcard::Error),
+    /// postcard's reason, e.g. a truncated or trailing byte.
+    #[error("{0}")]
+    Decode(#[source] postcard::Error),
+    #[error("configuration without vCPUs or memory")]
+    Empty,
+    #[error("memory regions {regions:?} do not match {memory_mib} MiB of RAM")]
+    Regions {
+        regions: Vec<(u64, u64)>,
+        memory_mib: u64,
+    },
+    #[error("{states} vCPU states for {vcpus} vCPUs")]
+    VcpuCount { states: usize, vcpus: u8 },
+    #[error("vCPU states out of order")]
+    VcpuOrder,
+    #[error("too many CPUID entries")]
+    Cpuid,
+    #[error("{states} device states for {devices} devices")]
+    DeviceCount { states: usize, devices: usize },
 }
 
 /// What this host looked like when the snapshot was taken (checked again on restore).
@@ -442,13 +482,13 @@ fn write_state(
 /// The machine state as a snapshot's state file and a migration's STATE frame carry it:
 /// postcard, a compact binary serde format, in which KVM's structures are raw bytes (JSON took
 /// 10-20 ms to decode in the lab, during a restore or a migration's downtime).
-pub fn encode_state(state: &MachineState) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(state).map_err(|e| format!("cannot encode the machine state: {e}"))
+pub fn encode_state(state: &MachineState) -> Result<Vec<u8>, StateError> {
+    postcard::to_allocvec(state).map_err(StateError::Encode)
 }
 
 /// The machine state in `bytes` ([`encode_state`]); the error says what did not decode.
-pub fn decode_state(bytes: &[u8]) -> Result<MachineState, String> {
-    postcard::from_bytes(bytes).map_err(|e| e.to_string())
+pub fn decode_state(bytes: &[u8]) -> Result<MachineState, StateError> {
+    postcard::from_bytes(bytes).map_err(StateError::Decode)
 }
 
 /// A parsed and checked state file, with the memory file opened.
@@ -532,12 +572,12 @@ pub fn load(dir: &Path, verify_memory: bool) -> Result<Loaded, SnapshotError> {
             what: "state",
         });
     }
-    let state = decode_state(&encoded).map_err(|e| SnapshotError::Invalid {
+    let state = decode_state(&encoded).map_err(|source| SnapshotError::Decode {
         path: sp.clone(),
-        reason: format!("state: {e}"),
+        source,
     })?;
     tracing::debug!("state decoded");
-    check_consistent(&state).map_err(|reason| SnapshotError::Invalid { path: sp, reason })?;
+    check_consistent(&state).map_err(|source| SnapshotError::Inconsistent { path: sp, source })?;
 
     let mem_path = dir.join(MEMORY_FILE);
     let mp = mem_path.display().to_string();
@@ -603,40 +643,39 @@ fn memory_file_digest(f: &File) -> std::io::Result<u64> {
 
 /// Checks what a state says about itself: the regions are the ones its memory size gives,
 /// one vCPU state per vCPU in order, a sane configuration.
-pub fn check_consistent(s: &MachineState) -> Result<(), String> {
+pub fn check_consistent(s: &MachineState) -> Result<(), StateError> {
     let c = &s.config;
     if c.vcpus == 0 || c.memory_mib == 0 {
-        return Err("configuration without vCPUs or memory".into());
+        return Err(StateError::Empty);
     }
     let regions: Vec<(u64, u64)> = layout::ram_regions(c.memory_bytes())
         .iter()
         .map(|(a, l)| (a.0, *l))
         .collect();
     if s.regions != regions {
-        return Err(format!(
-            "memory regions {:?} do not match {} MiB of RAM",
-            s.regions, c.memory_mib
-        ));
+        return Err(StateError::Regions {
+            regions: s.regions.clone(),
+            memory_mib: c.memory_mib,
+        });
     }
     if s.vcpus.len() != usize::from(c.vcpus) {
-        return Err(format!(
-            "{} vCPU states for {} vCPUs",
-            s.vcpus.len(),
-            c.vcpus
-        ));
+        return Err(StateError::VcpuCount {
+            states: s.vcpus.len(),
+            vcpus: c.vcpus,
+        });
     }
     if s.vcpus
         .iter()
         .enumerate()
         .any(|(i, v)| usize::from(v.id) != i)
     {
-        return Err("vCPU states out of order".into());
+        return Err(StateError::VcpuOrder);
     }
     if s.vcpus
         .iter()
         .any(|v| v.cpuid.len() > KVM_MAX_CPUID_ENTRIES)
     {
-        return Err("too many CPUID entries".into());
+        return Err(StateError::Cpuid);
     }
     let expected = c.drives.len()
         + usize::from(c.rng)
@@ -644,10 +683,10 @@ pub fn check_consistent(s: &MachineState) -> Result<(), String> {
         + c.net.len()
         + usize::from(c.vsock.is_some());
     if s.transports.len() != expected {
-        return Err(format!(
-            "{} device states for {expected} devices",
-            s.transports.len()
-        ));
+        return Err(StateError::DeviceCount {
+            states: s.transports.len(),
+            devices: expected,
+        });
     }
     Ok(())
 }
@@ -771,10 +810,10 @@ pub(crate) fn warm_up(shell: &Shell) {
 }
 
 /// [`warm_up`]'s steps; the error says which failed.
-fn rehearse(shell: &Shell) -> Result<(), String> {
+fn rehearse(shell: &Shell) -> Result<(), Error> {
     let t0 = std::time::Instant::now();
     let (vm, vcpu0) = (shell.vm(), shell.vcpu0());
-    let msrs = vm.msrs_to_save().map_err(|e| e.to_string())?;
+    let msrs = vm.msrs_to_save()?;
     let mut config = VmConfig::new(std::path::PathBuf::new());
     config.vcpus = 1;
     let state = MachineState {
@@ -784,8 +823,8 @@ fn rehearse(shell: &Shell) -> Result<(), String> {
             .map(|(a, l)| (a.0, *l))
             .collect(),
         config,
-        vm: vm.save_state().map_err(|e| e.to_string())?,
-        vcpus: vec![vcpu0.save(&msrs).map_err(|e| e.to_string())?],
+        vm: vm.save_state()?,
+        vcpus: vec![vcpu0.save(&msrs)?],
         transports: Vec::new(),
         serial: SerialSnapshot::default(),
     };
@@ -795,10 +834,10 @@ fn rehearse(shell: &Shell) -> Result<(), String> {
     std::hint::black_box(header(encoded.len() as u64, checksum::of(&encoded), 0, 0));
     let decoded = decode_state(&encoded)?;
     check_consistent(&decoded)?;
-    check_on_shell(shell, &decoded.host, &decoded.config).map_err(|e| e.to_string())?;
-    vm.restore_state(&decoded.vm).map_err(|e| e.to_string())?;
+    check_on_shell(shell, &decoded.host, &decoded.config)?;
+    vm.restore_state(&decoded.vm)?;
     for v in &decoded.vcpus {
-        vcpu0.restore(v).map_err(|e| e.to_string())?;
+        vcpu0.restore(v)?;
     }
     tracing::debug!("restore rehearsed in {:?}", t0.elapsed());
     Ok(())
@@ -821,24 +860,20 @@ pub(crate) fn apply_state(parts: &Parts, state: &MachineState) -> Result<(), Err
         vcpu.handle().restore(s)?;
     }
     if parts.transports.len() != state.transports.len() {
-        return Err(Error::Host(format!(
-            "{} devices built for {} device states",
-            parts.transports.len(),
-            state.transports.len()
-        )));
+        return Err(Error::DeviceStates {
+            built: parts.transports.len(),
+            saved: state.transports.len(),
+        });
     }
     for (t, s) in parts.transports.iter().zip(&state.transports) {
-        lock(t)
-            .restore_state(s)
-            .map_err(|e| Error::Host(format!("device state: {e}")))?;
+        lock(t).restore_state(s).map_err(Error::DeviceState)?;
     }
     let trigger = parts
         .serial_irq
         .try_clone()
-        .map_err(|e| Error::Host(format!("cannot create an eventfd: {e}")))?;
+        .map_err(Error::os("cannot create an eventfd"))?;
     let out = machine::serial_output(&parts.config.serial)?;
-    *lock(&parts.serial) = Serial::from_snapshot(EventFdTrigger::new(trigger), out, &state.serial)
-        .map_err(Error::Host)?;
+    *lock(&parts.serial) = Serial::from_snapshot(EventFdTrigger::new(trigger), out, &state.serial)?;
     Ok(())
 }
 
@@ -855,54 +890,55 @@ pub struct RestoreOptions {
     pub serial: Option<crate::config::SerialConfig>,
 }
 
-/// Serves the API on `socket` until a client loads a snapshot (`PUT /vm/snapshot/load`), then
-/// runs that machine to its end, its API on the same socket. A snapshot that cannot be loaded
-/// is refused to the client with the reason, leaves nothing behind, and the VMM waits on.
-///
-/// While it waits, the VMM creates the machine's shell (the KVM VM, vCPU 0, the I/O thread:
-/// [`Shell`]), so that a load does only what depends on the snapshot.
-pub fn restore_from_api(
-    socket: &Path,
-    serial: Option<crate::config::SerialConfig>,
-    mut opts: RunOptions,
-) -> Result<RunReport, Error> {
-    // The shell first: a host without KVM fails before the socket exists.
-    let shell = Shell::create(Vm::open_kvm()?)?;
-    warm_up(&shell);
-    let mut spare = Some(shell);
-    let listener = crate::api::bind(socket)
-        .map_err(|e| Error::Host(format!("cannot serve the API on {}: {e}", socket.display())))?;
-    let (parts, resume, requested) = crate::api::serve_until_load(&listener, |req| {
-        let requested = std::time::Instant::now();
-        let ropts = RestoreOptions {
-            dir: req.path,
-            resume: req.resume,
-            verify_memory: req.verify_memory,
-            serial: serial.clone(),
-        };
-        // A load that failed after it began to build used its shell up: the next one
-        // makes a new one.
-        let shell = match spare.take() {
+/// Starts machines from snapshots named once the process runs (a VMM started with only its
+/// API socket: `crate::api::restore_from_api` serves the requests). It creates the machine's
+/// shell ahead (the KVM VM, vCPU 0, the I/O thread: [`Shell`]), so that a load does only what
+/// depends on the snapshot.
+pub struct SnapshotLoader {
+    spare: Option<Shell>,
+}
+
+/// A machine built from a snapshot, in its saved state, not yet running.
+pub struct PreparedRestore {
+    parts: Parts,
+    resume: bool,
+}
+
+impl SnapshotLoader {
+    /// Creates the shell and rehearses a restore on it; a host without KVM fails here.
+    pub fn new() -> Result<Self, Error> {
+        let shell = Shell::create(Vm::open_kvm()?)?;
+        warm_up(&shell);
+        Ok(Self { spare: Some(shell) })
+    }
+
+    /// Checks the snapshot `ropts` names and builds its machine. When that fails nothing of it
+    /// is kept and the loader can be asked again.
+    pub fn load(&mut self, ropts: &RestoreOptions) -> Result<PreparedRestore, Error> {
+        // A load that failed after it began to build used its shell up: the next one makes a
+        // new one.
+        let shell = match self.spare.take() {
             Some(s) => s,
-            None => Vm::open_kvm()
-                .map_err(Error::from)
-                .and_then(Shell::create)
-                .map_err(|e| e.to_string())?,
+            None => Shell::create(Vm::open_kvm()?)?,
         };
-        prepare(&ropts, shell, &mut spare)
-            .map(|parts| (parts, ropts.resume, requested))
-            .map_err(|e| e.to_string())
-    })
-    .map_err(|e| Error::Host(format!("the API on {}: {e}", socket.display())))?;
-    opts.api_socket = Some(socket.to_path_buf());
-    opts.api_listener = Some(Arc::new(listener));
-    opts.restore_requested = Some(requested);
-    let start = if resume {
-        Launch::Running
-    } else {
-        Launch::Paused
-    };
-    machine::launch(parts, opts, start, None)
+        let parts = prepare(ropts, shell, &mut self.spare)?;
+        Ok(PreparedRestore {
+            parts,
+            resume: ropts.resume,
+        })
+    }
+}
+
+impl PreparedRestore {
+    /// Runs the machine to its end: at once, or paused until resumed, as the load asked.
+    pub fn run(self, opts: RunOptions) -> Result<RunReport, Error> {
+        let start = if self.resume {
+            Launch::Running
+        } else {
+            Launch::Paused
+        };
+        machine::launch(self.parts, opts, start, None)
+    }
 }
 
 /// Builds the machine a snapshot directory describes on `shell`, in its saved state, not yet
@@ -921,7 +957,7 @@ fn prepare(
         Ok(l) => l,
         Err(e) => {
             *unused = Some(shell);
-            return Err(Error::Host(e.to_string()));
+            return Err(e.into());
         }
     };
     tracing::debug!("snapshot read and checked");

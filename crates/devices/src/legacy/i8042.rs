@@ -259,7 +259,8 @@ impl I8042 {
             0xd0 => self.controller_reply(self.outport),
             // Pulse output lines: a clear bit 0 pulses the CPU reset line (0xFE is the usual).
             0xf0..=0xff if cmd & 1 == 0 => self.pulse_reset(),
-            _ => tracing::debug!("i8042: command {cmd:#04x} ignored"),
+            // Any guest can write commands in a loop: limited even at debug level.
+            _ => crate::rate_limited!(debug, "i8042: command {cmd:#04x} ignored"),
         }
     }
 

@@ -4,7 +4,7 @@ mod i8042;
 mod serial;
 
 pub use i8042::I8042;
-pub use serial::{Serial, SerialOutput, SerialSnapshot};
+pub use serial::{Serial, SerialOutput, SerialSnapshot, SerialStateError};
 
 use vm_superio::Trigger;
 use vmm_sys_util::eventfd::EventFd;

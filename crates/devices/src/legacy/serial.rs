@@ -60,6 +60,14 @@ pub struct SerialSnapshot {
     pub in_buffer: Vec<u8>,
 }
 
+/// A saved UART state that vm-superio refuses (a receive FIFO longer than the UART's).
+#[derive(Debug, thiserror::Error)]
+#[error("serial state: {source:?}")]
+pub struct SerialStateError {
+    #[source]
+    pub source: vm_superio::serial::Error<io::Error>,
+}
+
 impl Serial {
     pub fn new(irq: EventFdTrigger, out: SerialOutput) -> Self {
         Self {
@@ -73,7 +81,7 @@ impl Serial {
         irq: EventFdTrigger,
         out: SerialOutput,
         s: &SerialSnapshot,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SerialStateError> {
         let state = SerialState {
             baud_divisor_low: s.baud_divisor_low,
             baud_divisor_high: s.baud_divisor_high,
@@ -88,7 +96,7 @@ impl Serial {
         };
         Uart::from_state(&state, irq, NoEvents, out)
             .map(|uart| Self { uart })
-            .map_err(|e| format!("serial state: {e:?}"))
+            .map_err(|source| SerialStateError { source })
     }
 
     pub fn snapshot(&self) -> SerialSnapshot {
@@ -136,7 +144,8 @@ impl BusDevice for Serial {
         if let (Ok(off), [byte]) = (u8::try_from(offset), data) {
             // A console that cannot be written (a closed pipe) must not stop the guest.
             if let Err(e) = self.uart.write(off, *byte) {
-                tracing::debug!("serial write failed: {e:?}");
+                // Once per byte the guest writes while the console file cannot take it.
+                crate::rate_limited!(debug, "serial write failed: {e:?}");
             }
         }
     }

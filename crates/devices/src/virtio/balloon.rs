@@ -431,7 +431,8 @@ impl MutEventSubscriber for BalloonHandler {
             _ => Ok(()),
         };
         if let Err(e) = result {
-            tracing::warn!("virtio-balloon: bad queue: {e}");
+            // The guest can break its queues and notify them as often as it likes: limited.
+            crate::rate_limited!(warn, "virtio-balloon: bad queue: {e}");
         }
     }
 }

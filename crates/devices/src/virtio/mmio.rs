@@ -327,7 +327,9 @@ impl MmioTransport {
         match result {
             Ok(()) => self.active = true,
             Err(e) => {
-                tracing::warn!(
+                // The guest can reset and restart the device as often as it likes.
+                crate::rate_limited!(
+                    warn,
                     "virtio device type {} failed to start: {e}",
                     self.device.device_type()
                 );
@@ -434,5 +436,76 @@ impl BusDevice for MmioTransport {
             let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             self.write_register(offset, v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_limit::{tests::capture_logs, BURST};
+    use crate::virtio::ActivateError;
+    use vm_memory::GuestAddress;
+
+    /// A device that can never start (as a net device whose TAP is gone).
+    struct Unstartable;
+
+    impl VirtioDevice for Unstartable {
+        fn device_type(&self) -> u32 {
+            super::super::device_type::NET
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn activate(&mut self, _ctx: ActivateContext) -> Result<(), ActivateError> {
+            Err(ActivateError::Handler("the TAP is gone".into()))
+        }
+        fn reset(&mut self) {}
+    }
+
+    fn write(t: &mut MmioTransport, offset: u64, v: u32) {
+        BusDevice::write(t, offset, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn a_guest_restarting_a_broken_device_cannot_flood_the_log() {
+        let mem = Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(0).unwrap()));
+        let mut t = MmioTransport::new(
+            Box::new(Unstartable),
+            mem,
+            interrupt,
+            vec![EventFd::new(0).unwrap()],
+        )
+        .unwrap();
+        const ROUNDS: usize = 1000;
+        let log = capture_logs(|| {
+            for _ in 0..ROUNDS {
+                // Reset, then the driver's start-up sequence up to DRIVER_OK.
+                write(&mut t, 0x70, 0);
+                write(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER);
+                write(&mut t, 0x24, 1);
+                write(&mut t, 0x20, 1); // VERSION_1, the high word's bit 0
+                let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+                write(&mut t, 0x70, s);
+                write(&mut t, 0x70, s | status::DRIVER_OK);
+                assert!(!t.active);
+                assert_ne!(t.status & status::DEVICE_NEEDS_RESET, 0);
+            }
+        });
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("failed to start"))
+            .count();
+        assert!(lines >= 1, "the failure is still logged: {log}");
+        assert!(
+            lines <= BURST as usize,
+            "{lines} lines for {ROUNDS} restarts"
+        );
     }
 }

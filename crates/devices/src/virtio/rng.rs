@@ -144,7 +144,8 @@ impl MutEventSubscriber for RngHandler {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.event.read();
         if let Err(e) = self.process_queue() {
-            tracing::warn!("virtio-rng: bad queue: {e}");
+            // The guest can break its queue and notify it as often as it likes: limited.
+            crate::rate_limited!(warn, "virtio-rng: bad queue: {e}");
         }
     }
 }

@@ -8,6 +8,7 @@
 //! 0x0000_9000  PML4, PDPT (0xa000), four page directories (0xb000..0xf000): 0-4 GiB identity map
 //! 0x0002_0000  kernel command line
 //! 0x000e_0000  ACPI tables, RSDP first (inside the area Linux scans for it)
+//! 0x000f_0000  SMBIOS: 64-bit entry point, 32-bit one (0xf0020), structure table (0xf0040)
 //! 0x000f_fff0  reset vector: a stub that resets the machine through the ACPI reset register
 //! 0x0010_0000  kernel (bzImage protected-mode code; ELF kernels load where their headers say)
 //! ...          initrd at the top of low RAM
@@ -39,6 +40,10 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 pub const ACPI_START: u64 = 0xe0000;
 pub const ACPI_END: u64 = 0xf_0000;
+/// SMBIOS entry points and tables: the start of the 64 KiB Linux scans for them on a machine
+/// without EFI (`dmi_scan_machine`), up to the reset vector.
+pub const SMBIOS_START: u64 = 0xf_0000;
+pub const SMBIOS_END: u64 = RESET_VECTOR;
 /// Where a CPU starts after reset (F000:FFF0): guests that reboot "through the BIOS" jump here.
 pub const RESET_VECTOR: u64 = 0xf_fff0;
 pub const HIMEM_START: u64 = 0x10_0000;

@@ -9,3 +9,4 @@ pub mod gdt;
 pub mod layout;
 pub mod msr;
 pub mod regs;
+pub mod smbios;

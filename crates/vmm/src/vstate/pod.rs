@@ -7,67 +7,76 @@
 //! string each, a machine state decodes with little more than a copy, which counts during a
 //! migration's downtime and a restore.
 
-use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state,
-    kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave,
-};
+use kvm_bindings::kvm_fpu;
 use serde::{Deserialize, Deserializer, Serializer};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-/// A plain-old-data KVM ABI structure.
-///
-/// # Safety
-/// Implement only for `repr(C)` structures of integers (and arrays and unions of them) without
-/// padding that matters: every byte is initialised when KVM fills one, and every bit pattern is
-/// a valid value.
-pub unsafe trait Pod: 'static {}
+/// A KVM ABI structure seen as its bytes. kvm-bindings (its `serde` feature) derives
+/// zerocopy's traits for the structures a machine state holds, which checks at compile time
+/// that they have no padding and that any bytes are a valid value; `kvm_fpu`, the one it
+/// leaves out, goes through [`Fpu`].
+pub trait Pod: IntoBytes + FromBytes + Immutable {}
 
-// SAFETY: each is a bindgen-generated repr(C) KVM ABI structure of integers.
-unsafe impl Pod for kvm_regs {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_sregs {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_fpu {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_xsave {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_xcrs {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_debugregs {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_lapic_state {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_mp_state {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_vcpu_events {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_msr_entry {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_cpuid_entry2 {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_irqchip {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_pit_state2 {}
-// SAFETY: as above.
-unsafe impl Pod for kvm_clock_data {}
+impl<T: IntoBytes + FromBytes + Immutable> Pod for T {}
 
+/// The bytes of `v`, exactly as KVM lays it out.
 pub fn bytes<T: Pod>(v: &T) -> &[u8] {
-    // SAFETY: T is Pod: all size_of::<T>() bytes are initialised and readable.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+    v.as_bytes()
 }
 
-/// The value whose bytes are `b`; None when the length is wrong.
+/// The value whose bytes are `b`; None when the length is not exactly the structure's (a
+/// wrong length is refused, never truncated or padded).
 pub fn from_bytes<T: Pod>(b: &[u8]) -> Option<T> {
-    if b.len() != std::mem::size_of::<T>() {
-        return None;
-    }
-    let mut v = std::mem::MaybeUninit::<T>::uninit();
-    // SAFETY: `b` has exactly size_of::<T>() bytes, and T is Pod, so any bytes are a valid T.
-    unsafe {
-        std::ptr::copy_nonoverlapping(b.as_ptr(), v.as_mut_ptr().cast::<u8>(), b.len());
-        Some(v.assume_init())
-    }
+    T::read_from_bytes(b).ok()
 }
+
+/// `kvm_fpu` field for field, with the derives kvm-bindings does not give it: the same
+/// `repr(C)` layout (416 bytes, no padding: the derive checks that), so its bytes are
+/// `kvm_fpu`'s bytes.
+#[derive(IntoBytes, FromBytes, Immutable)]
+#[repr(C)]
+struct Fpu {
+    fpr: [[u8; 16]; 8],
+    fcw: u16,
+    fsw: u16,
+    ftwx: u8,
+    pad1: u8,
+    last_opcode: u16,
+    last_ip: u64,
+    last_dp: u64,
+    xmm: [[u8; 16]; 16],
+    mxcsr: u32,
+    pad2: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Fpu>() == std::mem::size_of::<kvm_fpu>());
+
+/// `From` between `kvm_fpu` and [`Fpu`] both ways: the field list is written once, so the two
+/// conversions cannot drift apart.
+macro_rules! fpu_conversion {
+    ($from:ty => $to:ident) => {
+        impl From<$from> for $to {
+            fn from(f: $from) -> $to {
+                $to {
+                    fpr: f.fpr,
+                    fcw: f.fcw,
+                    fsw: f.fsw,
+                    ftwx: f.ftwx,
+                    pad1: f.pad1,
+                    last_opcode: f.last_opcode,
+                    last_ip: f.last_ip,
+                    last_dp: f.last_dp,
+                    xmm: f.xmm,
+                    mxcsr: f.mxcsr,
+                    pad2: f.pad2,
+                }
+            }
+        }
+    };
+}
+
+fpu_conversion!(&kvm_fpu => Fpu);
+fpu_conversion!(Fpu => kvm_fpu);
 
 fn to_hex(b: &[u8], out: &mut String) {
     const D: &[u8; 16] = b"0123456789abcdef";
@@ -106,16 +115,28 @@ pub mod pod_bytes {
     }
 }
 
+/// `#[serde(with = "fpu_bytes")]` for a `kvm_fpu`: its bytes, as [`pod_bytes`] writes the others.
+pub mod fpu_bytes {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &kvm_fpu, s: S) -> Result<S::Ok, S::Error> {
+        serialize_raw(Fpu::from(v).as_bytes(), s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<kvm_fpu, D::Error> {
+        let b = deserialize_raw(d)?;
+        from_bytes::<Fpu>(&b)
+            .map(kvm_fpu::from)
+            .ok_or_else(|| serde::de::Error::custom("wrong length for a KVM structure"))
+    }
+}
+
 /// `#[serde(with = "pod_vec")]` for a vector of Pod values: one byte string.
 pub mod pod_vec {
     use super::*;
 
     pub fn serialize<T: Pod, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
-        let mut raw = Vec::with_capacity(std::mem::size_of_val(v));
-        for x in v {
-            raw.extend_from_slice(bytes(x));
-        }
-        serialize_raw(&raw, s)
+        serialize_raw(v.as_bytes(), s)
     }
 
     pub fn deserialize<'de, T: Pod, D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
@@ -156,6 +177,7 @@ fn deserialize_raw<'de, D: Deserializer<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvm_bindings::{kvm_msr_entry, kvm_regs};
 
     #[derive(serde::Serialize, serde::Deserialize)]
     struct T {
@@ -196,10 +218,85 @@ mod tests {
         assert_eq!(back.regs.rax, 0x1122_3344_5566_7788);
         assert_eq!(back.msrs[2].data, 7);
         assert!(postcard::from_bytes::<T>(&b[..b.len() - 1]).is_err());
+        // Wrong length (one byte short, one byte over), odd length, not hex.
+        let hex = |n: usize| format!("\"{}\"", "00".repeat(n));
+        let n = std::mem::size_of::<kvm_regs>();
+        for bad in [hex(n - 1), hex(n + 1)] {
+            let j = format!("{{\"regs\": {bad}, \"msrs\": \"\"}}");
+            assert!(serde_json::from_str::<T>(&j).is_err());
+        }
+        let j = format!("{{\"regs\": {}, \"msrs\": {}}}", hex(n), hex(7));
+        assert!(
+            serde_json::from_str::<T>(&j).is_err(),
+            "7 bytes of 16-byte entries"
+        );
         // Wrong length, odd length, not hex.
         for bad in ["\"00\"", "\"0\"", "\"zz\""] {
             let j = format!("{{\"regs\": {bad}, \"msrs\": \"\"}}");
             assert!(serde_json::from_str::<T>(&j).is_err(), "{bad}");
         }
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct F {
+        #[serde(with = "fpu_bytes")]
+        fpu: kvm_fpu,
+    }
+
+    #[test]
+    fn kvm_fpu_keeps_its_abi_layout() {
+        let mut fpu = kvm_fpu {
+            fcw: 0x037f,
+            fsw: 0x1234,
+            ftwx: 0xab,
+            last_opcode: 0x0bcd,
+            last_ip: 0x1122_3344_5566_7788,
+            last_dp: 0x99aa_bbcc_ddee_ff00,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        fpu.fpr[7][15] = 0x5a;
+        fpu.xmm[15][0] = 0xa5;
+        let b = postcard::to_allocvec(&F { fpu }).unwrap();
+        // postcard writes a byte string as its length (416, a two-byte varint), then the bytes.
+        assert_eq!(&b[..2], &[0xa0, 0x03]);
+        let raw = &b[2..];
+        assert_eq!(raw.len(), 416);
+        // The offsets of kvm_fpu's fields in the KVM ABI (bindgen's layout assertions).
+        assert_eq!(raw[127], 0x5a);
+        assert_eq!(&raw[128..130], &0x037fu16.to_le_bytes());
+        assert_eq!(&raw[130..132], &0x1234u16.to_le_bytes());
+        assert_eq!(raw[132], 0xab);
+        assert_eq!(&raw[134..136], &0x0bcdu16.to_le_bytes());
+        assert_eq!(&raw[136..144], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&raw[144..152], &0x99aa_bbcc_ddee_ff00u64.to_le_bytes());
+        assert_eq!(raw[152 + 15 * 16], 0xa5);
+        assert_eq!(&raw[408..412], &0x1f80u32.to_le_bytes());
+        let back: F = postcard::from_bytes(&b).unwrap();
+        assert_eq!(back.fpu, fpu);
+        let j = serde_json::to_string(&F { fpu }).unwrap();
+        assert_eq!(serde_json::from_str::<F>(&j).unwrap().fpu, fpu);
+        for n in [415, 417] {
+            let j = format!("{{\"fpu\": \"{}\"}}", "00".repeat(n));
+            assert!(serde_json::from_str::<F>(&j).is_err(), "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn kvm_regs_bytes_are_its_fields_in_order() {
+        let regs = kvm_regs {
+            rax: 0x0102_0304_0506_0708,
+            rip: 0xffff_ffff_8100_0000,
+            rflags: 2,
+            ..Default::default()
+        };
+        let b = bytes(&regs);
+        assert_eq!(b.len(), 144);
+        assert_eq!(&b[..8], &0x0102_0304_0506_0708u64.to_le_bytes());
+        // rip and rflags are the last two of its eighteen u64s.
+        assert_eq!(&b[128..136], &0xffff_ffff_8100_0000u64.to_le_bytes());
+        assert_eq!(&b[136..144], &2u64.to_le_bytes());
+        assert_eq!(from_bytes::<kvm_regs>(b), Some(regs));
+        assert_eq!(from_bytes::<kvm_regs>(&b[1..]), None);
     }
 }

@@ -13,7 +13,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::{Deserialize, Serialize};
 
-use super::pod::{pod_bytes, pod_vec};
+use super::pod::{fpu_bytes, pod_bytes, pod_vec};
 
 use super::control::{ExitCounters, GuestFault, RunControl, StopReason};
 use crate::arch::{cpuid, msr, regs};
@@ -55,7 +55,7 @@ pub struct VcpuState {
     pub regs: kvm_regs,
     #[serde(with = "pod_bytes")]
     pub sregs: kvm_sregs,
-    #[serde(with = "pod_bytes")]
+    #[serde(with = "fpu_bytes")]
     pub fpu: kvm_fpu,
     #[serde(with = "pod_bytes")]
     pub xsave: kvm_xsave,
@@ -417,9 +417,9 @@ impl Vcpu {
 
     fn internal_error(&mut self) -> GuestFault {
         let vcpu = self.id;
+        let mut fd = self.fd();
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the union
         // member KVM filled in.
-        let mut fd = self.fd();
         let suberror = unsafe { fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
         if suberror != KVM_INTERNAL_ERROR_EMULATION {
             return GuestFault::InternalError { vcpu, suberror };

@@ -622,7 +622,11 @@ impl BlockHandler {
     }
 
     fn fail(&mut self, e: virtio_queue::Error) {
-        tracing::warn!("virtio-blk: the guest broke its queue ({e}); it is no longer served");
+        // Guest-triggered, again after every reset: limited.
+        crate::rate_limited!(
+            warn,
+            "virtio-blk: the guest broke its queue ({e}); it is no longer served"
+        );
         self.broken = true;
         self.polling_until = None;
     }

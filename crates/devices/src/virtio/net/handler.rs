@@ -231,7 +231,11 @@ impl NetHandler {
     }
 
     fn stop(&mut self, what: &str, e: virtio_queue::Error) {
-        tracing::warn!("virtio-net: {what} queue unusable, device stopped until reset: {e}");
+        // Guest-triggered, again after every reset: limited.
+        crate::rate_limited!(
+            warn,
+            "virtio-net: {what} queue unusable, device stopped until reset: {e}"
+        );
         self.broken = true;
     }
 

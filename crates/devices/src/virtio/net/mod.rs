@@ -133,12 +133,20 @@ impl MacAddr {
     }
 }
 
-impl FromStr for MacAddr {
-    type Err = String;
+/// Why a MAC address given to a net device is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MacAddrError {
+    #[error("invalid MAC address {0:?}: want six hex bytes like 02:00:00:00:00:01")]
+    Syntax(String),
+    #[error("invalid MAC address {0:?}: a multicast address cannot be a NIC's")]
+    Multicast(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("invalid MAC address {s:?}: want six hex bytes like 02:00:00:00:00:01");
+impl FromStr for MacAddr {
+    type Err = MacAddrError;
+
+    fn from_str(s: &str) -> Result<Self, MacAddrError> {
+        let bad = || MacAddrError::Syntax(s.to_string());
         let mut b = [0u8; 6];
         let mut parts = s.split(':');
         for byte in &mut b {
@@ -152,9 +160,7 @@ impl FromStr for MacAddr {
             return Err(bad());
         }
         if b[0] & 1 != 0 {
-            return Err(format!(
-                "invalid MAC address {s:?}: a multicast address cannot be a NIC's"
-            ));
+            return Err(MacAddrError::Multicast(s.to_string()));
         }
         Ok(MacAddr(b))
     }

@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::{Backend, HDR_LEN};
@@ -21,6 +21,10 @@ pub enum TapError {
     Permission(String),
     #[error("TAP {0}: not a TAP interface (a TUN, or not made by tun/tap)")]
     NotTap(String),
+    #[error("tap-fd={0}: not an open file descriptor")]
+    BadFd(RawFd),
+    #[error("tap-fd={0}: not a TAP attached with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR")]
+    FdNotTap(RawFd),
     #[error("TAP {name}: {what}: {err}")]
     Io {
         name: String,
@@ -100,6 +104,58 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Takes over a TAP fd its owner already attached (TUNSETIFF with IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR), e.g. vireod, which opens the TAP inside a VPC's network namespace that
+    /// the VMM does not live in. Sets what [`Tap::open`] sets: non-blocking, the 12-byte
+    /// virtio-net header, no offloads. The name comes from the kernel (TUNGETIFF).
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, TapError> {
+        let raw = fd.as_raw_fd();
+        // SAFETY: ifreq is plain data; all zeroes is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: TUNGETIFF writes one ifreq, which `ifr` is; the fd is ours.
+        if unsafe { libc::ioctl(raw, libc::TUNGETIFF, &mut ifr) } < 0 {
+            return Err(TapError::FdNotTap(raw));
+        }
+        // SAFETY: TUNGETIFF filled in the flags member of the union.
+        let flags = i32::from(unsafe { ifr.ifr_ifru.ifru_flags });
+        let want = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if flags & want != want {
+            return Err(TapError::FdNotTap(raw));
+        }
+        let name: String = ifr
+            .ifr_name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8 as char)
+            .collect();
+        let io = |what, err| TapError::Io {
+            name: name.clone(),
+            what,
+            err,
+        };
+        // SAFETY: F_GETFL/F_SETFL on an fd we own; no memory is passed.
+        let fl = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+        // SAFETY: as above.
+        if fl < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
+            return Err(io("O_NONBLOCK", std::io::Error::last_os_error()));
+        }
+        // SAFETY: F_SETFD on an fd we own: it is not to leak into anything the VMM runs.
+        if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(io("FD_CLOEXEC", std::io::Error::last_os_error()));
+        }
+        let hdr_len = HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is valid.
+        if unsafe { libc::ioctl(raw, libc::TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+            return Err(io("TUNSETVNETHDRSZ", std::io::Error::last_os_error()));
+        }
+        let tap = Tap {
+            file: File::from(fd),
+            name: name.clone(),
+        };
+        tap.set_offload(0).map_err(|e| io("TUNSETOFFLOAD", e))?;
+        Ok(tap)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -121,7 +177,9 @@ impl Backend for Tap {
     }
 
     unsafe fn write_frame_gathered(&self, parts: &[libc::iovec]) -> std::io::Result<usize> {
-        writev(self.file.as_raw_fd(), parts)
+        // SAFETY: this function's own contract (the parts stay mapped and readable) is the
+        // one `writev` asks for; the fd is ours.
+        unsafe { writev(self.file.as_raw_fd(), parts) }
     }
 
     fn set_offload(&self, flags: u32) -> std::io::Result<()> {

@@ -550,7 +550,7 @@ fn mac_addresses() {
         assert!(bad.parse::<MacAddr>().is_err(), "{bad:?}");
     }
     let e = "01:00:5e:00:00:01".parse::<MacAddr>().unwrap_err();
-    assert!(e.contains("multicast"), "{e}");
+    assert!(e.to_string().contains("multicast"), "{e}");
     let (a, b) = (MacAddr::random_local(), MacAddr::random_local());
     assert_ne!(a, b);
     for m in [a, b] {
@@ -568,4 +568,18 @@ fn tap_that_does_not_exist_is_a_clear_error() {
         Err(TapError::BadName(_))
     ));
     assert!(matches!(Tap::open("../x"), Err(TapError::BadName(_))));
+}
+
+#[test]
+fn tap_fd_that_is_not_a_tap_is_refused() {
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fd = std::os::fd::OwnedFd::from(null);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let e = Tap::from_fd(fd).unwrap_err();
+    assert!(matches!(e, TapError::FdNotTap(n) if n == raw), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("tap-fd={raw}: not a TAP")),
+        "{e}"
+    );
 }

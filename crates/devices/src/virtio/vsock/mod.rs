@@ -243,7 +243,11 @@ impl VsockHandler {
             Ok(())
         });
         if let Err(e) = r {
-            tracing::warn!("virtio-vsock: bad event queue, device stopped until reset: {e}");
+            // Guest-triggered, again after every reset: limited.
+            crate::rate_limited!(
+                warn,
+                "virtio-vsock: bad event queue, device stopped until reset: {e}"
+            );
             self.broken = true;
         }
     }
@@ -267,7 +271,11 @@ impl VsockHandler {
             Ok(())
         });
         if let Err(e) = result {
-            tracing::warn!("virtio-vsock: bad queue, device stopped until reset: {e}");
+            // Guest-triggered, again after every reset: limited.
+            crate::rate_limited!(
+                warn,
+                "virtio-vsock: bad queue, device stopped until reset: {e}"
+            );
             self.broken = true;
         }
     }

@@ -1,13 +1,20 @@
 //! vireod's state in embedded SQLite: access keys, images, instances, tags and idempotency tokens.
 //! The schema evolves through numbered migrations (rusqlite_migration, tracked in SQLite's
-//! `user_version`), applied when the database is opened.
+//! `user_version`), applied when the database is opened. VPC networking's tables and queries
+//! are in [`network`], key pairs' in [`keypairs`].
 
-use std::path::Path;
+pub mod keypairs;
+pub mod network;
+
+use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use rusqlite_migration::{Migrations, M};
 
-use crate::model::{Image, Instance, InstanceState, StateReason};
+use crate::model::{
+    Image, Instance, InstanceAttributes, InstanceState, MetadataOptions, StateReason, Tag,
+};
+use crate::process::ProcessId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -17,9 +24,22 @@ pub enum DbError {
     Migration(#[from] rusqlite_migration::Error),
     #[error("state database holds a bad value: {0}")]
     Corrupt(String),
+    /// vireod's paths are stored as text; one that is not UTF-8 cannot be.
+    #[error("state database: the path {0:?} is not UTF-8")]
+    PathNotUtf8(PathBuf),
 }
 
 pub type Result<T> = std::result::Result<T, DbError>;
+
+/// A path as the database stores it (text).
+fn path_text(p: &Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| DbError::PathNotUtf8(p.to_path_buf()))
+}
+
+fn opt_path_text(p: Option<&PathBuf>) -> Result<Option<&str>> {
+    p.map(|p| path_text(p)).transpose()
+}
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -79,6 +99,26 @@ fn migrations() -> Migrations<'static> {
         ),
         // 2: the migration host an instance's VMM runs on (0: vireod's own namespace).
         M::up("ALTER TABLE instances ADD COLUMN host INTEGER NOT NULL DEFAULT 0;"),
+        // 3: VPC networking (VPCs, subnets, groups, interfaces, gateways, routes, addresses).
+        M::up(network::SCHEMA),
+        // 4: key pairs (public halves only).
+        M::up(keypairs::SCHEMA),
+        // 5: an instance's key pair (its name and public key, kept when the pair is deleted)
+        // and the attributes of ModifyInstanceAttribute.
+        M::up(
+            "ALTER TABLE instances ADD COLUMN key_name TEXT;
+             ALTER TABLE instances ADD COLUMN public_key TEXT;
+             ALTER TABLE instances ADD COLUMN disable_api_termination INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE instances ADD COLUMN disable_api_stop INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE instances ADD COLUMN shutdown_behavior TEXT NOT NULL DEFAULT 'stop';",
+        ),
+        // 6: the instance metadata options (RunInstances MetadataOptions, EC2's defaults).
+        M::up(
+            "ALTER TABLE instances ADD COLUMN imds_tokens_required INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE instances ADD COLUMN imds_hop_limit INTEGER NOT NULL DEFAULT 1;
+             ALTER TABLE instances ADD COLUMN imds_endpoint INTEGER NOT NULL DEFAULT 1;
+             ALTER TABLE instances ADD COLUMN imds_tags INTEGER NOT NULL DEFAULT 0;",
+        ),
     ])
 }
 
@@ -90,7 +130,9 @@ pub struct Db {
 const INSTANCE_COLUMNS: &str =
     "seq, instance_id, reservation_id, owner_id, image_id, instance_type, \
      vcpus, memory_mib, state, reason_code, reason_message, launch_time, launch_index, \
-     client_token, user_data, dir, pid, pid_start, host";
+     client_token, user_data, dir, pid, pid_start, host, key_name, public_key, \
+     disable_api_termination, disable_api_stop, shutdown_behavior, \
+     imds_tokens_required, imds_hop_limit, imds_endpoint, imds_tags";
 
 const IMAGE_COLUMNS: &str =
     "image_id, name, description, owner_id, state, architecture, boot_mode, \
@@ -100,10 +142,11 @@ impl Db {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Db> {
         let mut conn = Connection::open(path)?;
-        // WAL: readers never wait for the writer; NORMAL sync is durable at each checkpoint and
-        // never corrupts the database on power loss.
+        // WAL: readers never wait for the writer. FULL: every commit is on disk before it
+        // returns, so what the API has acknowledged survives a power loss (NORMAL may lose the
+        // last commits, e.g. an image registered just before, while its files stay).
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations().to_latest(&mut conn)?;
@@ -163,20 +206,33 @@ impl Db {
 
     // --- tags ----------------------------------------------------------------------------------
 
-    pub fn tags(&self, resource_id: &str) -> Result<Vec<(String, String)>> {
+    pub fn tags(&self, resource_id: &str) -> Result<Vec<Tag>> {
         let mut st = self
             .conn
             .prepare_cached("SELECT key, value FROM tags WHERE resource_id = ?1 ORDER BY key")?;
-        let rows = st.query_map([resource_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = st.query_map([resource_id], |r| {
+            Ok(Tag {
+                key: r.get(0)?,
+                value: r.get(1)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// All tags, as (resource, key, value), ordered by resource and key.
-    pub fn all_tags(&self) -> Result<Vec<(String, String, String)>> {
+    /// All tags, as (resource, tag), ordered by resource and key.
+    pub fn all_tags(&self) -> Result<Vec<(String, Tag)>> {
         let mut st = self
             .conn
             .prepare("SELECT resource_id, key, value FROM tags ORDER BY resource_id, key")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                Tag {
+                    key: r.get(1)?,
+                    value: r.get(2)?,
+                },
+            ))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -193,16 +249,16 @@ impl Db {
                 img.state,
                 img.architecture,
                 img.boot_mode,
-                img.kernel,
-                img.initrd,
-                img.root_disk,
+                path_text(&img.kernel)?,
+                opt_path_text(img.initrd.as_ref())?,
+                opt_path_text(img.root_disk.as_ref())?,
                 img.cmdline,
                 img.creation_date,
                 img.source_instance_id
             ],
         )?;
-        for (k, v) in &img.tags {
-            put_tag(tx, &img.image_id, k, v)?;
+        for t in &img.tags {
+            put_tag(tx, &img.image_id, &t.key, &t.value)?;
         }
         Ok(())
     }
@@ -216,9 +272,9 @@ impl Db {
             state: r.get(4)?,
             architecture: r.get(5)?,
             boot_mode: r.get(6)?,
-            kernel: r.get(7)?,
-            initrd: r.get(8)?,
-            root_disk: r.get(9)?,
+            kernel: PathBuf::from(r.get::<_, String>(7)?),
+            initrd: r.get::<_, Option<String>>(8)?.map(PathBuf::from),
+            root_disk: r.get::<_, Option<String>>(9)?.map(PathBuf::from),
             cmdline: r.get(10)?,
             creation_date: r.get(11)?,
             source_instance_id: r.get(12)?,
@@ -303,8 +359,11 @@ impl Db {
         tx.execute(
             "INSERT INTO instances(instance_id, reservation_id, owner_id, image_id, instance_type,
                  vcpus, memory_mib, state, reason_code, reason_message, launch_time, launch_index,
-                 client_token, user_data, dir, pid, pid_start)
-             VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
+                 client_token, user_data, dir, pid, pid_start, key_name, public_key,
+                 disable_api_termination, disable_api_stop, shutdown_behavior,
+                 imds_tokens_required, imds_hop_limit, imds_endpoint, imds_tags)
+             VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,
+                    ?23,?24,?25,?26)",
             params![
                 i.instance_id,
                 i.reservation_id,
@@ -320,13 +379,22 @@ impl Db {
                 i.launch_index,
                 i.client_token,
                 i.user_data,
-                i.dir,
-                i.pid,
-                i.pid_start.map(|s| s as i64),
+                path_text(&i.dir)?,
+                i.pid.map(|p| p.pid),
+                i.pid.map(|p| p.start_time as i64),
+                i.key_name,
+                i.public_key,
+                i.attributes.disable_api_termination,
+                i.attributes.disable_api_stop,
+                i.attributes.shutdown_behavior.name(),
+                i.metadata_options.tokens_required,
+                i.metadata_options.hop_limit,
+                i.metadata_options.endpoint_enabled,
+                i.metadata_options.tags_enabled,
             ],
         )?;
-        for (k, v) in &i.tags {
-            put_tag(tx, &i.instance_id, k, v)?;
+        for t in &i.tags {
+            put_tag(tx, &i.instance_id, &t.key, &t.value)?;
         }
         Ok(())
     }
@@ -335,6 +403,10 @@ impl Db {
         let state: String = r.get(8)?;
         let state = state.parse::<InstanceState>().map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, e.into())
+        })?;
+        let behavior: String = r.get(23)?;
+        let shutdown_behavior = behavior.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(23, rusqlite::types::Type::Text, e.into())
         })?;
         let code: Option<String> = r.get(9)?;
         let message: Option<String> = r.get(10)?;
@@ -356,11 +428,30 @@ impl Db {
             launch_index: r.get(12)?,
             client_token: r.get(13)?,
             user_data: r.get(14)?,
-            dir: r.get(15)?,
-            pid: r.get(16)?,
-            pid_start: r.get::<_, Option<i64>>(17)?.map(|s| s as u64),
+            dir: PathBuf::from(r.get::<_, String>(15)?),
+            // Both or neither are stored; a PID without its start time could be anyone's.
+            pid: match (r.get::<_, Option<i32>>(16)?, r.get::<_, Option<i64>>(17)?) {
+                (Some(pid), Some(start)) => Some(ProcessId {
+                    pid,
+                    start_time: start as u64,
+                }),
+                _ => None,
+            },
             host: r.get(18)?,
             tags: Vec::new(),
+            key_name: r.get(19)?,
+            public_key: r.get(20)?,
+            attributes: InstanceAttributes {
+                disable_api_termination: r.get(21)?,
+                disable_api_stop: r.get(22)?,
+                shutdown_behavior,
+            },
+            metadata_options: MetadataOptions {
+                tokens_required: r.get(24)?,
+                hop_limit: r.get(25)?,
+                endpoint_enabled: r.get(26)?,
+                tags_enabled: r.get(27)?,
+            },
         })
     }
 
@@ -394,7 +485,7 @@ impl Db {
         let mut st = self.conn.prepare_cached(
             "SELECT resource_id, key, value FROM tags WHERE resource_id LIKE 'i-%' ORDER BY resource_id, key",
         )?;
-        let mut tags: std::collections::HashMap<String, Vec<(String, String)>> =
+        let mut tags: std::collections::HashMap<String, Vec<Tag>> =
             std::collections::HashMap::new();
         let rows = st.query_map([], |r| {
             Ok((
@@ -405,7 +496,7 @@ impl Db {
         })?;
         for row in rows {
             let (id, k, v) = row?;
-            tags.entry(id).or_default().push((k, v));
+            tags.entry(id).or_default().push(Tag { key: k, value: v });
         }
         for i in &mut list {
             if let Some(t) = tags.remove(&i.instance_id) {
@@ -434,15 +525,14 @@ impl Db {
         Ok(())
     }
 
-    pub fn set_process(
-        &self,
-        instance_id: &str,
-        pid: Option<i32>,
-        pid_start: Option<u64>,
-    ) -> Result<()> {
+    pub fn set_process(&self, instance_id: &str, pid: Option<ProcessId>) -> Result<()> {
         self.conn.execute(
             "UPDATE instances SET pid = ?2, pid_start = ?3 WHERE instance_id = ?1",
-            params![instance_id, pid, pid_start.map(|s| s as i64)],
+            params![
+                instance_id,
+                pid.map(|p| p.pid),
+                pid.map(|p| p.start_time as i64)
+            ],
         )?;
         Ok(())
     }
@@ -451,6 +541,46 @@ impl Db {
         self.conn.execute(
             "UPDATE instances SET host = ?2 WHERE instance_id = ?1",
             params![instance_id, host],
+        )?;
+        Ok(())
+    }
+
+    /// ModifyInstanceAttribute userData (of a stopped instance).
+    pub fn set_user_data(&self, instance_id: &str, user_data: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET user_data = ?2 WHERE instance_id = ?1",
+            params![instance_id, user_data],
+        )?;
+        Ok(())
+    }
+
+    /// ModifyInstanceAttribute's protections and shutdown behaviour.
+    pub fn set_instance_attributes(&self, instance_id: &str, a: &InstanceAttributes) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET disable_api_termination = ?2, disable_api_stop = ?3,
+                 shutdown_behavior = ?4 WHERE instance_id = ?1",
+            params![
+                instance_id,
+                a.disable_api_termination,
+                a.disable_api_stop,
+                a.shutdown_behavior.name()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// ModifyInstanceMetadataOptions.
+    pub fn set_metadata_options(&self, instance_id: &str, m: &MetadataOptions) -> Result<()> {
+        self.conn.execute(
+            "UPDATE instances SET imds_tokens_required = ?2, imds_hop_limit = ?3,
+                 imds_endpoint = ?4, imds_tags = ?5 WHERE instance_id = ?1",
+            params![
+                instance_id,
+                m.tokens_required,
+                m.hop_limit,
+                m.endpoint_enabled,
+                m.tags_enabled
+            ],
         )?;
         Ok(())
     }
@@ -545,7 +675,7 @@ mod tests {
         {
             let db = Db::open(&path).unwrap();
             db.set_setting("owner_id", "123456789012").unwrap();
-            assert_eq!(db.schema_version().unwrap(), 2);
+            assert_eq!(db.schema_version().unwrap(), 6);
         }
         let db = Db::open(&path).unwrap();
         assert_eq!(
@@ -553,5 +683,97 @@ mod tests {
             Some("123456789012")
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A commit vireod has acknowledged must survive a power loss: WAL with `synchronous=FULL`
+    /// (NORMAL may lose the last transactions, e.g. an image registered just before).
+    #[test]
+    fn commits_are_synced_to_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        let sync: i64 = db
+            .conn()
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous must be FULL (2)");
+        let mode: String = db
+            .conn()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    /// An instance's typed fields (its VMM process, directory and tags) come back as stored,
+    /// and a process is recorded and cleared as one.
+    #[test]
+    fn instances_round_trip_with_their_process_and_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("state.db")).unwrap();
+        let pid = ProcessId {
+            pid: 4242,
+            start_time: 1_234_567,
+        };
+        let inst = Instance {
+            seq: 0,
+            instance_id: "i-0123456789abcdef0".into(),
+            reservation_id: "r-0123456789abcdef0".into(),
+            owner_id: "123456789012".into(),
+            image_id: "ami-0123456789abcdef0".into(),
+            instance_type: "t3.micro".into(),
+            vcpus: 2,
+            memory_mib: 1024,
+            state: InstanceState::Pending,
+            state_reason: None,
+            launch_time: "2024-01-01T00:00:00.000Z".into(),
+            launch_index: 0,
+            client_token: None,
+            user_data: b"#!/bin/sh".to_vec(),
+            dir: dir.path().join("instances/i-0123456789abcdef0"),
+            pid: Some(pid),
+            host: 0,
+            tags: vec![Tag::new("Name", "web"), Tag::new("env", "")],
+            key_name: Some("my-key".into()),
+            public_key: Some("ssh-ed25519 AAAA my-key".into()),
+            attributes: InstanceAttributes {
+                disable_api_termination: true,
+                disable_api_stop: false,
+                shutdown_behavior: crate::model::ShutdownBehavior::Terminate,
+            },
+            metadata_options: MetadataOptions {
+                tokens_required: true,
+                hop_limit: 2,
+                endpoint_enabled: false,
+                tags_enabled: true,
+            },
+        };
+        let tx = db.transaction().unwrap();
+        Db::insert_instance(&tx, &inst).unwrap();
+        tx.commit().unwrap();
+        let got = db.instance(&inst.instance_id).unwrap().unwrap();
+        assert_eq!(
+            got,
+            Instance {
+                seq: got.seq,
+                ..inst.clone()
+            }
+        );
+        assert_eq!(db.instances().unwrap(), vec![got]);
+        db.set_process(&inst.instance_id, None).unwrap();
+        assert_eq!(db.instance(&inst.instance_id).unwrap().unwrap().pid, None);
+        db.set_instance_attributes(&inst.instance_id, &InstanceAttributes::default())
+            .unwrap();
+        assert_eq!(
+            db.instance(&inst.instance_id).unwrap().unwrap().attributes,
+            InstanceAttributes::default()
+        );
+        db.set_metadata_options(&inst.instance_id, &MetadataOptions::default())
+            .unwrap();
+        assert_eq!(
+            db.instance(&inst.instance_id)
+                .unwrap()
+                .unwrap()
+                .metadata_options,
+            MetadataOptions::default()
+        );
     }
 }

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use vireo_promtext::{self as prom, Kind, Line};
 
+use crate::error::ApiError;
 use crate::model::InstanceState;
-use crate::process::{self, VmmFiles};
+use crate::process::VmmFiles;
+use crate::service::vmm::{self, VmmError};
 use crate::service::Service;
 
 /// How long one VMM gets to answer; a scrape of vireod must not hang on one stuck VMM.
@@ -164,37 +166,42 @@ fn reserved(name: &str) -> bool {
     name.starts_with("vireod_")
 }
 
-/// Asks one VMM for its metrics.
-async fn scrape(sock: PathBuf) -> Result<String, String> {
-    let call =
-        tokio::task::spawn_blocking(move || process::api_call(&sock, "GET", "/metrics", None));
-    // The blocking call has its own (longer) socket timeouts and finishes on its own; the scrape
-    // just stops waiting for it.
-    match tokio::time::timeout(SCRAPE_TIMEOUT, call).await {
-        Err(_) => Err(format!("no answer within {SCRAPE_TIMEOUT:?}")),
-        Ok(Err(e)) => Err(format!("scrape task failed: {e}")),
-        Ok(Ok(Err(e))) => Err(e.to_string()),
-        Ok(Ok(Ok((200, body)))) if body.len() > MAX_SCRAPE_BYTES => Err(format!(
-            "answer of {} bytes is over the {MAX_SCRAPE_BYTES}-byte limit",
-            body.len()
-        )),
-        Ok(Ok(Ok((200, body)))) => Ok(body),
-        Ok(Ok(Ok((status, _)))) => Err(format!("HTTP {status}")),
+/// Why one VMM's metrics are missing from a scrape (logged; the VMM counts as down).
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("no answer within {SCRAPE_TIMEOUT:?}")]
+    Timeout,
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("answer of {0} bytes is over the {MAX_SCRAPE_BYTES}-byte limit")]
+    TooLarge(usize),
+}
+
+/// Asks one VMM for its metrics, waiting at most [`SCRAPE_TIMEOUT`].
+async fn scrape(sock: PathBuf) -> Result<String, ScrapeError> {
+    match vmm::metrics(&sock, SCRAPE_TIMEOUT).await {
+        Err(VmmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::TimedOut => {
+            Err(ScrapeError::Timeout)
+        }
+        Err(VmmError::Io { source, .. }) => Err(ScrapeError::Io(source)),
+        Err(VmmError::Status { status, .. }) => Err(ScrapeError::Status(status)),
+        Ok(body) if body.len() > MAX_SCRAPE_BYTES => Err(ScrapeError::TooLarge(body.len())),
+        Ok(body) => Ok(body),
     }
 }
 
 /// The whole `/metrics` answer.
-pub async fn collect(svc: &Service) -> Result<String, String> {
-    let (instances, _) = svc
-        .describe_instances(&[], &[], None, None)
-        .map_err(|e| e.message)?;
-    let (capacity, used) = svc.capacity().map_err(|e| e.message)?;
+pub async fn collect(svc: &Service) -> Result<String, ApiError> {
+    let (instances, _) = svc.describe_instances(&[], &[], None, None)?;
+    let (capacity, used) = svc.capacity()?;
 
     let targets: Vec<_> = instances.iter().filter(|i| scraped(i.state)).collect();
     let answers = futures_join(
         targets
             .iter()
-            .map(|i| scrape(VmmFiles::api_socket(std::path::Path::new(&i.dir))))
+            .map(|i| scrape(VmmFiles::api_socket(&i.dir)))
             .collect(),
     )
     .await;

@@ -7,13 +7,14 @@
 //! go through a pidfd, which cannot hit a different process.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+
+use vireo_vmm_api::smbios::{Smbios, SmbiosString, SystemUuid};
+use vireo_vmm_api::{ExitSummary, Stop};
 
 /// Everything one VMM start needs.
 #[derive(Debug, Clone)]
@@ -40,6 +41,49 @@ pub struct VmmSpec {
     /// The API socket, when not the instance's usual one (a migration destination's, until it
     /// takes over).
     pub api_socket: Option<PathBuf>,
+    /// The instance's network interfaces, in device order: each an attached TAP the VMM
+    /// inherits (`--net tap-fd=N,tap=NAME,mac=MAC`; see docs/networking.md).
+    pub nets: Vec<NetAttachment>,
+    /// The machine identity the guest reads from SMBIOS (`--smbios`, booting VMMs only: a
+    /// snapshot's or a migration's guest already has its tables in its memory).
+    pub smbios: Option<Smbios>,
+}
+
+/// The SMBIOS identity of an EC2 instance, as EC2 gives it: a system UUID whose text starts
+/// with `ec2`, the same text as the system serial number, the instance id as the chassis's
+/// asset tag, "Amazon EC2" as maker and the instance type as product. cloud-init's EC2
+/// datasource (ds-identify and `identify_aws` alike) takes the platform for AWS only when the
+/// UUID starts with `ec2` and equals the serial number (case aside). The UUID is derived from
+/// the instance id, so an instance keeps it across stops, starts and reboots.
+pub fn ec2_smbios(instance_id: &str, instance_type: &str) -> Smbios {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("vireo smbios uuid {instance_id}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    // The text's first three hex digits: "ec2".
+    bytes[0] = 0xec;
+    bytes[1] = 0x20 | (bytes[1] & 0x0f);
+    let uuid = SystemUuid(bytes);
+    // Instance ids and type names are short and plain; anything else is a bug caught here.
+    let string = |s: &str| SmbiosString::new(s).ok();
+    Smbios {
+        uuid: Some(uuid),
+        serial: string(&uuid.to_string()),
+        asset_tag: string(instance_id),
+        manufacturer: string("Amazon EC2"),
+        product: string(instance_type),
+        ..Smbios::default()
+    }
+}
+
+/// One network interface of a VMM: the TAP's fd (opened by vireod inside the VPC's network
+/// namespace), the TAP's name (the device's label in the VMM's metrics and configuration) and
+/// the ENI's MAC.
+#[derive(Debug, Clone)]
+pub struct NetAttachment {
+    pub fd: std::sync::Arc<OwnedFd>,
+    pub tap: String,
+    pub mac: String,
 }
 
 /// The files of one instance's VMM, all inside the instance directory.
@@ -118,10 +162,16 @@ pub fn spawn(spec: &VmmSpec) -> io::Result<ProcessId> {
     };
     if let Some(snapshot) = &spec.restore {
         cmd.arg("--restore").arg(snapshot).arg("--resume");
+        // The snapshot's configuration names the TAPs by these fd numbers.
+        inherit_taps(&mut cmd, &spec.nets);
     } else if let Some((addr, config)) = &spec.incoming {
         cmd.arg("--incoming").arg(addr).arg("--config").arg(config);
+        // The configuration names these fds (`net[].tap_fd`): the VMM attaches them when the
+        // source's machine arrives.
+        inherit_taps(&mut cmd, &spec.nets);
     } else {
-        boot_args(&mut cmd, spec);
+        boot_args(&mut cmd, spec)?;
+        inherit_taps(&mut cmd, &spec.nets);
     }
     cmd.arg("--serial")
         .arg(format!("file:{}", VmmFiles::console(dir).display()))
@@ -174,7 +224,7 @@ pub fn publish_socket(dir: &Path, socket: &Path) -> io::Result<()> {
 }
 
 /// The arguments that describe a VM booted from its kernel.
-fn boot_args(cmd: &mut Command, spec: &VmmSpec) {
+fn boot_args(cmd: &mut Command, spec: &VmmSpec) -> io::Result<()> {
     cmd.arg("--kernel")
         .arg(&spec.kernel)
         .arg("--cmdline")
@@ -189,6 +239,64 @@ fn boot_args(cmd: &mut Command, spec: &VmmSpec) {
     if let Some((disk, format)) = &spec.root_disk {
         cmd.arg("--drive")
             .arg(format!("path={},format={format}", disk.display()));
+    }
+    for (i, n) in spec.nets.iter().enumerate() {
+        cmd.arg("--net").arg(format!(
+            "tap-fd={},tap={},mac={}",
+            tap_fd_number(i),
+            n.tap,
+            n.mac
+        ));
+    }
+    if let Some(smbios) = &spec.smbios {
+        cmd.arg("--smbios")
+            .arg(smbios.to_flag().map_err(io::Error::other)?);
+    }
+    Ok(())
+}
+
+/// The fd number the VMM gets its `i`th TAP at. Fixed, not wherever vireod happened to open
+/// it: the VM's configuration (kept in a hibernation snapshot, sent in a migration) records the
+/// number, and the VMM that resumes it is given its TAPs at the same numbers.
+pub fn tap_fd_number(i: usize) -> i32 {
+    TAP_FD_BASE + i as i32
+}
+
+const TAP_FD_BASE: i32 = 100;
+
+/// Lets the VMM inherit the TAP fds of `nets` at [`tap_fd_number`]s. They are close-on-exec
+/// in vireod, so that no other child gets them; in the child, between fork and exec, each is
+/// first copied above every target number (so that moving one cannot close another) and then
+/// `dup2`ed to its number, which leaves the copy there without close-on-exec.
+fn inherit_taps(cmd: &mut Command, nets: &[NetAttachment]) {
+    if nets.is_empty() {
+        return;
+    }
+    let fds: Vec<i32> = nets.iter().map(|n| n.fd.as_raw_fd()).collect();
+    // At most 16 interfaces (a fixed array below: the child must not allocate).
+    let above = tap_fd_number(fds.len());
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl and dup2,
+    // which are async-signal-safe, on fds this process owns (the Arcs in `nets` keep them open
+    // until spawn returns); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut tmp = [0i32; 16];
+            if fds.len() > tmp.len() {
+                return Err(io::Error::from_raw_os_error(libc::EMFILE));
+            }
+            for (t, &fd) in tmp.iter_mut().zip(&fds) {
+                *t = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if *t < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (i, &t) in tmp[..fds.len()].iter().enumerate() {
+                if libc::dup2(t, tap_fd_number(i)) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 
@@ -286,99 +394,46 @@ fn reap(pid: i32) {
 
 /// How the VMM in `dir` ended, read from its exit summary (written by `--summary-json`).
 pub fn exit_of(dir: &Path) -> VmmExit {
-    let summary = std::fs::read_to_string(VmmFiles::exit_summary(dir)).ok();
-    let stop = summary
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v.get("stop").and_then(|s| s.as_str()).map(str::to_string));
-    match stop.as_deref() {
-        Some("poweroff") | Some("host") => VmmExit::PowerOff,
-        Some("reboot") => VmmExit::Reboot,
-        Some(other) => {
-            VmmExit::GuestFault(other.strip_prefix("fault: ").unwrap_or(other).to_string())
-        }
+    let summary = std::fs::read_to_string(VmmFiles::exit_summary(dir))
+        .ok()
+        .and_then(|text| ExitSummary::from_file_text(&text).ok());
+    match summary.map(|s| s.stop) {
+        Some(Stop::PowerOff | Stop::Host) => VmmExit::PowerOff,
+        Some(Stop::Reboot) => VmmExit::Reboot,
+        Some(Stop::Fault(why)) => VmmExit::GuestFault(why),
+        // A migrated VMM's summary is removed before its instance is looked at again (the
+        // destination runs the guest); read as before the summary was typed, it is no
+        // power-off.
+        Some(Stop::Migrated) => VmmExit::GuestFault(Stop::Migrated.to_string()),
         None => VmmExit::Vanished(
             last_log_line(dir).unwrap_or_else(|| "the VMM process exited without a summary".into()),
         ),
     }
 }
 
-/// The last non-empty line the VMM wrote to its log.
+/// How much of the end of a VMM's log [`last_log_line`] reads. A guest can make its VMM log
+/// (a device it resets over and over), so the log is never read whole.
+pub const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last non-empty line the VMM wrote to its log, read from the last [`LOG_TAIL_BYTES`] of
+/// it (a longer line is cut to its end).
 pub fn last_log_line(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(VmmFiles::log(dir)).ok()?;
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.trim().to_string())
+    let mut f = File::open(VmmFiles::log(dir)).ok()?;
+    last_line_of(&mut f, LOG_TAIL_BYTES).ok()?
 }
 
-/// One HTTP request to the VMM's control API; returns (status, body). Blocking, with timeouts:
-/// call it from a blocking context.
-pub fn api_call(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> io::Result<(u16, String)> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    // Read exactly one response (head, then Content-Length bytes): the VMM may keep the
-    // connection open, so reading to EOF would wait for its idle timeout.
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::Error::other(
-                "the VMM closed its API connection mid-response",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        let head_len = match resp.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => continue,
-            _ => {
-                return Err(io::Error::other(
-                    "the VMM's API answered with something that is not HTTP",
-                ))
-            }
-        };
-        let status = resp.code.unwrap_or(0);
-        let body_len = resp
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-            })
-            .unwrap_or(0);
-        if body_len > 16 << 20 {
-            return Err(io::Error::other("the VMM's API answer is too large"));
-        }
-        while buf.len() < head_len + body_len {
-            let n = s.read(&mut chunk)?;
-            if n == 0 {
-                return Err(io::Error::other(
-                    "the VMM closed its API connection mid-response",
-                ));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body = String::from_utf8_lossy(&buf[head_len..head_len + body_len]).into_owned();
-        return Ok((status, body));
-    }
+/// The last non-empty line among the last `limit` bytes of `f`, trimmed, decoded lossily
+/// (whatever came before the tail, and whether it was UTF-8, does not matter).
+fn last_line_of(f: &mut (impl Read + io::Seek), limit: u64) -> io::Result<Option<String>> {
+    let len = f.seek(io::SeekFrom::End(0))?;
+    f.seek(io::SeekFrom::Start(len.saturating_sub(limit)))?;
+    let mut buf = Vec::new();
+    f.take(limit).read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string()))
 }
 
 /// The last `limit` bytes of a file (EC2's console output is the most recent 64 KiB).
@@ -400,7 +455,39 @@ pub fn tail(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    #[test]
+    fn the_exit_summary_says_how_the_vmm_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |stop: Stop| {
+            let summary = ExitSummary {
+                exits_per_vcpu: Vec::new(),
+                exits_total: Default::default(),
+                stop,
+            };
+            std::fs::write(VmmFiles::exit_summary(dir.path()), summary.to_file_text()).unwrap();
+        };
+        write(Stop::PowerOff);
+        assert_eq!(exit_of(dir.path()), VmmExit::PowerOff);
+        write(Stop::Host);
+        assert_eq!(exit_of(dir.path()), VmmExit::PowerOff);
+        write(Stop::Reboot);
+        assert_eq!(exit_of(dir.path()), VmmExit::Reboot);
+        write(Stop::Fault("triple fault".into()));
+        assert_eq!(
+            exit_of(dir.path()),
+            VmmExit::GuestFault("triple fault".into())
+        );
+        std::fs::write(VmmFiles::exit_summary(dir.path()), "{\"stop\": 1}").unwrap();
+        std::fs::write(VmmFiles::log(dir.path()), "vireo-vmm: error: gone\n").unwrap();
+        assert_eq!(
+            exit_of(dir.path()),
+            VmmExit::Vanished("vireo-vmm: error: gone".into())
+        );
+    }
 
     #[test]
     fn start_time_identifies_this_process_and_not_a_dead_one() {
@@ -418,6 +505,112 @@ mod tests {
         let pid = child.id() as i32;
         child.wait().unwrap();
         assert_eq!(start_time(pid), None);
+    }
+
+    #[test]
+    fn an_instance_vmm_boots_with_an_ec2_identity() {
+        let id = "i-0123456789abcdef0";
+        let smbios = ec2_smbios(id, "t3.micro");
+        let uuid = smbios.uuid.unwrap().to_string();
+        assert!(uuid.starts_with("ec2"), "{uuid}");
+        // cloud-init: the UUID equals the serial number; the asset tag is the instance id.
+        assert_eq!(smbios.serial.as_ref().unwrap().as_str(), uuid);
+        assert_eq!(smbios.asset_tag.as_ref().unwrap().as_str(), id);
+        assert_eq!(smbios.manufacturer.as_ref().unwrap().as_str(), "Amazon EC2");
+        assert_eq!(smbios.product.as_ref().unwrap().as_str(), "t3.micro");
+        // Stable for the instance, different for another.
+        assert_eq!(ec2_smbios(id, "t3.micro"), smbios);
+        let other = ec2_smbios("i-0123456789abcdef1", "t3.micro").uuid.unwrap();
+        assert_ne!(other.to_string(), uuid);
+        assert!(other.to_string().starts_with("ec2"));
+
+        let spec = VmmSpec {
+            bin: "/bin/vireo-vmm".into(),
+            dir: "/d".into(),
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            vcpus: 2,
+            memory_mib: 1024,
+            root_disk: None,
+            restore: None,
+            netns: None,
+            incoming: None,
+            api_socket: None,
+            nets: Vec::new(),
+            smbios: Some(smbios.clone()),
+        };
+        let mut cmd = Command::new("vireo-vmm");
+        boot_args(&mut cmd, &spec).unwrap();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let i = args.iter().position(|a| a == "--smbios").expect("--smbios");
+        // The flag the VMM gets reads back as the identity (vireo-vmm parses it so).
+        assert_eq!(Smbios::parse_flag(&args[i + 1]).unwrap(), smbios);
+        assert!(args[i + 1].contains(&format!("uuid={uuid}")));
+        assert!(args[i + 1].contains("asset-tag=i-0123456789abcdef0"));
+    }
+
+    /// A reader that counts the bytes read from it.
+    struct Counting<R> {
+        inner: R,
+        read: u64,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            Ok(n)
+        }
+    }
+
+    impl<R: io::Seek> io::Seek for Counting<R> {
+        fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+            self.inner.seek(pos)
+        }
+    }
+
+    #[test]
+    fn the_last_log_line_is_read_from_the_tail_only() {
+        // 4 MiB of what a guest made the VMM log, then the line that says why it ended.
+        let mut log = b"WARN device failed to activate\n".repeat(128 * 1024);
+        log.extend_from_slice(b"ERROR vcpu 0: the reason\n\n  \n");
+        let mut f = Counting {
+            inner: io::Cursor::new(log),
+            read: 0,
+        };
+        assert_eq!(
+            last_line_of(&mut f, LOG_TAIL_BYTES).unwrap().as_deref(),
+            Some("ERROR vcpu 0: the reason")
+        );
+        assert!(f.read <= LOG_TAIL_BYTES, "read {} bytes", f.read);
+        // A line longer than the tail comes back cut to its end.
+        let mut long = io::Cursor::new(format!("{}end\n", "x".repeat(100)).into_bytes());
+        assert_eq!(
+            last_line_of(&mut long, 10).unwrap().as_deref(),
+            Some("xxxxxxend")
+        );
+        assert_eq!(
+            last_line_of(&mut io::Cursor::new(b"\n \n"), 10).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn what_came_before_the_tail_does_not_hide_the_last_line() {
+        let dir = std::env::temp_dir().join(format!("vireo-process-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Bytes that are not UTF-8 early in the log (a guest's console bytes, say) and a last
+        // line well inside the tail.
+        let mut log = vec![0xff; 1 << 20];
+        log.extend_from_slice(b"\nthe VMM stopped: out of memory\n");
+        std::fs::write(VmmFiles::log(&dir), &log).unwrap();
+        let got = last_log_line(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(got.as_deref(), Some("the VMM stopped: out of memory"));
     }
 
     #[tokio::test]

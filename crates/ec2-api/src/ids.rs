@@ -17,6 +17,20 @@ pub enum IdKind {
     Reservation,
     Volume,
     Snapshot,
+    Vpc,
+    Subnet,
+    SecurityGroup,
+    SecurityGroupRule,
+    NetworkInterface,
+    NetworkInterfaceAttachment,
+    InternetGateway,
+    RouteTable,
+    RouteTableAssociation,
+    NetworkAcl,
+    NetworkAclAssociation,
+    Allocation,
+    ElasticIpAssociation,
+    KeyPair,
 }
 
 impl IdKind {
@@ -27,6 +41,20 @@ impl IdKind {
             IdKind::Reservation => "r",
             IdKind::Volume => "vol",
             IdKind::Snapshot => "snap",
+            IdKind::Vpc => "vpc",
+            IdKind::Subnet => "subnet",
+            IdKind::SecurityGroup => "sg",
+            IdKind::SecurityGroupRule => "sgr",
+            IdKind::NetworkInterface => "eni",
+            IdKind::NetworkInterfaceAttachment => "eni-attach",
+            IdKind::InternetGateway => "igw",
+            IdKind::RouteTable => "rtb",
+            IdKind::RouteTableAssociation => "rtbassoc",
+            IdKind::NetworkAcl => "acl",
+            IdKind::NetworkAclAssociation => "aclassoc",
+            IdKind::Allocation => "eipalloc",
+            IdKind::ElasticIpAssociation => "eipassoc",
+            IdKind::KeyPair => "key",
         }
     }
 
@@ -45,9 +73,39 @@ impl IdKind {
                 format!("Invalid id: \"{id}\""),
                 400,
             ),
-            IdKind::Reservation => Ec2Error::invalid_id(id),
+            IdKind::Reservation
+            | IdKind::NetworkInterfaceAttachment
+            | IdKind::RouteTableAssociation
+            | IdKind::NetworkAclAssociation => Ec2Error::invalid_id(id),
+            IdKind::Vpc => malformed("InvalidVpcID.Malformed", "VPC", id),
+            IdKind::Subnet => malformed("InvalidSubnetID.Malformed", "subnet", id),
+            IdKind::SecurityGroup => malformed("InvalidGroupId.Malformed", "security group", id),
+            IdKind::SecurityGroupRule => malformed(
+                "InvalidSecurityGroupRuleId.Malformed",
+                "security group rule",
+                id,
+            ),
+            IdKind::NetworkInterface => malformed(
+                "InvalidNetworkInterfaceID.Malformed",
+                "network interface",
+                id,
+            ),
+            IdKind::InternetGateway => {
+                malformed("InvalidInternetGatewayID.Malformed", "internet gateway", id)
+            }
+            IdKind::RouteTable => malformed("InvalidRouteTableID.Malformed", "route table", id),
+            IdKind::NetworkAcl => malformed("InvalidNetworkAclID.Malformed", "network ACL", id),
+            IdKind::Allocation => malformed("InvalidAllocationID.Malformed", "allocation", id),
+            IdKind::ElasticIpAssociation => {
+                malformed("InvalidAssociationID.Malformed", "association", id)
+            }
+            IdKind::KeyPair => malformed("InvalidKeyPairId.Malformed", "key pair", id),
         }
     }
+}
+
+fn malformed(code: &str, what: &str, id: &str) -> Ec2Error {
+    Ec2Error::new(code, format!("Invalid {what} id: \"{id}\""), 400)
 }
 
 /// Digits in the ids Vireo issues (EC2's long-id format).
@@ -115,6 +173,12 @@ mod tests {
             IdKind::Reservation,
             IdKind::Volume,
             IdKind::Snapshot,
+            IdKind::Vpc,
+            IdKind::SecurityGroupRule,
+            IdKind::NetworkInterfaceAttachment,
+            IdKind::RouteTableAssociation,
+            IdKind::Allocation,
+            IdKind::KeyPair,
         ] {
             let a = new_id(kind);
             let b = new_id(kind);
@@ -149,23 +213,26 @@ mod tests {
 
     #[test]
     fn validate_gives_the_kind_specific_code() {
-        assert_eq!(
-            validate(IdKind::Instance, "i-nope").unwrap_err().code,
-            "InvalidInstanceID.Malformed"
-        );
-        assert_eq!(
-            validate(IdKind::Image, "ami-nope").unwrap_err().code,
-            "InvalidAMIID.Malformed"
-        );
-        assert_eq!(
-            validate(IdKind::Volume, "vol-x").unwrap_err().code,
-            "InvalidVolumeID.Malformed"
-        );
-        assert_eq!(
-            validate(IdKind::Reservation, "r-x").unwrap_err().code,
-            "InvalidID"
-        );
+        for (kind, id, code) in [
+            (IdKind::Instance, "i-nope", "InvalidInstanceID.Malformed"),
+            (IdKind::Image, "ami-nope", "InvalidAMIID.Malformed"),
+            (IdKind::Volume, "vol-x", "InvalidVolumeID.Malformed"),
+            (IdKind::Reservation, "r-x", "InvalidID"),
+            (IdKind::Vpc, "vpc-nope", "InvalidVpcID.Malformed"),
+            (IdKind::SecurityGroup, "sg-x", "InvalidGroupId.Malformed"),
+        ] {
+            assert_eq!(validate(kind, id).unwrap_err().code, code, "{id}");
+        }
         assert!(validate(IdKind::Snapshot, "snap-1234abcd").is_ok());
+        // "sg-" must not accept a rule id, nor "eni-" an attachment id.
+        assert!(!is_well_formed(
+            IdKind::SecurityGroup,
+            "sgr-0123456789abcdef0"
+        ));
+        assert!(!is_well_formed(
+            IdKind::NetworkInterface,
+            "eni-attach-0123456789abcdef0"
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The protocol layer of the EC2 Query API, shared by `vireod` (the server) and `vireo` (the CLI).
 //!
 //! - [`sigv4`]: AWS Signature Version 4, signing (clients) and verification (server).
+//! - [`form`]: the one form decoding of a query string, which SigV4 and [`query`] share.
 //! - [`query`]: parsing a Query request (`Action=…&InstanceId.1=…`) into [`query::Params`].
 //! - [`xml`]: writing `<{Action}Response>` documents.
 //! - [`error`]: [`Ec2Error`] and the EC2 error document.
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod form;
 pub mod ids;
 pub mod query;
 pub mod sigv4;

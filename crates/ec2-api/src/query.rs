@@ -2,7 +2,8 @@
 //!
 //! The AWS CLI and boto3 send the parameters as an `application/x-www-form-urlencoded` POST body;
 //! other clients (and presigned URLs) put them in the query string of a GET. Both are read, and
-//! both are form-encoded (`+` is a space, `%2B` a plus).
+//! both are form-encoded (`+` is a space, `%2B` a plus), and the query string is decoded by
+//! [`crate::form`], the same decoding SigV4 signs.
 //!
 //! EC2 flattens lists and structures into numbered names: `InstanceId.1`, `InstanceId.2`, …;
 //! `Filter.1.Name`, `Filter.1.Value.1`; `TagSpecification.1.Tag.2.Key`. Numbering starts at 1,
@@ -14,9 +15,8 @@
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 
-use percent_encoding::percent_decode;
-
 use crate::error::Ec2Error;
+use crate::form;
 
 /// Bounds on what a request may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,42 +346,26 @@ impl Params {
     }
 }
 
-/// Decodes one form-encoded string into `out`, strictly: the result must be UTF-8.
+/// Decodes one form-encoded string into `out`, strictly: the result must be UTF-8. The query
+/// string goes through the same [`form`] decoding as SigV4's, so the parameters read here are
+/// the ones the signature covered.
 fn decode_form(
     raw: &[u8],
     limits: &Limits,
     out: &mut Vec<(String, String)>,
 ) -> Result<(), Ec2Error> {
-    for segment in raw.split(|&b| b == b'&') {
-        if segment.is_empty() {
-            continue;
-        }
+    for pair in form::pairs(raw) {
         if out.len() >= limits.max_params {
             return Err(Ec2Error::invalid_parameter(format!(
                 "The request has more than {} parameters",
                 limits.max_params
             )));
         }
-        let (name, value) = match segment.iter().position(|&b| b == b'=') {
-            Some(i) => (&segment[..i], &segment[i + 1..]),
-            None => (segment, &b""[..]),
-        };
-        out.push((form_decode(name)?, form_decode(value)?));
+        out.push(pair.map_err(|_| {
+            Ec2Error::malformed_query_string("A parameter is not valid UTF-8 once decoded")
+        })?);
     }
     Ok(())
-}
-
-fn form_decode(raw: &[u8]) -> Result<String, Ec2Error> {
-    let plus_as_space: Vec<u8> = raw
-        .iter()
-        .map(|&b| if b == b'+' { b' ' } else { b })
-        .collect();
-    percent_decode(&plus_as_space)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| {
-            Ec2Error::malformed_query_string("A parameter is not valid UTF-8 once decoded")
-        })
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! The canonical request is built the way AWS builds it for every service but S3:
 //! - the path has its dot segments and empty segments removed, then is URI-encoded *again*
 //!   (a `%20` on the wire becomes `%2520`), keeping `/`;
-//! - query parameters are decoded, re-encoded with RFC 3986 unreserved characters only, and
+//! - query parameters are decoded (as a form, `+` a space: [`crate::form`], the decoding the
+//!   query parser uses too), re-encoded with RFC 3986 unreserved characters only, and
 //!   sorted by name then value; a presigned request's `X-Amz-Signature` is left out;
 //! - signed headers are named in lowercase, their values trimmed with inner runs of whitespace
 //!   folded to one space, repeated headers joined with `,`;
@@ -34,12 +35,13 @@
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
-use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
 use crate::error::Ec2Error;
+use crate::form;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -262,23 +264,12 @@ fn encode(s: &str) -> String {
     utf8_percent_encode(s, ENCODE).to_string()
 }
 
-fn decode(raw: &str) -> Result<String, AuthError> {
-    percent_decode(raw.as_bytes())
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| AuthError::Malformed("the query string is not valid UTF-8".into()))
-}
-
-/// Decoded (name, value) pairs of a raw query string. `+` is kept as a plus: SigV4 clients
-/// encode spaces as `%20`.
+/// Decoded (name, value) pairs of a raw query string, decoded by [`crate::form`] exactly as the
+/// query parser decodes them (`+` is a space, `%2B` a plus): what is signed is what is served.
 fn query_pairs(raw: &str) -> Result<Vec<(String, String)>, AuthError> {
-    raw.split('&')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            let (k, v) = s.split_once('=').unwrap_or((s, ""));
-            Ok((decode(k)?, decode(v)?))
-        })
-        .collect()
+    form::pairs(raw.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| AuthError::Malformed("the query string is not valid UTF-8".into()))
 }
 
 fn canonical_query(pairs: &[(String, String)], skip_signature: bool) -> String {
@@ -1141,8 +1132,11 @@ mod tests {
         assert_eq!(canonical_uri("/a/./b/../c//d/"), "/a/c/d/");
         assert_eq!(canonical_uri("/a%20b"), "/a%2520b");
         assert_eq!(canonical_uri("/~x-y_z.w"), "/~x-y_z.w");
-        let pairs = query_pairs("b=2&a=%7e&a=1&c&Z=%20+").unwrap();
+        let pairs = query_pairs("b=2&a=%7e&a=1&c&Z=%20%2B").unwrap();
         assert_eq!(canonical_query(&pairs, false), "Z=%20%2B&a=1&a=~&b=2&c=");
+        // A `+` is a space here as it is to the query parser (it once stayed a plus here).
+        let pairs = query_pairs("Z=%20+").unwrap();
+        assert_eq!(canonical_query(&pairs, false), "Z=%20%20");
         assert_eq!(fold_value("  a   b \t c  "), "a b c");
     }
 

@@ -44,10 +44,14 @@ set -u
 ip link set lo up
 cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz > /tmp/i.gz
 K=/vireo/guest/vmlinux
-last() { grep -o 'TICK [0-9]*' "$1" 2>/dev/null | tail -1 | cut -d' ' -f2; }
+# last FILE: the number of FILE's last whole tick line. The console is written a byte at a time,
+# so its last line may be a tick half written ("TICK " or "TICK 1" of "TICK 123"): that line
+# is left out. (It once was not, and wait_tick compared an empty number: "[: : integer
+# expression expected".)
+last() { tail -c 1000 "$1" 2>/dev/null | sed '$d' | grep -o 'TICK [0-9][0-9]*' | tail -1 | cut -d' ' -f2; }
 # wait_tick FILE N: until FILE shows tick N (90 s at most)
-wait_tick() { n=0; while [ "$(last "$1")" = "" ] || [ "$(last "$1")" -lt "$2" ]; do
-    sleep 0.05; n=$((n + 1)); [ $n -gt 1800 ] && { echo "NO-TICK $1 $2"; return 1; }; done; return 0; }
+wait_tick() { n=0; while :; do w=$(last "$1"); [ -n "$w" ] && [ "$w" -ge "$2" ] && return 0
+    sleep 0.05; n=$((n + 1)); [ $n -gt 1800 ] && { echo "NO-TICK $1 $2"; return 1; }; done; }
 port=5000
 for size in $SIZES; do for dirty in 0 1; do
   case=$size-$dirty

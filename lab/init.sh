@@ -40,6 +40,24 @@ mount_disk() {
     done
 }
 
+# disk_dev NAME: print the device of lab/lab's disk NAME (NVMe serial vireo-NAME).
+disk_dev() {
+    local want="vireo-$1" i=0 d s
+    while :; do
+        for d in /sys/block/nvme*; do
+            [ -r "$d/device/serial" ] || continue
+            read -r s <"$d/device/serial"
+            if [ "$s" = "$want" ]; then
+                echo "/dev/${d##*/}"
+                return 0
+            fi
+        done
+        i=$((i + 1))
+        [ $i -lt 1000 ] || fail "the $1 disk (NVMe serial $want) did not appear"
+        usleep 10000
+    done
+}
+
 # wait_for_tsc_rate: wait (5 s at most) until the kernel has registered its TSC clocksource, which it
 # does once its refined calibration (~1 s after boot) has set the TSC rate for good. KVM reads that
 # rate when it loads and gives it to every guest vCPU as the rate to emulate. Loaded earlier, it
@@ -59,18 +77,35 @@ wait_for_tsc_rate() {
 }
 
 # link_tree SRC DST: make SRC's files appear under DST through symlinks (whole directories where
-# DST has none yet).
+# DST has none yet). A directory that an earlier disk linked whole (the qemu bundle's
+# /lib/x86_64-linux-gnu, then the net bundle's) becomes a real one holding links to both.
 link_tree() {
-    local e t
+    local e t old
     for e in "$1"/*; do
         if [ ! -e "$e" ] || [ "${e##*/}" = lost+found ]; then continue; fi
         t="$2/${e##*/}"
         if [ ! -e "$t" ] && [ ! -L "$t" ]; then
             ln -s "$e" "$t"
         elif [ -d "$t" ] && [ -d "$e" ] && [ ! -L "$e" ]; then
+            if [ -L "$t" ]; then
+                old=$(readlink "$t")
+                rm -f "$t" && mkdir "$t" && link_tree "$old" "$t"
+            fi
             link_tree "$e" "$t"
         fi
     done
+}
+
+# load_modules LIST: insmod each module of LIST (paths under /lib/modules/KVER, in order).
+load_modules() {
+    local m err hint
+    while read -r m; do
+        if ! err=$(insmod "/lib/modules/$kver/$m" 2>&1); then
+            hint=
+            case $m in *kvm-amd*) hint=" (no AMD SVM in the L1 CPU?)" ;; esac
+            fail "insmod ${m##*/} failed: ${err##*: }$hint"
+        fi
+    done <"$1"
 }
 
 main() {
@@ -88,13 +123,7 @@ main() {
     read -r kver </proc/sys/kernel/osrelease
     wait_for_tsc_rate
     read -r t_mods _ </proc/uptime
-    while read -r m; do
-        if ! err=$(insmod "/lib/modules/$kver/$m" 2>&1); then
-            hint=
-            case $m in *kvm-amd*) hint=" (no AMD SVM in the L1 CPU?)" ;; esac
-            fail "insmod ${m##*/} failed: ${err##*: }$hint"
-        fi
-    done </etc/lab/modules
+    load_modules /etc/lab/modules
     [ -c /dev/kvm ] || fail "no /dev/kvm after loading kvm-amd (no SVM in the L1 CPU?)"
     read -r t_kvm _ </proc/uptime
     read -r disks </vireo/.lab/disks
@@ -105,12 +134,30 @@ main() {
             mount_disk qemu /lab/qemu
             link_tree /lab/qemu ""
             ;;
+        net)
+            # lab/lab --net: the VPC data plane's modules and tools (ip, bridge, nft, dnsmasq).
+            load_modules /etc/lab/net-modules
+            mkdir -p /lab/net /var/lib/misc
+            [ -e /var/run ] || ln -s /run /var/run # iproute2 keeps named namespaces in /var/run/netns
+            mount_disk net /lab/net
+            link_tree /lab/net ""
+            # PATH has /bin (busybox, whose `ip` lacks netns, tuntap, vxlan, -j) before /usr/sbin.
+            for f in /lab/net/usr/sbin/*; do ln -sf "$f" "/bin/${f##*/}"; done
+            read -r t_net _ </proc/uptime
+            ;;
+        ami)
+            # lab/lab --ami: the Debian 12 AMI's files and its writable root disk in /vireo/ami.
+            mkdir -p /lab/ami /vireo/ami
+            mount_disk ami /lab/ami
+            for f in /lab/ami/*; do [ "${f##*/}" = lost+found ] || ln -s "$f" "/vireo/ami/${f##*/}"; done
+            ln -s "$(disk_dev ami-root)" /vireo/ami/root.raw
+            ;;
         esac
     done
     [ -f /vireo/.lab/cmd ] || fail "no command in the lab initramfs"
 
     read -r up _ </proc/uptime
-    echo "BOOTED $up init=$t_init modules=$t_mods kvm=$t_kvm" >$CTL
+    echo "BOOTED $up init=$t_init modules=$t_mods kvm=$t_kvm${t_net:+ net=$t_net}" >$CTL
     # A heartbeat, so that lab/lab can tell a COMMAND that runs too long from an L1 that froze.
     (while :; do
         read -r up _ </proc/uptime

@@ -5,9 +5,14 @@ set -euo pipefail
 
 want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" || need+=("$1"); }
 # qemu-utils: qemu-img cross-checks the qcow2 images vireo-storage writes (its tests).
+# nftables, dnsmasq-base, iproute2, conntrack: the VPC data plane (crates/net); iputils-ping and
+# netcat-openbsd: its host tests (ping, nc -s for a spoofed source). openssh-client and
+# openssl: tests/ec2/test_keypairs.py recomputes key fingerprints with ssh-keygen and openssl.
+# mmdebstrap: images/build-debian-ami.sh builds the Debian 12 AMI's root file system with it.
 missing() {
     need=()
-    for p in qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd e2fsprogs binutils libc6-dev; do want "$p"; done
+    for p in qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd e2fsprogs binutils libc6-dev \
+             nftables dnsmasq-base iproute2 conntrack iputils-ping netcat-openbsd openssh-client openssl mmdebstrap; do want "$p"; done
 }
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is missing; install rustup's stable toolchain" >&2; exit 1; }
 

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The compute service end to end, as `make run` shows it: vireod with the set-up images, an
-# instance of the small test guest launched and watched with the vireo CLI, then terminated.
+# instance of the small test guest launched and watched with the vireo CLI, then terminated;
+# then the VPC part (scripts/vpc-demo.sh): the Debian guest in a VPC subnet, its private
+# address in `vireo ls`, reached by a ping. The Debian kernel needs a hardware-assisted KVM:
+# on a host whose KVM is PVM (or absent) that part runs in the lab (lab/lab --net).
 # Usage: scripts/vireod-demo.sh BIN_DIR GUEST_DIR
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=$(cd "$1" && pwd)
 GUEST=$(cd "$2" && pwd)
 DATA=$(mktemp -d /tmp/vireod-demo.XXXXXX)
@@ -11,13 +15,19 @@ VIREOD_PID=
 cleanup() {
     [ -z "$VIREOD_PID" ] || kill "$VIREOD_PID" 2>/dev/null || true
     [ -z "$VIREOD_PID" ] || wait "$VIREOD_PID" 2>/dev/null || true
+    # The instance's VPC namespace, TAP, rules and dnsmasq (when vireod made them).
+    "$BIN/vireod" remove-hosts --data-dir "$DATA/state" >/dev/null 2>&1 || true
     rm -rf "$DATA"
 }
 trap cleanup EXIT
-"$BIN/vireod" init --data-dir "$DATA/state" --image "$GUEST/testguest.json" --image "$GUEST/debian.json" |
+# The VPC data plane needs root; elsewhere the instance runs without a NIC.
+NET=()
+[ "$(id -u)" = 0 ] || NET=(--no-network)
+"$BIN/vireod" init --data-dir "$DATA/state" --image "$GUEST/testguest.json" --image "$GUEST/debian.json" \
+    --image "$GUEST/debian-ami.json" |
     grep -v "secret access key"
 "$BIN/vireod" serve --data-dir "$DATA/state" --listen "127.0.0.1:$PORT" --shutdown-timeout 5 \
-    >"$DATA/vireod.log" 2>&1 &
+    "${NET[@]}" >"$DATA/vireod.log" 2>&1 &
 VIREOD_PID=$!
 export AWS_SHARED_CREDENTIALS_FILE=$DATA/state/credentials AWS_CONFIG_FILE=$DATA/state/config
 export VIREO_ENDPOINT=http://127.0.0.1:$PORT
@@ -39,3 +49,20 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 "$BIN/vireo" ls
+
+# The VPC part, with vireod's data plane (root) and the Debian guest.
+cleanup
+trap - EXIT
+if [ "$(id -u)" != 0 ]; then
+    echo "--- the VPC demo is skipped: vireod's data plane needs root"
+    exit 0
+fi
+if [ -e /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+    echo "--- the VPC demo, on this host's KVM"
+    "$HERE/vpc-demo.sh" "$BIN" "$GUEST"
+else
+    echo "--- the VPC demo, in the lab (this host's KVM cannot run the Debian kernel)"
+    "$HERE/../lab/lab" run --net --timeout 300 --bin-dir "$BIN" \
+        --put "$HERE/vpc-demo.sh:/vireo/vpc-demo.sh" -- \
+        "ip link set lo up && VPC_DEMO_CAPACITY_MIB=1024 sh /vireo/vpc-demo.sh /vireo/bin /vireo/guest"
+fi

@@ -7,6 +7,7 @@ directory it made is removed, also when it fails.
 """
 
 import configparser
+import json
 import os
 import shutil
 import signal
@@ -184,3 +185,20 @@ def wait_console(ec2, iid, text, timeout=60):
         if time.time() > deadline:
             raise AssertionError(f"{text!r} not in the console of {iid} after {timeout} s:\n{out}")
         time.sleep(0.1)
+
+
+def aws_cli(vireod, *args, ok=True):
+    """`aws ec2 ARGS` (the AWS CLI of build/pyenv, JSON output) against `vireod` with its
+    credentials: the answer parsed (None if empty) once it succeeded, or with ok=False the
+    finished process whatever its status."""
+    aws = os.path.join(ROOT, "build", "pyenv", "bin", "aws")
+    env = dict(os.environ,
+               AWS_SHARED_CREDENTIALS_FILE=os.path.join(vireod.data, "credentials"),
+               AWS_CONFIG_FILE=os.path.join(vireod.data, "config"),
+               AWS_PROFILE="vireo")
+    out = subprocess.run([aws, "--endpoint-url", vireod.endpoint, "--output", "json", "ec2", *args],
+                         capture_output=True, text=True, env=env, timeout=60)
+    if not ok:
+        return out
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout) if out.stdout.strip() else None

@@ -2,7 +2,6 @@
 and the AWS CLI as a second real client."""
 
 import datetime
-import json
 import os
 import shutil
 import signal
@@ -18,7 +17,7 @@ import botocore.credentials
 import botocore.exceptions
 import pytest
 
-from conftest import GUEST, ROOT, REGION, VIREOD, VMM, Vireod, console, image_id, instance, wait_console, wait_state
+from conftest import GUEST, REGION, VIREOD, VMM, Vireod, aws_cli, console, image_id, instance, wait_console, wait_state
 
 
 def error_code(excinfo):
@@ -247,17 +246,8 @@ def test_bad_input_gets_ec2_errors_and_changes_nothing(vireod, ec2):
 
 
 def test_aws_cli_drives_vireod(vireod):
-    aws = os.path.join(ROOT, "build", "pyenv", "bin", "aws")
-    env = dict(os.environ,
-               AWS_SHARED_CREDENTIALS_FILE=os.path.join(vireod.data, "credentials"),
-               AWS_CONFIG_FILE=os.path.join(vireod.data, "config"),
-               AWS_PROFILE="vireo")
-
     def cli(*args):
-        out = subprocess.run([aws, "--endpoint-url", vireod.endpoint, "--output", "json", "ec2", *args],
-                             capture_output=True, text=True, env=env, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout) if out.stdout.strip() else None
+        return aws_cli(vireod, *args)
 
     ami = cli("describe-images", "--filters", "Name=name,Values=vireo-testguest")["Images"][0]["ImageId"]
     iid = cli("run-instances", "--image-id", ami, "--instance-type", "t3.nano", "--count", "1",
@@ -271,6 +261,5 @@ def test_aws_cli_drives_vireod(vireod):
     types = cli("describe-instance-types", "--instance-types", "c5.large")["InstanceTypes"]
     assert types[0]["VCpuInfo"]["DefaultVCpus"] == 2
     cli("terminate-instances", "--instance-ids", iid)
-    bad = subprocess.run([aws, "--endpoint-url", vireod.endpoint, "ec2", "start-instances", "--instance-ids", "i-0123456789abcdef0"],
-                         capture_output=True, text=True, env=env, timeout=60)
+    bad = aws_cli(vireod, "start-instances", "--instance-ids", "i-0123456789abcdef0", ok=False)
     assert bad.returncode != 0 and "InvalidInstanceID.NotFound" in bad.stderr

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use vireo_vmm_api::Client;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -194,30 +195,41 @@ pub fn scratch(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// One HTTP request on a VMM's API socket; returns (status, body).
-pub fn api_call(
-    sock: &Path,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the API socket");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: vm\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    (status, body)
+/// The typed client of a VMM's API socket (vireo-vmm-api), driven synchronously: each call
+/// runs to its end on the client's own current-thread runtime. `api.block(api.vm())`.
+pub struct Api {
+    client: Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Api {
+    pub fn new(sock: &Path) -> Self {
+        Self {
+            client: Client::new(sock),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime"),
+        }
+    }
+
+    /// Runs one call of the client.
+    pub fn block<F: std::future::Future>(&self, call: F) -> F::Output {
+        self.rt.block_on(call)
+    }
+
+    /// One request with any method, path and body (for what the typed calls cannot send:
+    /// malformed bodies, wrong methods); returns (status, body).
+    pub fn send(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let body = body.map(|b| b.as_bytes().to_vec());
+        self.block(self.client.raw(method, path, body))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+}
+
+impl std::ops::Deref for Api {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }

@@ -8,13 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use vireo_tests::{guest, require_kvm, scratch, vmm_bin};
-
-/// One HTTP request on the API socket; returns (status, body).
-fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-    vireo_tests::api_call(sock, method, path, body)
-}
+use vireo_tests::{guest, require_kvm, scratch, vmm_bin, Api};
+use vireo_vmm_api::{BalloonTarget, DriveLimits, RateLimiter, TokenBucket, VmState};
 
 /// A vireo-vmm process, killed if the test fails before the VM is stopped.
 struct Running(Child);
@@ -61,10 +56,6 @@ impl DerefMut for Running {
     }
 }
 
-fn json_of(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
-}
-
 #[test]
 fn control_api_drives_a_running_vm() {
     require_kvm();
@@ -81,87 +72,81 @@ fn control_api_drives_a_running_vm() {
         &sock,
     );
 
-    let (code, body) = call(&sock, "GET", "/vm", None);
-    assert_eq!(code, 200);
-    assert_eq!(json_of(&body)["state"], "running");
-    assert_eq!(call(&sock, "PUT", "/vm/pause", None).0, 204);
-    assert_eq!(
-        json_of(&call(&sock, "GET", "/vm", None).1)["state"],
-        "paused"
-    );
-    assert_eq!(call(&sock, "PUT", "/vm/resume", None).0, 204);
-    assert_eq!(
-        json_of(&call(&sock, "GET", "/vm", None).1)["state"],
-        "running"
-    );
+    // The typed calls check the status too: 200 with a body, 204 without.
+    let api = Api::new(&sock);
+    assert_eq!(api.block(api.vm()).unwrap().state, VmState::Running);
+    api.block(api.pause()).unwrap();
+    assert_eq!(api.block(api.vm()).unwrap().state, VmState::Paused);
+    api.block(api.resume()).unwrap();
+    assert_eq!(api.block(api.vm()).unwrap().state, VmState::Running);
 
     // Balloon target: valid, too large, malformed.
-    assert_eq!(
-        call(&sock, "PATCH", "/balloon", Some(json!({"target_mib": 16}))).0,
-        204
-    );
-    assert_eq!(
-        json_of(&call(&sock, "GET", "/balloon", None).1)["target_mib"],
-        16
-    );
-    assert_eq!(
-        call(&sock, "PATCH", "/balloon", Some(json!({"target_mib": 65}))).0,
-        400
-    );
-    assert_eq!(call(&sock, "PATCH", "/balloon", Some(json!("x"))).0, 400);
-    assert_eq!(
-        json_of(&call(&sock, "GET", "/balloon", None).1)["target_mib"],
-        16
-    );
+    api.block(api.set_balloon(&BalloonTarget { target_mib: 16 }))
+        .unwrap();
+    assert_eq!(api.block(api.balloon()).unwrap().target_mib, 16);
+    let too_large = api.block(api.set_balloon(&BalloonTarget { target_mib: 65 }));
+    assert_eq!(too_large.unwrap_err().status(), Some(400));
+    assert_eq!(api.send("PATCH", "/balloon", Some(r#""x""#)).0, 400);
+    assert_eq!(api.block(api.balloon()).unwrap().target_mib, 16);
 
-    // Drive rate limits: read, change, reject bad changes without applying them.
-    let limits = json_of(&call(&sock, "GET", "/drives/0", None).1);
-    assert_eq!(limits["rate_limiter"]["ops"]["size"], 100);
-    let new = json!({"rate_limiter": {"ops": {"size": 500, "refill_time_ms": 1000},
-                                       "bytes": {"size": 1048576, "refill_time_ms": 1000}}});
-    assert_eq!(call(&sock, "PATCH", "/drives/0", Some(new)).0, 204);
-    let limits = json_of(&call(&sock, "GET", "/drives/0", None).1);
-    assert_eq!(limits["rate_limiter"]["ops"]["size"], 500);
-    assert_eq!(limits["rate_limiter"]["bytes"]["size"], 1048576);
-    let zero = json!({"rate_limiter": {"ops": {"size": 0, "refill_time_ms": 1000}}});
-    assert_eq!(call(&sock, "PATCH", "/drives/0", Some(zero)).0, 400);
-    let unknown = json!({"rx_rate_limiter": {"ops": null}});
-    assert_eq!(call(&sock, "PATCH", "/drives/0", Some(unknown)).0, 400);
+    // Drive rate limits: read, change, reject bad changes without applying them. `drive0`:
+    // drive 0's limits as the VMM has them now.
+    let drive0 = || {
+        api.block(api.drive_limits(0))
+            .unwrap()
+            .rate_limiter
+            .unwrap()
+    };
+    let limits = drive0();
+    assert_eq!(limits.ops.unwrap().size, 100);
+    let bucket = |size| TokenBucket {
+        one_time_burst: 0,
+        refill_time_ms: 1000,
+        size,
+    };
+    let drive = |bytes, ops| DriveLimits {
+        rate_limiter: Some(RateLimiter { bytes, ops }),
+    };
+    let new = drive(Some(bucket(1048576)), Some(bucket(500)));
+    api.block(api.set_drive_limits(0, &new)).unwrap();
+    let limits = drive0();
+    assert_eq!(limits.ops.unwrap().size, 500);
+    assert_eq!(limits.bytes.unwrap().size, 1048576);
+    let zero = drive(None, Some(bucket(0)));
+    let refused = api.block(api.set_drive_limits(0, &zero));
+    assert_eq!(refused.unwrap_err().status(), Some(400));
+    let unknown = r#"{"rx_rate_limiter": {"ops": null}}"#;
+    assert_eq!(api.send("PATCH", "/drives/0", Some(unknown)).0, 400);
+    let limits = drive0();
+    assert_eq!(limits.ops.unwrap().size, 500);
+    let unlimited = DriveLimits {
+        rate_limiter: Some(RateLimiter::default()),
+    };
+    api.block(api.set_drive_limits(0, &unlimited)).unwrap();
+    let limits = drive0();
+    assert_eq!(limits.ops, None);
     assert_eq!(
-        json_of(&call(&sock, "GET", "/drives/0", None).1)["rate_limiter"]["ops"]["size"],
-        500
+        api.block(api.drive_limits(1)).unwrap_err().status(),
+        Some(404)
     );
     assert_eq!(
-        call(
-            &sock,
-            "PATCH",
-            "/drives/0",
-            Some(json!({"rate_limiter": {}}))
-        )
-        .0,
-        204
+        api.block(api.net_limits(0)).unwrap_err().status(),
+        Some(404)
     );
-    assert_eq!(
-        json_of(&call(&sock, "GET", "/drives/0", None).1)["rate_limiter"]["ops"],
-        Value::Null
-    );
-    assert_eq!(call(&sock, "GET", "/drives/1", None).0, 404);
-    assert_eq!(call(&sock, "GET", "/net/0", None).0, 404);
 
     // Metrics, unknown resources and methods.
-    let (code, metrics) = call(&sock, "GET", "/metrics", None);
-    assert_eq!(code, 200);
+    let metrics = api.block(api.metrics()).unwrap();
     assert!(metrics.contains("vireo_vcpu_exits_total{vcpu=\"1\",reason=\"io_out\"}"));
     assert!(metrics.contains("vireo_balloon_target_bytes 16777216"));
-    assert_eq!(call(&sock, "GET", "/nope", None).0, 404);
-    assert_eq!(call(&sock, "DELETE", "/vm", None).0, 405);
+    assert_eq!(api.send("GET", "/nope", None).0, 404);
+    assert_eq!(api.send("DELETE", "/vm", None).0, 405);
     let mut raw = UnixStream::connect(&sock).unwrap();
     raw.write_all(b"NOT HTTP\r\n\r\n").unwrap();
     let mut resp = String::new();
     let _ = raw.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
 
-    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    api.block(api.stop()).unwrap();
     let status = vm.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(!sock.exists(), "the socket is removed when the VMM exits");
@@ -224,8 +209,8 @@ fn metrics_report_real_values_that_never_go_down() {
     );
     // The guest writes its banner (port I/O exits) and halts; give it a moment.
     std::thread::sleep(Duration::from_millis(200));
-    let (code, text) = call(&sock, "GET", "/metrics", None);
-    assert_eq!(code, 200);
+    let api = Api::new(&sock);
+    let text = api.block(api.metrics()).unwrap();
     let first = samples(&text);
     assert!(
         value(&first, "vireo_vcpu_seconds_total{vcpu=\"0\"}") > 0.0,
@@ -259,7 +244,7 @@ fn metrics_report_real_values_that_never_go_down() {
     );
 
     std::thread::sleep(Duration::from_millis(100));
-    let second = samples(&call(&sock, "GET", "/metrics", None).1);
+    let second = samples(&api.block(api.metrics()).unwrap());
     assert_eq!(first.len(), second.len(), "the same series both times");
     for (series, v) in &first {
         let name = series.split('{').next().unwrap();
@@ -272,7 +257,7 @@ fn metrics_report_real_values_that_never_go_down() {
         }
     }
 
-    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    api.block(api.stop()).unwrap();
     assert_eq!(vm.wait().unwrap().code(), Some(0));
 }
 
@@ -303,23 +288,27 @@ fn shutdown_presses_ctrl_alt_del_on_a_running_vm_only() {
         &sock,
     );
 
-    let (code, body) = call(&sock, "PUT", "/vm/shutdown", None);
+    let api = Api::new(&sock);
+    let (code, body) = api.send("PUT", "/vm/shutdown", None);
     assert_eq!((code, body.as_str()), (204, ""));
     std::thread::sleep(Duration::from_millis(300));
     assert!(vm.try_wait().unwrap().is_none(), "the VM still runs");
-    assert_eq!(
-        json_of(&call(&sock, "GET", "/vm", None).1)["state"],
-        "running"
-    );
-    assert_eq!(call(&sock, "GET", "/vm/shutdown", None).0, 405);
+    assert_eq!(api.block(api.vm()).unwrap().state, VmState::Running);
+    assert_eq!(api.send("GET", "/vm/shutdown", None).0, 405);
 
     // A paused guest could not act on the key press: refused, and accepted again on resume.
-    assert_eq!(call(&sock, "PUT", "/vm/pause", None).0, 204);
-    let (code, body) = call(&sock, "PUT", "/vm/shutdown", None);
-    assert_eq!(code, 409);
-    assert!(json_of(&body)["error"].as_str().unwrap().contains("paused"));
-    assert_eq!(call(&sock, "PUT", "/vm/resume", None).0, 204);
-    assert_eq!(call(&sock, "PUT", "/vm/shutdown", None).0, 204);
+    api.block(api.pause()).unwrap();
+    match api.block(api.shutdown()) {
+        Err(vireo_vmm_api::Error::Status {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 409);
+            assert!(message.contains("paused"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    api.block(api.resume()).unwrap();
+    api.block(api.shutdown()).unwrap();
 
     // Once stopped, the VM refuses a shutdown (a request on the connection that stopped it),
     // then the process exits 0 and the socket is gone.
@@ -366,7 +355,8 @@ fn every_thread_of_a_running_vmm_is_under_its_seccomp_filter() {
             .args(["--memory", "64", "--vcpus", "2", "--cmdline", "h"]),
         &sock,
     );
-    assert_eq!(call(&sock, "GET", "/vm", None).0, 200);
+    let api = Api::new(&sock);
+    api.block(api.vm()).unwrap();
     // Each vCPU thread adds its own filter as it starts: wait for both.
     let deadline = Instant::now() + Duration::from_secs(10);
     let threads = loop {
@@ -399,7 +389,7 @@ fn every_thread_of_a_running_vmm_is_under_its_seccomp_filter() {
             "no {name}: {threads:?}"
         );
     }
-    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    api.block(api.stop()).unwrap();
 
     // --seccomp off leaves the process unfiltered.
     let sock = scratch("seccomp-off.sock");
@@ -411,5 +401,6 @@ fn every_thread_of_a_running_vmm_is_under_its_seccomp_filter() {
     );
     let threads = seccomp_of_threads(vm.id());
     assert!(threads.iter().all(|t| t.1 == 0), "{threads:?}");
-    assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
+    let api = Api::new(&sock);
+    api.block(api.stop()).unwrap();
 }

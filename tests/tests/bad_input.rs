@@ -140,6 +140,40 @@ fn bad_config_file() {
     assert_one_line_error(&r, "invalid --serial");
 }
 
+/// `--smbios` values the tables cannot carry are refused before anything is built; the
+/// JSON configuration's `smbios` object is checked the same way.
+#[test]
+fn bad_smbios_identities() {
+    let g = guest("pio");
+    let kernel = g.to_str().unwrap();
+    let long = format!("serial={}", "s".repeat(65));
+    for (flag, needle) in [
+        (
+            "uuid=ec2-0000",
+            "invalid --smbios uuid: \"ec2-0000\" is not a UUID",
+        ),
+        ("uuid=ec2a1b2c-3d4e-5f60-7182-93a4b5c6d7eg", "is not a UUID"),
+        (
+            long.as_str(),
+            "invalid --smbios serial: 65 bytes long; at most 64",
+        ),
+        (
+            "asset-tag=i-1\u{1}",
+            "holds a NUL or another control character",
+        ),
+        ("owner=me", "invalid --smbios \"owner=me\": use uuid=UUID"),
+        ("product=a,product=b", "product given twice"),
+    ] {
+        let r = run_vmm(&["--kernel", kernel, "--smbios", flag], 10);
+        assert_one_line_error(&r, needle);
+    }
+    let p = scratch("bad-smbios.json");
+    let cfg = format!(r#"{{"kernel": "{kernel}", "smbios": {{"uuid": "ec2"}}}}"#);
+    std::fs::write(&p, cfg).unwrap();
+    let r = run_vmm(&["--config", p.to_str().unwrap()], 10);
+    assert_one_line_error(&r, "is not a UUID");
+}
+
 #[test]
 fn command_line_too_long() {
     let g = guest("pio");

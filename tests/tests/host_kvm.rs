@@ -2,9 +2,10 @@
 //! also run on a PVM host).
 
 use vireo_tests::{guest, run_vmm, scratch};
+use vireo_vmm_api::{ExitSummary, Stop};
 
 /// Runs test guest `name` with 64 MiB and returns what happened and the VMM's summary.
-fn run_with_summary(name: &str) -> (vireo_tests::Ran, serde_json::Value) {
+fn run_with_summary(name: &str) -> (vireo_tests::Ran, ExitSummary) {
     let g = guest(name);
     let s = scratch(&format!("{name}.json"));
     let r = run_vmm(
@@ -19,7 +20,7 @@ fn run_with_summary(name: &str) -> (vireo_tests::Ran, serde_json::Value) {
         30,
     );
     assert_eq!(r.status, Some(0), "{r:?}");
-    let summary = serde_json::from_str(&std::fs::read_to_string(&s).unwrap()).unwrap();
+    let summary = ExitSummary::from_file_text(&std::fs::read_to_string(&s).unwrap()).unwrap();
     (r, summary)
 }
 
@@ -32,16 +33,16 @@ fn port_io_reaches_the_console_and_unclaimed_ports_read_all_ones() {
         r.stdout.contains("pio: unclaimed 00000000ffffffff\n"),
         "{r:?}"
     );
-    assert_eq!(sum["stop"], "poweroff");
-    assert!(sum["exits_total"]["io_in"].as_u64().unwrap() >= 2);
+    assert_eq!(sum.stop, Stop::PowerOff);
+    assert!(sum.exits_total.io_in >= 2);
 }
 
 #[test]
 fn mmio_to_the_device_hole_exits_to_the_vmm_and_reads_all_ones() {
     let (r, sum) = run_with_summary("mmio");
     assert!(r.stdout.contains("mmio: read 00000000ffffffff"), "{r:?}");
-    assert_eq!(sum["exits_total"]["mmio_read"], 10);
-    assert_eq!(sum["exits_total"]["mmio_write"], 10);
+    assert_eq!(sum.exits_total.mmio_read, 10);
+    assert_eq!(sum.exits_total.mmio_write, 10);
 }
 
 #[test]

@@ -34,7 +34,9 @@ set -u
 ip link set lo up
 cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz > /tmp/i.gz
 con=/tmp/con.log
-last() { grep -o 'TICK [0-9]*' $con | tail -1 | cut -d' ' -f2; }
+# The number of the console's last whole tick line: the console is written a byte at a time,
+# and a half-written "TICK 1" of "TICK 123" would read as tick 1.
+last() { tail -c 2000 $con | sed '$d' | grep -o 'TICK [0-9][0-9]*' | tail -1 | cut -d' ' -f2; }
 # stuck: what the VMM that should be running was doing (for a failure's report).
 stuck() {
     echo "NO-TICK $1"
@@ -51,7 +53,7 @@ stuck() {
     cat $con
     exit 1
 }
-tick() { n=0; while [ "$(last)" = "" ] || [ "$(last)" -lt "$1" ]; do
+tick() { n=0; while w=$(last); [ -z "$w" ] || [ "$w" -lt "$1" ]; do
     sleep 0.1; n=$((n + 1)); if [ $n -gt 600 ]; then stuck "$1"; fi; done; }
 timeout 150 env VIREO_LOG=debug vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/i.gz --memory 256 --rng \
     --cmdline 'console=ttyS0 panic=-1 quiet vireo.run=snap vireo.exit=wait' \

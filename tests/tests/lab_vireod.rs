@@ -32,8 +32,9 @@ SH
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 vmms() { for p in /proc/[0-9]*; do readlink "$p/exe"; done 2>/dev/null | grep -c vireo-vmm; }
 vireod init --data-dir /tmp/vd --image /tmp/debian.json >/tmp/init.log 2>&1 || { echo INIT-FAILED; cat /tmp/init.log; exit 1; }
+# No VPC data plane: this lab brings up no network modules or tools (lab_vpc.rs does).
 vireod serve --data-dir /tmp/vd --listen 127.0.0.1:8787 --capacity-memory-mib 2048 \
-    --shutdown-timeout 60 >/tmp/vireod.log 2>&1 &
+    --shutdown-timeout 60 --no-network >/tmp/vireod.log 2>&1 &
 VIREOD=$!
 trap 'kill $VIREOD 2>/dev/null' EXIT
 i=0

@@ -28,6 +28,9 @@ wait $L
 /// for its socket; `start_vm` builds the guest's initrd (the probe and /etc/vireo/vsock.sh
 /// appended), starts the VM in the background as $VMM and waits until the guest listens.
 const HOST_PRELUDE: &str = r#"#!/bin/sh
+# The VMM's log goes to its own file, shown on stderr (so in a failure's report) at the end: in
+# the console file its debug lines would land in the middle of the guest's lines.
+trap 'cat /tmp/vmm.log >&2 2>/dev/null' EXIT
 start_peer() {
     $1 >/tmp/peer.out &
     PEER=$!
@@ -41,10 +44,10 @@ start_vm() {
     chmod 0755 /tmp/extra/bin/vsock-probe /tmp/extra/etc/vireo/vsock.sh
     (cd /tmp/extra && find . | cpio -o -H newc 2>/dev/null | gzip) >/tmp/extra.gz
     cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz >/tmp/initrd.gz
-    # debug: a guest fault's registers reach the console, and so the failure report.
+    # debug: a guest fault's registers reach the VMM's log, and so the failure report.
     VIREO_LOG=debug timeout 240 vireo-vmm --kernel /vireo/guest/vmlinux --initrd /tmp/initrd.gz --memory 256 \
         --vsock cid=3,uds=/tmp/v.sock $VMM_ARGS \
-        --cmdline "console=ttyS0 panic=-1 quiet vireo.run=vsock" >/tmp/console 2>&1 &
+        --cmdline "console=ttyS0 panic=-1 quiet vireo.run=vsock" >/tmp/console 2>/tmp/vmm.log &
     VMM=$!
     i=0
     while ! grep -q VSOCK-LISTENING /tmp/console && kill -0 $VMM 2>/dev/null && [ $i -lt 1800 ]; do

@@ -7,13 +7,50 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use vireo_tests::{guest, require_kvm, scratch, vmm_bin};
+use serde_json::json;
+use vireo_tests::{guest, require_kvm, scratch, vmm_bin, Api};
+use vireo_vmm_api::{
+    LoadRequest, MigrateRequest, MigrationProgress, MigrationState, SnapshotRequest, SnapshotStats,
+    VmInfo, VmState,
+};
 use vmm::snapshot::{decode_state, encode_state, MachineState};
 
-/// One HTTP request on the API socket; returns (status, body).
-fn call(sock: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-    vireo_tests::api_call(sock, method, path, body)
+/// One HTTP request on the API socket; returns (status, body). These tests check the exact
+/// status and body of refusals too, so they send through the client's raw call.
+fn call(sock: &Path, method: &str, path: &str, body: Option<String>) -> (u16, String) {
+    Api::new(sock).send(method, path, body.as_deref())
+}
+
+/// A request body of the control API's types.
+fn body(request: &impl serde::Serialize) -> Option<String> {
+    Some(serde_json::to_string(request).unwrap())
+}
+
+fn snapshot_to(dir: &Path) -> Option<String> {
+    body(&SnapshotRequest {
+        path: dir.to_path_buf(),
+    })
+}
+
+fn load(dir: &Path, resume: bool) -> Option<String> {
+    body(&LoadRequest {
+        path: dir.to_path_buf(),
+        resume,
+        verify_memory: true,
+    })
+}
+
+fn migrate_to(destination: &str, downtime_ms: Option<u64>) -> Option<String> {
+    body(&MigrateRequest {
+        destination: destination.to_string(),
+        downtime_ms,
+    })
+}
+
+fn state_of(vm_body: &str) -> VmState {
+    serde_json::from_str::<VmInfo>(vm_body)
+        .unwrap_or_else(|e| panic!("{e}: {vm_body}"))
+        .state
 }
 
 /// A vireo-vmm process, killed if the test ends early.
@@ -150,12 +187,7 @@ fn take_snapshot(name: &str) -> (PathBuf, PathBuf) {
     let dir = scratch(&format!("{name}.snap"));
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(call(&vm.sock, "PUT", "/vm/pause", None).0, 204);
-    let (code, body) = call(
-        &vm.sock,
-        "PUT",
-        "/vm/snapshot",
-        Some(json!({ "path": dir })),
-    );
+    let (code, body) = call(&vm.sock, "PUT", "/vm/snapshot", snapshot_to(&dir));
     assert_eq!(code, 200, "{body}");
     assert_eq!(call(&vm.sock, "PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
@@ -169,35 +201,22 @@ fn snapshot_and_restore_continue_the_counter_with_memory_intact() {
     // Only a paused VM can be snapshotted; the body is checked.
     let dir = scratch("snap-restore.snap");
     let _ = std::fs::remove_dir_all(&dir);
-    let (code, body) = call(
-        &vm.sock,
-        "PUT",
-        "/vm/snapshot",
-        Some(json!({ "path": dir })),
-    );
+    let (code, body) = call(&vm.sock, "PUT", "/vm/snapshot", snapshot_to(&dir));
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("paused"), "{body}");
     assert_eq!(
-        call(&vm.sock, "PUT", "/vm/snapshot", Some(json!({}))).0,
+        call(&vm.sock, "PUT", "/vm/snapshot", Some("{}".into())).0,
         400
     );
     assert_eq!(call(&vm.sock, "GET", "/vm/snapshot", None).0, 405);
 
     assert_eq!(call(&vm.sock, "PUT", "/vm/pause", None).0, 204);
-    let (code, body) = call(
-        &vm.sock,
-        "PUT",
-        "/vm/snapshot",
-        Some(json!({ "path": dir })),
-    );
+    let (code, body) = call(&vm.sock, "PUT", "/vm/snapshot", snapshot_to(&dir));
     assert_eq!(code, 200, "{body}");
-    let stats: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(stats["memory_bytes"], 64 << 20);
+    let stats: SnapshotStats = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats.memory_bytes, 64 << 20);
     // A sparse file: only the pages the guest and the boot code touched hold data.
-    assert!(
-        stats["memory_data_bytes"].as_u64().unwrap() < 8 << 20,
-        "{body}"
-    );
+    assert!(stats.memory_data_bytes < 8 << 20, "{body}");
     let at_snapshot = *ticks(&console).last().unwrap();
     assert_eq!(call(&vm.sock, "PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
@@ -211,10 +230,7 @@ fn snapshot_and_restore_continue_the_counter_with_memory_intact() {
     );
     restored.wait_api();
     let (_, body) = call(&sock, "GET", "/vm", None);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["state"],
-        "paused"
-    );
+    assert_eq!(state_of(&body), VmState::Paused);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(*ticks(&console).last().unwrap(), at_snapshot);
     assert_eq!(call(&sock, "PUT", "/vm/resume", None).0, 204);
@@ -270,8 +286,8 @@ fn restore_fails(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
 }
 
 /// The snapshot format version and the migration protocol version this vireo-vmm uses.
-const FORMAT: u32 = 2;
-const PROTOCOL: u32 = 2;
+const FORMAT: u32 = 4;
+const PROTOCOL: u32 = 4;
 
 /// The snapshot format's checksum (XXH64, seed 0).
 fn checksum(b: &[u8]) -> u64 {
@@ -384,7 +400,11 @@ fn damaged_or_mismatched_snapshots_are_refused_with_one_line() {
     // that does not match the vCPU states, CPU features this host lacks.
     let d = scratch("refuse-version");
     rewrite_state(&good, &d, 99, |_| {});
-    assert_refused(&d, &[], "format version 99, this vireo-vmm reads version 2");
+    assert_refused(
+        &d,
+        &[],
+        &format!("format version 99, this vireo-vmm reads version {FORMAT}"),
+    );
     let d = scratch("refuse-vcpus");
     rewrite_state(&good, &d, FORMAT, |s| s.config.vcpus = 2);
     assert_refused(&d, &[], "1 vCPU states for 2 vCPUs");
@@ -501,15 +521,10 @@ fn destination(name: &str, console: &Path) -> (Vmm, String) {
 }
 
 /// PUT /vm/migrate, retried while the destination is not listening yet.
-fn migrate(sock: &Path, addr: &str) -> Value {
+fn migrate(sock: &Path, addr: &str) -> MigrationProgress {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (code, body) = call(
-            sock,
-            "PUT",
-            "/vm/migrate",
-            Some(json!({"destination": addr, "downtime_ms": 50})),
-        );
+        let (code, body) = call(sock, "PUT", "/vm/migrate", migrate_to(addr, Some(50)));
         if code == 200 {
             return serde_json::from_str(&body).unwrap();
         }
@@ -529,9 +544,9 @@ fn ten_live_migrations_in_a_row_keep_the_guest_state() {
         let (mut dst, addr) = destination(&format!("migrate-{hop}"), &console);
         let before = *ticks(&console).last().unwrap();
         let report = migrate(&src.sock, &addr);
-        assert_eq!(report["state"], "completed", "{report}");
-        assert!(report["rounds"].as_u64().unwrap() >= 1, "{report}");
-        assert!(report["pages_sent"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report.state, MigrationState::Completed, "{report:?}");
+        assert!(report.rounds >= 1, "{report:?}");
+        assert!(report.pages_sent > 0, "{report:?}");
         // The source exits 0 once the destination runs the guest.
         assert_eq!(
             src.wait_exit(Duration::from_secs(10)),
@@ -561,16 +576,16 @@ fn failed_migrations_leave_the_source_running() {
         &src.sock,
         "PUT",
         "/vm/migrate",
-        Some(json!({"destination": format!("127.0.0.1:{port}")})),
+        migrate_to(&format!("127.0.0.1:{port}"), None),
     );
     assert_eq!(code, 502, "{body}");
     assert!(body.contains("cannot connect"), "{body}");
     let (_, p) = call(&src.sock, "GET", "/vm/migrate", None);
-    let p: Value = serde_json::from_str(&p).unwrap();
-    assert_eq!(p["state"], "failed");
+    let p: MigrationProgress = serde_json::from_str(&p).unwrap();
+    assert_eq!(p.state, MigrationState::Failed);
     // Bad requests.
     assert_eq!(
-        call(&src.sock, "PUT", "/vm/migrate", Some(json!({}))).0,
+        call(&src.sock, "PUT", "/vm/migrate", Some("{}".into())).0,
         400
     );
     assert_eq!(
@@ -578,7 +593,7 @@ fn failed_migrations_leave_the_source_running() {
             &src.sock,
             "PUT",
             "/vm/migrate",
-            Some(json!({"destination": "127.0.0.1:1", "downtime_ms": 0}))
+            migrate_to("127.0.0.1:1", Some(0))
         )
         .0,
         400
@@ -593,21 +608,13 @@ fn failed_migrations_leave_the_source_running() {
         let _ = s.read(&mut b);
         drop(s);
     });
-    let (code, body) = call(
-        &src.sock,
-        "PUT",
-        "/vm/migrate",
-        Some(json!({ "destination": addr })),
-    );
+    let (code, body) = call(&src.sock, "PUT", "/vm/migrate", migrate_to(&addr, None));
     peer.join().unwrap();
     assert_eq!(code, 502, "{body}");
 
     // Still running, and still counting.
     let (_, vm) = call(&src.sock, "GET", "/vm", None);
-    assert_eq!(
-        serde_json::from_str::<Value>(&vm).unwrap()["state"],
-        "running"
-    );
+    assert_eq!(state_of(&vm), VmState::Running);
     let now = *ticks(&console).last().unwrap();
     wait_tick(&console, now + 2);
     assert_continuous(&console);
@@ -737,7 +744,7 @@ fn migration_between_two_network_namespaces() {
     // The source's namespace cannot reach the destination's listener through loopback: only
     // through the veth pair.
     let report = migrate(&src.sock, "10.213.0.2:7070");
-    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report.state, MigrationState::Completed, "{report:?}");
     assert_eq!(src.wait_exit(Duration::from_secs(10)), 0);
     dst.wait_api();
     let now = *ticks(&console).last().unwrap();
@@ -777,12 +784,7 @@ fn a_destination_opens_only_the_devices_its_own_config_allows() {
     let (mut dst, addr) = destination("allowed-none", &console);
     let deadline = Instant::now() + Duration::from_secs(10);
     let (code, body) = loop {
-        let r = call(
-            &src.sock,
-            "PUT",
-            "/vm/migrate",
-            Some(json!({ "destination": addr })),
-        );
+        let r = call(&src.sock, "PUT", "/vm/migrate", migrate_to(&addr, None));
         if !r.1.contains("cannot connect") || Instant::now() > deadline {
             break r;
         }
@@ -792,10 +794,7 @@ fn a_destination_opens_only_the_devices_its_own_config_allows() {
     assert!(body.contains("--config"), "{body}");
     assert_eq!(dst.wait_exit(Duration::from_secs(10)), 1);
     let (_, vm) = call(&src.sock, "GET", "/vm", None);
-    assert_eq!(
-        serde_json::from_str::<Value>(&vm).unwrap()["state"],
-        "running"
-    );
+    assert_eq!(state_of(&vm), VmState::Running);
 
     // With the VM's configuration, the same drive is allowed.
     let cfg = scratch("allowed.json");
@@ -819,7 +818,7 @@ fn a_destination_opens_only_the_devices_its_own_config_allows() {
         &scratch("allowed-dst.sock"),
     );
     let report = migrate(&src.sock, &addr);
-    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report.state, MigrationState::Completed, "{report:?}");
     assert_eq!(src.wait_exit(Duration::from_secs(10)), 0);
     dst.wait_api();
     let now = *ticks(&console).last().unwrap();
@@ -843,7 +842,7 @@ fn a_restored_vm_snapshots_into_its_own_directory_and_migrates_with_file_pages()
         &sock,
     );
     vm.wait_api();
-    let (code, body) = call(&sock, "PUT", "/vm/snapshot", Some(json!({ "path": dir })));
+    let (code, body) = call(&sock, "PUT", "/vm/snapshot", snapshot_to(&dir));
     assert_eq!(code, 200, "{body}");
     assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
@@ -856,15 +855,12 @@ fn a_restored_vm_snapshots_into_its_own_directory_and_migrates_with_file_pages()
     vm.wait_api();
     let (mut dst, addr) = destination("restored-again-dst", &console);
     let report = migrate(&vm.sock, &addr);
-    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report.state, MigrationState::Completed, "{report:?}");
     assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
     dst.wait_api();
     // A VM paused when its migration began stays paused on the destination.
     let (_, st) = call(&dst.sock, "GET", "/vm", None);
-    assert_eq!(
-        serde_json::from_str::<Value>(&st).unwrap()["state"],
-        "paused"
-    );
+    assert_eq!(state_of(&st), VmState::Paused);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(*ticks(&console).last().unwrap(), at_snapshot);
     assert_eq!(call(&dst.sock, "PUT", "/vm/resume", None).0, 204);
@@ -898,17 +894,12 @@ fn a_vmm_started_with_only_its_api_loads_a_snapshot_through_it() {
         &sock,
         "PUT",
         "/vm/snapshot/load",
-        Some(json!({ "path": dir, "bogus": 1 })),
+        Some(format!(r#"{{"path": {:?}, "bogus": 1}}"#, dir)),
     );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("bogus"), "{body}");
     let missing = scratch("api-load-missing.snap");
-    let (code, body) = call(
-        &sock,
-        "PUT",
-        "/vm/snapshot/load",
-        Some(json!({ "path": missing })),
-    );
+    let (code, body) = call(&sock, "PUT", "/vm/snapshot/load", load(&missing, false));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("api-load-missing.snap"), "{body}");
     // A damaged memory file is refused (its checksum is verified by default).
@@ -926,12 +917,7 @@ fn a_vmm_started_with_only_its_api_loads_a_snapshot_through_it() {
         .unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&mem).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b"damage", 0x1000).unwrap();
-    let (code, body) = call(
-        &sock,
-        "PUT",
-        "/vm/snapshot/load",
-        Some(json!({ "path": damaged })),
-    );
+    let (code, body) = call(&sock, "PUT", "/vm/snapshot/load", load(&damaged, false));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("checksum"), "{body}");
     assert_eq!(
@@ -940,19 +926,11 @@ fn a_vmm_started_with_only_its_api_loads_a_snapshot_through_it() {
     );
     assert!(vm.child.try_wait().unwrap().is_none(), "the VMM gave up");
 
-    let (code, body) = call(
-        &sock,
-        "PUT",
-        "/vm/snapshot/load",
-        Some(json!({ "path": dir, "resume": true })),
-    );
+    let (code, body) = call(&sock, "PUT", "/vm/snapshot/load", load(&dir, true));
     assert_eq!(code, 204, "{body}");
     wait_tick(&console, at_snapshot + 10);
     let (_, body) = call(&sock, "GET", "/vm", None);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["state"],
-        "running"
-    );
+    assert_eq!(state_of(&body), VmState::Running);
     assert_eq!(call(&sock, "PUT", "/vm/stop", None).0, 204);
     assert_eq!(vm.wait_exit(Duration::from_secs(10)), 0);
     assert_continuous(&console);

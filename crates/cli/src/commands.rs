@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::client::{CallError, Client, Params};
 use crate::config::{self, ConfigError, Flags, ProcessEnv};
 use crate::model::{self, Instance};
+use crate::netcmd;
 use crate::output::{console_delta, table};
 use crate::xmltree::Element;
 use crate::{Cli, Command, ImagesCommand, LsArgs, RunArgs};
@@ -44,7 +45,7 @@ impl CliError {
     }
 }
 
-type Result<T> = std::result::Result<T, CliError>;
+pub(crate) type Result<T> = std::result::Result<T, CliError>;
 
 pub fn run(cli: Cli) -> Result<()> {
     let flags = Flags {
@@ -96,19 +97,44 @@ pub fn run(cli: Cli) -> Result<()> {
             Some(cmd) => image_command(&client, json, cmd),
         },
         Command::Types => types(&client, json),
+        Command::Keys(args) => crate::keycmd::run(&client, json, args.action),
+        Command::Vpcs => netcmd::vpcs(&client, json),
+        Command::Vpc { action } => netcmd::vpc(&client, json, &action),
+        Command::Subnets { vpc } => netcmd::subnets(&client, json, vpc.as_deref()),
+        Command::Subnet { action } => netcmd::subnet(&client, json, &action),
+        Command::Sg(args) => match &args.action {
+            None => netcmd::groups(&client, json, args.vpc.as_deref()),
+            Some(cmd) => netcmd::sg(&client, json, cmd),
+        },
+        Command::Call { action, params } => netcmd::call(&client, json, &action, &params),
         Command::Top { .. } => unreachable!("handled before credentials are read"),
     }
 }
 
-fn print_json<T: Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> Result<()> {
     let s = serde_json::to_string_pretty(v)
         .map_err(|e| CliError::Failed(format!("cannot write JSON: {e}")))?;
     println!("{s}");
     Ok(())
 }
 
+/// A listing: the items as JSON, or a table of `headers` with a `row` of cells for each item.
+pub(crate) fn print_list<T: Serialize>(
+    json: bool,
+    items: &[T],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    if json {
+        return print_json(&items);
+    }
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    print!("{}", table(headers, &rows));
+    Ok(())
+}
+
 /// Calls `action` page by page, following `nextToken`.
-fn paginate(client: &Client, action: &str, params: &Params) -> Result<Vec<Element>> {
+pub(crate) fn paginate(client: &Client, action: &str, params: &Params) -> Result<Vec<Element>> {
     let mut pages = Vec::new();
     let mut seen = HashSet::new();
     let mut token: Option<String> = None;
@@ -153,13 +179,27 @@ fn instance_table(instances: &[Instance]) -> String {
                 i.instance_id.as_str(),
                 i.state.as_str(),
                 i.instance_type.as_str(),
+                i.private_ip.as_deref().unwrap_or("-"),
+                i.public_ip.as_deref().unwrap_or("-"),
                 i.image_id.as_str(),
                 i.launch_time.as_str(),
                 i.name(),
             ]
         })
         .collect();
-    table(&["ID", "STATE", "TYPE", "IMAGE", "LAUNCHED", "NAME"], &rows)
+    table(
+        &[
+            "ID",
+            "STATE",
+            "TYPE",
+            "PRIVATE_IP",
+            "PUBLIC_IP",
+            "IMAGE",
+            "LAUNCHED",
+            "NAME",
+        ],
+        &rows,
+    )
 }
 
 fn show_instances(json: bool, instances: &[Instance]) -> Result<()> {
@@ -207,6 +247,10 @@ pub fn run_params(args: &RunArgs, user_data: Option<&[u8]>, client_token: &str) 
             base64::engine::general_purpose::STANDARD.encode(d),
         );
     }
+    network_params(args, &mut p);
+    if let Some(k) = &args.key {
+        p.set("KeyName", k.clone());
+    }
     if !args.tags.is_empty() {
         p.set("TagSpecification.1.ResourceType", "instance");
         for (i, (k, v)) in args.tags.iter().enumerate() {
@@ -215,6 +259,25 @@ pub fn run_params(args: &RunArgs, user_data: Option<&[u8]>, client_token: &str) 
         }
     }
     p
+}
+
+/// `--subnet`, `--sg`, `--private-ip` as RunInstances' own parameters; with `--public-ip`, as
+/// the primary interface's (`NetworkInterface.1`), the form that takes AssociatePublicIpAddress.
+fn network_params(args: &RunArgs, p: &mut Params) {
+    let prefix = if args.public_ip {
+        p.set("NetworkInterface.1.DeviceIndex", "0")
+            .set("NetworkInterface.1.AssociatePublicIpAddress", "true");
+        "NetworkInterface.1."
+    } else {
+        ""
+    };
+    if let Some(s) = &args.subnet {
+        p.set(format!("{prefix}SubnetId"), s.clone());
+    }
+    p.list(&format!("{prefix}SecurityGroupId"), &args.groups);
+    if let Some(ip) = &args.private_ip {
+        p.set(format!("{prefix}PrivateIpAddress"), ip.clone());
+    }
 }
 
 fn run_instances(client: &Client, json: bool, args: RunArgs) -> Result<()> {
@@ -395,6 +458,7 @@ fn describe(client: &Client, json: bool, ids: &[String]) -> Result<()> {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let groups = i.security_groups.join(", ");
         let fields: Vec<(&str, Option<&str>)> = vec![
             ("state", Some(i.state.as_str())),
             ("state reason", i.state_reason.as_deref()),
@@ -403,8 +467,11 @@ fn describe(client: &Client, json: bool, ids: &[String]) -> Result<()> {
             ("launched", Some(i.launch_time.as_str())),
             ("reservation", Some(i.reservation_id.as_str())),
             ("zone", i.availability_zone.as_deref()),
+            ("vpc", i.vpc_id.as_deref()),
+            ("subnet", i.subnet_id.as_deref()),
             ("private ip", i.private_ip.as_deref()),
             ("public ip", i.public_ip.as_deref()),
+            ("groups", Some(groups.as_str())),
             ("tags", Some(tags.as_str())),
         ];
         for (k, v) in fields {
@@ -445,7 +512,7 @@ fn change_state(
     Ok(())
 }
 
-fn expect_true(root: &Element, action: &str) -> Result<()> {
+pub(crate) fn expect_true(root: &Element, action: &str) -> Result<()> {
     match root.text_at("return") {
         Some("true") => Ok(()),
         other => Err(CliError::Failed(format!(
@@ -560,26 +627,16 @@ fn images(client: &Client, json: bool) -> Result<()> {
         .iter()
         .flat_map(model::images)
         .collect();
-    if json {
-        return print_json(&all);
-    }
-    let rows: Vec<Vec<&str>> = all
-        .iter()
-        .map(|i| {
-            vec![
-                i.image_id.as_str(),
-                i.state.as_str(),
-                i.architecture.as_str(),
-                i.creation_date.as_str(),
-                i.name.as_str(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(&["IMAGE", "STATE", "ARCH", "CREATED", "NAME"], &rows)
-    );
-    Ok(())
+    let headers = ["IMAGE", "STATE", "ARCH", "CREATED", "NAME"];
+    print_list(json, &all, &headers, |i| {
+        vec![
+            i.image_id.clone(),
+            i.state.clone(),
+            i.architecture.clone(),
+            i.creation_date.clone(),
+            i.name.clone(),
+        ]
+    })
 }
 
 /// Paths go to vireod as absolute paths: it does not share the CLI's working directory.
@@ -686,22 +743,14 @@ fn types(client: &Client, json: bool) -> Result<()> {
         .iter()
         .flat_map(model::instance_types)
         .collect();
-    if json {
-        return print_json(&all);
-    }
     let fmt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    let rows: Vec<Vec<String>> = all
-        .iter()
-        .map(|t| {
-            vec![
-                t.instance_type.clone(),
-                fmt(t.vcpus.map(|v| v.to_string())),
-                fmt(t.memory_mib.map(|v| v.to_string())),
-            ]
-        })
-        .collect();
-    print!("{}", table(&["TYPE", "VCPUS", "MEMORY_MIB"], &rows));
-    Ok(())
+    print_list(json, &all, &["TYPE", "VCPUS", "MEMORY_MIB"], |t| {
+        vec![
+            t.instance_type.clone(),
+            fmt(t.vcpus.map(|v| v.to_string())),
+            fmt(t.memory_mib.map(|v| v.to_string())),
+        ]
+    })
 }
 
 #[cfg(test)]

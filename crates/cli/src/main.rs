@@ -9,7 +9,10 @@
 mod client;
 mod commands;
 mod config;
+mod keycmd;
 mod model;
+mod netcmd;
+mod netmodel;
 mod output;
 mod top;
 mod xmltree;
@@ -103,6 +106,39 @@ pub enum Command {
     Images(ImagesArgs),
     /// List instance types (DescribeInstanceTypes)
     Types,
+    /// List key pairs, or create, import and delete them
+    Keys(keycmd::KeysArgs),
+    /// List VPCs with their subnet counts (DescribeVpcs, DescribeSubnets)
+    Vpcs,
+    /// Create or delete a VPC
+    Vpc {
+        #[command(subcommand)]
+        action: VpcCommand,
+    },
+    /// List subnets (DescribeSubnets)
+    Subnets {
+        /// Only the subnets of this VPC
+        #[arg(long, value_name = "VPC_ID")]
+        vpc: Option<String>,
+    },
+    /// Create or delete a subnet
+    Subnet {
+        #[command(subcommand)]
+        action: SubnetCommand,
+    },
+    /// List security groups, or show, create, delete them and allow or revoke rules
+    Sg(SgArgs),
+    /// Call any EC2 action with NAME=VALUE parameters and print its answer as XML (or JSON)
+    ///
+    /// For actions no other command covers, e.g.
+    /// `vireo call AttachInternetGateway InternetGatewayId=igw-… VpcId=vpc-…`.
+    Call {
+        /// The action, e.g. CreateInternetGateway
+        action: String,
+        /// A request parameter, NAME=VALUE (repeatable, e.g. Filter.1.Name=vpc-id)
+        #[arg(value_name = "NAME=VALUE", value_parser = parse_tag)]
+        params: Vec<(String, String)>,
+    },
     /// Live per-instance CPU, exits, memory, disk and network rates from vireod's /metrics
     Top {
         /// Seconds between scrapes (the rates are over this interval)
@@ -143,6 +179,138 @@ pub struct RunArgs {
     /// With --wait: give up after this many seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 300, requires = "wait")]
     timeout: u64,
+    /// Subnet to launch into (default: the default VPC's subnet)
+    #[arg(long, value_name = "SUBNET_ID")]
+    subnet: Option<String>,
+    /// A security group for the instances' interface (repeatable; default: the VPC's `default`)
+    #[arg(long = "sg", value_name = "SG_ID")]
+    groups: Vec<String>,
+    /// The private address (one instance only)
+    #[arg(long, value_name = "IP")]
+    private_ip: Option<String>,
+    /// Give each instance a public address from vireod's pool (AssociatePublicIpAddress)
+    #[arg(long)]
+    public_ip: bool,
+    /// The key pair whose public key the instances get (KeyName; see `vireo keys`)
+    #[arg(long, value_name = "NAME")]
+    key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VpcCommand {
+    /// Create a VPC (CreateVpc); prints its id
+    Create {
+        /// Its IPv4 CIDR block, /16 to /28 (e.g. 10.0.0.0/16)
+        cidr: String,
+        /// A Name tag
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete an empty VPC (DeleteVpc)
+    Delete {
+        #[arg(value_name = "VPC_ID")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SubnetCommand {
+    /// Create a subnet (CreateSubnet); prints its id
+    Create {
+        #[arg(value_name = "VPC_ID")]
+        vpc: String,
+        /// Its CIDR block, inside the VPC's (e.g. 10.0.1.0/24)
+        cidr: String,
+        /// Availability zone (default: vireod's)
+        #[arg(long, value_name = "ZONE")]
+        az: Option<String>,
+        /// Give instances launched here a public address (MapPublicIpOnLaunch)
+        #[arg(long)]
+        public: bool,
+        /// A Name tag
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete a subnet without instances (DeleteSubnet)
+    Delete {
+        #[arg(value_name = "SUBNET_ID")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SgArgs {
+    /// With no subcommand: only the groups of this VPC
+    #[arg(long, value_name = "VPC_ID")]
+    vpc: Option<String>,
+    #[command(subcommand)]
+    action: Option<SgCommand>,
+}
+
+/// One rule's protocol, ports and peer, as `sg allow` and `sg revoke` take it.
+#[derive(Debug, Args)]
+pub struct PermissionArgs {
+    /// tcp, udp, icmp, all, or an IP protocol number
+    #[arg(long, value_name = "PROTO")]
+    proto: Option<String>,
+    /// A port or FROM-TO (tcp and udp); the ICMP type (icmp)
+    #[arg(long, value_name = "PORT[-PORT]")]
+    port: Option<String>,
+    /// The peer: addresses in this CIDR
+    #[arg(long, value_name = "CIDR", conflicts_with = "group")]
+    cidr: Option<String>,
+    /// The peer: the interfaces in this security group
+    #[arg(long, value_name = "SG_ID")]
+    group: Option<String>,
+    /// The rule's description
+    #[arg(long)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SgCommand {
+    /// Show a group and its rules as a table (DescribeSecurityGroupRules)
+    Show {
+        #[arg(value_name = "SG_ID")]
+        id: String,
+    },
+    /// Create a group (CreateSecurityGroup); prints its id
+    Create {
+        name: String,
+        #[arg(long, value_name = "VPC_ID")]
+        vpc: String,
+        /// Its description (default: the name)
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a group no interface uses (DeleteSecurityGroup)
+    Delete {
+        #[arg(value_name = "SG_ID")]
+        id: String,
+    },
+    /// Allow traffic: add a rule (AuthorizeSecurityGroupIngress, or Egress with --egress)
+    Allow {
+        #[arg(value_name = "SG_ID")]
+        id: String,
+        /// An outbound rule (default: inbound)
+        #[arg(long)]
+        egress: bool,
+        #[command(flatten)]
+        perm: PermissionArgs,
+    },
+    /// Remove rules, by their ids (--rule) or as allow named them (RevokeSecurityGroupIngress/Egress)
+    Revoke {
+        #[arg(value_name = "SG_ID")]
+        id: String,
+        /// An outbound rule (default: inbound)
+        #[arg(long)]
+        egress: bool,
+        /// A rule id, sgr-… (repeatable)
+        #[arg(long = "rule", value_name = "RULE_ID")]
+        rules: Vec<String>,
+        #[command(flatten)]
+        perm: PermissionArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -307,10 +475,48 @@ mod tests {
             &["images", "register", "--name", "n"],
             &["images", "create", "--name", "n"],
             &["frobnicate"],
+            &["vpc", "create"],
+            &["vpc"],
+            &["subnet", "create", "vpc-1"],
+            &["sg", "create", "web"],
+            &[
+                "sg",
+                "allow",
+                "sg-1",
+                "--cidr",
+                "1.0.0.0/8",
+                "--group",
+                "sg-2",
+            ],
+            &["sg", "show"],
+            &["call"],
+            &["call", "CreateRoute", "RouteTableId"],
         ] {
             let e = parse(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn call_arguments() {
+        let cli = parse(&[
+            "call",
+            "CreateRoute",
+            "RouteTableId=rtb-1",
+            "Gateway.Id=a=b",
+        ])
+        .unwrap();
+        let Command::Call { action, params } = cli.command else {
+            panic!()
+        };
+        assert_eq!(action, "CreateRoute");
+        assert_eq!(
+            params,
+            [
+                ("RouteTableId".into(), "rtb-1".into()),
+                ("Gateway.Id".into(), "a=b".into())
+            ]
+        );
     }
 
     #[test]

@@ -7,13 +7,15 @@ use serde::Serialize;
 
 use crate::xmltree::Element;
 
-fn opt(e: &Element, path: &str) -> Option<String> {
+/// The text at `path`, unless it is absent or empty.
+pub(crate) fn opt(e: &Element, path: &str) -> Option<String> {
     e.text_at(path)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
 }
 
-fn tags(e: &Element) -> BTreeMap<String, String> {
+/// A resource's `tagSet` as key to value.
+pub(crate) fn tags(e: &Element) -> BTreeMap<String, String> {
     e.items("tagSet")
         .map(|t| (t.str("key"), t.str("value")))
         .collect()
@@ -37,6 +39,13 @@ pub struct Instance {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    /// The ids of the primary interface's security groups.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
@@ -54,6 +63,9 @@ impl Instance {
             reservation_id: reservation_id.to_string(),
             private_ip: opt(item, "privateIpAddress"),
             public_ip: opt(item, "ipAddress"),
+            vpc_id: opt(item, "vpcId"),
+            subnet_id: opt(item, "subnetId"),
+            security_groups: item.items("groupSet").map(|g| g.str("groupId")).collect(),
             availability_zone: opt(item, "placement/availabilityZone"),
             state_reason: opt(item, "stateReason/message").or_else(|| opt(item, "reason")),
             tags: tags(item),

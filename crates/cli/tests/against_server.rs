@@ -185,12 +185,26 @@ fn instance(r: &mut Response, id: &str, state: &str, name: &str) {
 }
 
 fn describe_page(ids: &[(&str, &str, &str)], next: Option<&str>) -> String {
+    let with_ips: Vec<_> = ids.iter().map(|&(i, s, n)| (i, s, n, None, None)).collect();
+    describe_page_ips(&with_ips, next)
+}
+
+/// An instance as (id, state, name, private address, public address).
+type Listed<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+
+fn describe_page_ips(ids: &[Listed<'_>], next: Option<&str>) -> String {
     let mut r = Response::new("DescribeInstances", "req");
     r.list("reservationSet", [()], |r, ()| {
         r.elem("reservationId", "r-0123456789abcdef0");
-        r.list("instancesSet", ids.iter(), |r, (id, state, name)| {
-            instance(r, id, state, name)
-        });
+        r.list(
+            "instancesSet",
+            ids.iter(),
+            |r, (id, state, name, private, public)| {
+                instance(r, id, state, name);
+                r.opt_elem("privateIpAddress", *private)
+                    .opt_elem("ipAddress", *public);
+            },
+        );
     });
     r.opt_elem("nextToken", next);
     r.finish()
@@ -199,8 +213,14 @@ fn describe_page(ids: &[(&str, &str, &str)], next: Option<&str>) -> String {
 #[test]
 fn ls_follows_pages_and_signs_for_the_region() {
     let server = Server::start(|action, p| match (action, p.get("NextToken")) {
-        ("DescribeInstances", None) => Ok(describe_page(
-            &[("i-0000000000000000a", "running", "web")],
+        ("DescribeInstances", None) => Ok(describe_page_ips(
+            &[(
+                "i-0000000000000000a",
+                "running",
+                "web",
+                Some("10.0.1.4"),
+                Some("198.51.100.2"),
+            )],
             Some("page2"),
         )),
         ("DescribeInstances", Some("page2")) => Ok(describe_page(
@@ -217,9 +237,9 @@ fn ls_follows_pages_and_signs_for_the_region() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "ID                   STATE    TYPE      IMAGE                  LAUNCHED                  NAME\n\
-         i-0000000000000000a  running  t3.micro  ami-0123456789abcdef0  2024-01-02T03:04:05.000Z  web\n\
-         i-0000000000000000b  stopped  t3.micro  ami-0123456789abcdef0  2024-01-02T03:04:05.000Z\n"
+        "ID                   STATE    TYPE      PRIVATE_IP  PUBLIC_IP     IMAGE                  LAUNCHED                  NAME\n\
+         i-0000000000000000a  running  t3.micro  10.0.1.4    198.51.100.2  ami-0123456789abcdef0  2024-01-02T03:04:05.000Z  web\n\
+         i-0000000000000000b  stopped  t3.micro  -           -             ami-0123456789abcdef0  2024-01-02T03:04:05.000Z\n"
     );
     let seen = server.seen.lock().unwrap();
     assert_eq!(seen.calls.len(), 2);
@@ -523,5 +543,421 @@ fn stop_force_console_and_images() {
     assert_eq!(
         text(&out.stderr),
         "vireo: InvalidAction: The action RebootInstances is not valid for this web service.\n"
+    );
+}
+
+/// A stand-in for vireod's VPC actions: two VPCs (one with two subnets), one group with three
+/// rules; CreateVpc refuses a bad CIDR as EC2 does; ModifySubnetAttribute fails, so a
+/// `subnet create --public` must remove the subnet it made.
+fn network_server() -> Server {
+    Server::start(|action, p| {
+        let mut r = Response::new(action, "req");
+        match action {
+            "DescribeVpcs" => {
+                r.list(
+                    "vpcSet",
+                    [
+                        ("vpc-0000000000000000a", "172.31.0.0/16", true, ""),
+                        ("vpc-0000000000000000b", "10.0.0.0/16", false, "lab"),
+                    ],
+                    |r, (id, cidr, dflt, name)| {
+                        r.elem("vpcId", id)
+                            .elem("state", "available")
+                            .elem("cidrBlock", cidr)
+                            .bool_elem("isDefault", dflt);
+                        if !name.is_empty() {
+                            r.tag_set([("Name", name)]);
+                        }
+                    },
+                );
+            }
+            "DescribeSubnets" => {
+                let only = p.get("Filter.1.Value.1");
+                let all = [
+                    (
+                        "subnet-0000000000000000a",
+                        "vpc-0000000000000000b",
+                        "10.0.1.0/24",
+                        251,
+                        true,
+                    ),
+                    (
+                        "subnet-0000000000000000b",
+                        "vpc-0000000000000000b",
+                        "10.0.2.0/24",
+                        250,
+                        false,
+                    ),
+                ];
+                r.list(
+                    "subnetSet",
+                    all.into_iter().filter(|s| only.is_none_or(|v| v == s.1)),
+                    |r, (id, vpc, cidr, free, public)| {
+                        r.elem("subnetId", id)
+                            .elem("vpcId", vpc)
+                            .elem("cidrBlock", cidr)
+                            .elem("availabilityZone", "test-region-1a")
+                            .elem("availableIpAddressCount", free)
+                            .bool_elem("mapPublicIpOnLaunch", public);
+                    },
+                );
+            }
+            "CreateVpc" => {
+                let cidr = p.required("CidrBlock")?;
+                if cidr != "10.9.0.0/16" {
+                    return Err(Ec2Error::invalid_parameter_value(format!(
+                        "Value ({cidr}) for parameter cidrBlock is invalid. This is not a valid CIDR block."
+                    )));
+                }
+                let spec = &p.structs("TagSpecification").unwrap()[0];
+                assert_eq!(spec.get("ResourceType"), Some("vpc"));
+                assert_eq!(
+                    spec.tags("Tag").unwrap(),
+                    vec![("Name".into(), "lab".into())]
+                );
+                r.nest("vpc", |r| {
+                    r.elem("vpcId", "vpc-0000000000000000c");
+                });
+            }
+            "CreateSubnet" => {
+                r.nest("subnet", |r| {
+                    r.elem("subnetId", "subnet-0000000000000000c");
+                });
+            }
+            "ModifySubnetAttribute" => {
+                return Err(Ec2Error::new("InternalError", "the disk is full", 500));
+            }
+            "DeleteSubnet" | "RevokeSecurityGroupIngress" => {
+                r.bool_elem("return", true);
+                if action == "RevokeSecurityGroupIngress" {
+                    r.list(
+                        "revokedSecurityGroupRuleSet",
+                        p.list("SecurityGroupRuleId")?,
+                        |r, id| {
+                            r.elem("securityGroupRuleId", id);
+                        },
+                    );
+                }
+            }
+            "DescribeSecurityGroups" => {
+                r.list("securityGroupInfo", ["sg-0000000000000000a"], |r, id| {
+                    r.elem("groupId", id)
+                        .elem("groupName", "web")
+                        .elem("groupDescription", "web servers")
+                        .elem("vpcId", "vpc-0000000000000000b")
+                        .list("ipPermissions", [()], |r, ()| {
+                            r.elem("ipProtocol", "tcp").list(
+                                "ipRanges",
+                                ["10.0.0.0/8", "192.168.0.0/16"],
+                                |r, c| {
+                                    r.elem("cidrIp", c);
+                                },
+                            );
+                        })
+                        .list("ipPermissionsEgress", [()], |r, ()| {
+                            r.elem("ipProtocol", "-1")
+                                .list("ipRanges", ["0.0.0.0/0"], |r, c| {
+                                    r.elem("cidrIp", c);
+                                });
+                        });
+                });
+            }
+            "DescribeSecurityGroupRules" | "AuthorizeSecurityGroupIngress" => {
+                if action == "AuthorizeSecurityGroupIngress" {
+                    let m = &p.structs("IpPermissions").unwrap()[0];
+                    assert_eq!(
+                        (m.get("IpProtocol"), m.get("FromPort"), m.get("ToPort")),
+                        (Some("tcp"), Some("22"), Some("23"))
+                    );
+                    assert_eq!(
+                        m.structs("Groups").unwrap()[0].get("GroupId"),
+                        Some("sg-0000000000000000b")
+                    );
+                    r.bool_elem("return", true);
+                } else {
+                    assert_eq!(p.get("Filter.1.Name"), Some("group-id"));
+                }
+                let rules: &[(&str, bool, &str, i32, i32, &str, &str)] =
+                    if action == "AuthorizeSecurityGroupIngress" {
+                        &[(
+                            "sgr-0000000000000000d",
+                            false,
+                            "tcp",
+                            22,
+                            23,
+                            "sg-0000000000000000b",
+                            "",
+                        )]
+                    } else {
+                        &[
+                            ("sgr-0000000000000000c", true, "-1", -1, -1, "0.0.0.0/0", ""),
+                            (
+                                "sgr-0000000000000000a",
+                                false,
+                                "tcp",
+                                22,
+                                22,
+                                "10.0.0.0/8",
+                                "ssh",
+                            ),
+                            (
+                                "sgr-0000000000000000b",
+                                false,
+                                "tcp",
+                                80,
+                                81,
+                                "sg-0000000000000000b",
+                                "",
+                            ),
+                        ]
+                    };
+                r.list(
+                    "securityGroupRuleSet",
+                    rules.iter(),
+                    |r, (id, egress, proto, from, to, peer, d)| {
+                        r.elem("securityGroupRuleId", id)
+                            .elem("groupId", "sg-0000000000000000a")
+                            .bool_elem("isEgress", *egress)
+                            .elem("ipProtocol", proto)
+                            .elem("fromPort", from)
+                            .elem("toPort", to);
+                        if peer.starts_with("sg-") {
+                            r.nest("referencedGroupInfo", |r| {
+                                r.elem("groupId", peer);
+                            });
+                        } else {
+                            r.elem("cidrIpv4", peer);
+                        }
+                        r.elem("description", d);
+                    },
+                );
+            }
+            other => return Err(Ec2Error::invalid_action(other)),
+        }
+        Ok(r.finish())
+    })
+}
+
+#[test]
+fn vpcs_subnets_and_groups() {
+    let server = network_server();
+    let ep = server.endpoint();
+    let out = vireo(&ep, SECRET, &["vpcs"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "VPC                    CIDR           DEFAULT  SUBNETS  NAME\n\
+         vpc-0000000000000000a  172.31.0.0/16  yes      0\n\
+         vpc-0000000000000000b  10.0.0.0/16    no       2        lab\n"
+    );
+    let out = vireo(&ep, SECRET, &["subnets", "--vpc", "vpc-0000000000000000b"]);
+    assert_eq!(
+        text(&out.stdout),
+        "SUBNET                    VPC                    CIDR         ZONE            FREE  PUBLIC  NAME\n\
+         subnet-0000000000000000a  vpc-0000000000000000b  10.0.1.0/24  test-region-1a  251   yes\n\
+         subnet-0000000000000000b  vpc-0000000000000000b  10.0.2.0/24  test-region-1a  250   no\n"
+    );
+    let out = vireo(
+        &ep,
+        SECRET,
+        &["vpc", "create", "10.9.0.0/16", "--name", "lab"],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "vpc-0000000000000000c\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // EC2's error, on one line, status 1.
+    let out = vireo(&ep, SECRET, &["vpc", "create", "10.9.0.0/33"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "vireo: InvalidParameterValue: Value (10.9.0.0/33) for parameter cidrBlock is invalid. This is not a valid CIDR block.\n"
+    );
+    let out = vireo(&ep, SECRET, &["sg"]);
+    assert_eq!(
+        text(&out.stdout),
+        "GROUP                 VPC                    NAME  INGRESS  EGRESS  DESCRIPTION\n\
+         sg-0000000000000000a  vpc-0000000000000000b  web   2        1       web servers\n"
+    );
+    let out = vireo(&ep, SECRET, &["sg", "show", "sg-0000000000000000a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "sg-0000000000000000a  web\n  \
+         vpc:          vpc-0000000000000000b\n  \
+         description:  web servers\n\n\
+         DIRECTION  PROTOCOL  PORTS  SOURCE/DESTINATION    RULE                   DESCRIPTION\n\
+         ingress    tcp       22     10.0.0.0/8            sgr-0000000000000000a  ssh\n\
+         ingress    tcp       80-81  sg-0000000000000000b  sgr-0000000000000000b\n\
+         egress     all       all    0.0.0.0/0             sgr-0000000000000000c\n"
+    );
+    let out = vireo(
+        &ep,
+        SECRET,
+        &[
+            "sg",
+            "allow",
+            "sg-0000000000000000a",
+            "--proto",
+            "tcp",
+            "--port",
+            "22-23",
+            "--group",
+            "sg-0000000000000000b",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .contains("ingress    tcp       22-23  sg-0000000000000000b  sgr-0000000000000000d"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = vireo(
+        &ep,
+        SECRET,
+        &[
+            "sg",
+            "revoke",
+            "sg-0000000000000000a",
+            "--rule",
+            "sgr-0000000000000000a",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "sgr-0000000000000000a  revoked\n",
+        "{}",
+        text(&out.stderr)
+    );
+    // Usage errors the server never sees: one line, status 2.
+    let before = server.actions().len();
+    for args in [
+        &[
+            "sg",
+            "allow",
+            "sg-0000000000000000a",
+            "--proto",
+            "tcp",
+            "--cidr",
+            "1.0.0.0/8",
+        ][..],
+        &[
+            "sg",
+            "allow",
+            "sg-0000000000000000a",
+            "--proto",
+            "tcp",
+            "--port",
+            "x",
+            "--cidr",
+            "1.0.0.0/8",
+        ],
+        &[
+            "sg",
+            "revoke",
+            "sg-0000000000000000a",
+            "--rule",
+            "sgr-1",
+            "--proto",
+            "tcp",
+        ],
+    ] {
+        let out = vireo(&ep, SECRET, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(text(&out.stderr).lines().count(), 1, "{args:?}");
+    }
+    assert_eq!(server.actions().len(), before);
+    // A subnet that could not be made public is deleted again; the error is the call's.
+    let out = vireo(
+        &ep,
+        SECRET,
+        &[
+            "subnet",
+            "create",
+            "vpc-0000000000000000b",
+            "10.0.3.0/24",
+            "--public",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "vireo: InternalError: the disk is full\n"
+    );
+    let actions = server.actions();
+    assert_eq!(
+        actions[actions.len() - 3..],
+        ["CreateSubnet", "ModifySubnetAttribute", "DeleteSubnet"]
+    );
+    let seen = server.seen.lock().unwrap();
+    let deleted = &seen.calls.last().unwrap().1;
+    assert!(deleted.contains(&("SubnetId".into(), "subnet-0000000000000000c".into())));
+}
+
+#[test]
+fn run_in_a_subnet_with_groups_and_a_public_address() {
+    let server = Server::start(|action, p| {
+        assert_eq!(action, "RunInstances");
+        let mut r = Response::new("RunInstances", "req");
+        r.elem("reservationId", "r-0123456789abcdef0");
+        let ni = p.structs("NetworkInterface").unwrap();
+        let (subnet, groups, ip) = if let Some(m) = ni.first() {
+            assert_eq!(m.get("DeviceIndex"), Some("0"));
+            assert_eq!(m.bool("AssociatePublicIpAddress").unwrap(), Some(true));
+            (
+                m.get("SubnetId"),
+                m.list("SecurityGroupId").unwrap(),
+                m.get("PrivateIpAddress"),
+            )
+        } else {
+            (
+                p.get("SubnetId"),
+                p.list("SecurityGroupId").unwrap(),
+                p.get("PrivateIpAddress"),
+            )
+        };
+        assert_eq!(subnet, Some("subnet-0000000000000000a"));
+        assert_eq!(groups, ["sg-0000000000000000a", "sg-0000000000000000b"]);
+        let public = (!ni.is_empty()).then_some("198.51.100.2");
+        let private = ip.unwrap_or("10.0.1.4").to_string();
+        r.list("instancesSet", ["i-0000000000000000e"], |r, id| {
+            instance(r, id, "pending", "");
+            r.elem("privateIpAddress", &private)
+                .opt_elem("ipAddress", public);
+        });
+        Ok(r.finish())
+    });
+    let base = [
+        "run",
+        "--image",
+        "ami-0123456789abcdef0",
+        "--subnet",
+        "subnet-0000000000000000a",
+        "--sg",
+        "sg-0000000000000000a",
+        "--sg",
+        "sg-0000000000000000b",
+    ];
+    let out = vireo(
+        &server.endpoint(),
+        SECRET,
+        &[&base[..], &["--public-ip", "--json"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["public_ip"], "198.51.100.2");
+    let out = vireo(
+        &server.endpoint(),
+        SECRET,
+        &[&base[..], &["--private-ip", "10.0.1.9"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("10.0.1.9    -"),
+        "{}",
+        text(&out.stdout)
     );
 }

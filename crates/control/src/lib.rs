@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod cidr;
+pub mod console;
 pub mod db;
 pub mod durable;
 pub mod error;

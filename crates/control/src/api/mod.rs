@@ -53,8 +53,9 @@ pub async fn serve(svc: Service, listener: tokio::net::TcpListener) -> std::io::
     serve_with(svc, listener, true).await
 }
 
-/// Serves the API on `listener` until the process ends; `metrics` adds the unauthenticated,
-/// read-only `GET /metrics` (Prometheus scrapers cannot sign requests with SigV4).
+/// Serves the API on `listener` until the process ends, with the web console under `/console`;
+/// `metrics` adds the unauthenticated, read-only `GET /metrics` (Prometheus scrapers cannot
+/// sign requests with SigV4).
 pub async fn serve_with(
     svc: Service,
     listener: tokio::net::TcpListener,
@@ -64,7 +65,12 @@ pub async fn serve_with(
     if metrics {
         app = app.route("/metrics", axum::routing::get(metrics::handler));
     }
+    // The web console (docs/console.md): its pages and its JSON API under /console.
     let app = app
+        .merge(crate::console::router(
+            svc.clone(),
+            crate::console::ConsoleConfig::default(),
+        ))
         .fallback(handle)
         .with_state(svc)
         .layer(axum::extract::DefaultBodyLimit::max(
@@ -190,14 +196,14 @@ async fn dispatch(
         "DeleteSubnet" => subnets::delete(svc, p, r)?,
         "ModifySubnetAttribute" => subnets::modify_attribute(svc, p, r)?,
         "CreateSecurityGroup" => security_groups::create(svc, p, r)?,
-        "DeleteSecurityGroup" => security_groups::delete(svc, p, r)?,
+        "DeleteSecurityGroup" => security_groups::delete(svc, p, r).await?,
         "DescribeSecurityGroups" => security_groups::describe(svc, p, r)?,
-        "AuthorizeSecurityGroupIngress" => security_groups::authorize(svc, p, r, false)?,
-        "AuthorizeSecurityGroupEgress" => security_groups::authorize(svc, p, r, true)?,
-        "RevokeSecurityGroupIngress" => security_groups::revoke(svc, p, r, false)?,
-        "RevokeSecurityGroupEgress" => security_groups::revoke(svc, p, r, true)?,
+        "AuthorizeSecurityGroupIngress" => security_groups::authorize(svc, p, r, false).await?,
+        "AuthorizeSecurityGroupEgress" => security_groups::authorize(svc, p, r, true).await?,
+        "RevokeSecurityGroupIngress" => security_groups::revoke(svc, p, r, false).await?,
+        "RevokeSecurityGroupEgress" => security_groups::revoke(svc, p, r, true).await?,
         "DescribeSecurityGroupRules" => security_groups::describe_rules(svc, p, r)?,
-        "ModifySecurityGroupRules" => sg_modify::modify_rules(svc, p, r)?,
+        "ModifySecurityGroupRules" => sg_modify::modify_rules(svc, p, r).await?,
         "UpdateSecurityGroupRuleDescriptionsIngress" => {
             sg_modify::update_descriptions(svc, p, r, false)?
         }

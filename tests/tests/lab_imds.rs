@@ -13,36 +13,16 @@
 //! The host then sets A's HttpTokens to `required` (A's token-less requests get 401 from the
 //! next one on, two of slack) and B's HttpEndpoint to `disabled` (403).
 
-use vireo_tests::{run_in_lab, scratch};
+use vireo_tests::vireod_lab::{debian_image, lines, run_vireod_lab};
 
+/// What the test does once vireod serves (vireod_lab's start and shell functions before it).
 const HOST: &str = r#"
-set -u
-export PATH=/vireo/bin:$PATH
-export AWS_SHARED_CREDENTIALS_FILE=/tmp/vd/credentials AWS_CONFIG_FILE=/tmp/vd/config
-export VIREO_ENDPOINT=http://127.0.0.1:8787
-cat >/tmp/debian.json <<'JSON'
-{"name": "vireo-debian-12", "kernel": "/vireo/guest/vmlinux", "initrd": "/vireo/guest/initrd.cpio.gz",
- "cmdline": "console=ttyS0 panic=-1 quiet vireo.exit=wait"}
-JSON
-# Every guest: a lease (busybox udhcpc sets the address and the default route), and req, an
-# HTTP/1.0 client of the metadata service: `req METHOD PATH [HEADER]...` prints the response
-# without its CRs; `code` keeps its status, `body` its body.
+# Every guest: a lease (guest_lease: busybox udhcpc sets the address and the default route),
+# and req, an HTTP/1.0 client of the metadata service: `req METHOD PATH [HEADER]...` prints
+# the response without its CRs; `code` keeps its status, `body` its body.
 common() {
+    guest_lease
     cat <<'SH'
-#!/bin/sh
-mkdir -p /tmp
-cat >/tmp/dhcp.sh <<'S'
-#!/bin/sh
-case $1 in bound | renew)
-    ifconfig "$interface" "$ip" netmask "$subnet" up
-    route add default gw "$router" dev "$interface"
-    echo "LEASE ip=$ip router=$router" >/tmp/lease
-    ;;
-esac
-S
-chmod +x /tmp/dhcp.sh
-ifconfig eth0 up || echo "NO-ETH0"
-udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 20 -T 1 >/dev/null 2>&1 && cat /tmp/lease || echo "NO-LEASE"
 req() {
     m=$1 p=$2
     shift 2
@@ -86,20 +66,6 @@ while :; do echo "B-V2 $(req GET /latest/meta-data/instance-id "X-aws-ec2-metada
 SH
 } >/tmp/b.sh
 
-ip link set lo up
-vireod init --data-dir /tmp/vd --image /tmp/debian.json >/tmp/init.log 2>&1 || { echo INIT-FAILED; cat /tmp/init.log; exit 1; }
-vireod serve --data-dir /tmp/vd --listen 127.0.0.1:8787 --capacity-memory-mib 2048 \
-    --shutdown-timeout 30 >/tmp/vireod.log 2>&1 &
-VIREOD=$!
-trap 'kill $VIREOD 2>/dev/null' EXIT
-i=0
-until vireo types >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { echo VIREOD-DOWN; cat /tmp/vireod.log; exit 1; }
-    sleep 0.1
-done
-fail() { echo "SETUP-FAILED $*"; sed 's/^/VIREOD-LOG /' /tmp/vireod.log; exit 1; }
-id_of() { grep -o "$1-[0-9a-f]*" | head -1; }
 AMI=$(vireo images --json | id_of ami)
 VPC=$(vireo vpc create 10.0.0.0/16 --name imds | id_of vpc) || fail vpc
 SUB=$(vireo subnet create "$VPC" 10.0.1.0/24 | id_of subnet) || fail subnet
@@ -111,15 +77,6 @@ A=$(run --subnet "$SUB" --sg "$SG" --private-ip 10.0.1.10 --key labkey --user-da
 B=$(run --subnet "$SUB" --sg "$SG" --private-ip 10.0.1.11 --user-data /tmp/b.sh) || fail run-b
 echo "INSTANCES $A $B"
 [ -n "$A" ] && [ -n "$B" ] || fail "a launch gave no id"
-console_of() { vireo console "$1" 2>/dev/null | tr -d '\r'; }
-wait_for() {
-    local i=0
-    until console_of "$1" | grep -q "$2"; do
-        i=$((i + 1))
-        [ $i -lt $(($3 * 2)) ] || return 1
-        sleep 0.5
-    done
-}
 wait_for "$A" "A-V1 " 240 || echo "A-NOT-DONE"
 wait_for "$B" "B-V2 " 240 || echo "B-NOT-DONE"
 # A: tokens required; B: the endpoint disabled. Each asks about once a second.
@@ -138,32 +95,19 @@ echo "ID-A $A"
 echo "ID-B $B"
 for x in A B; do eval "id=\$$x"; console_of "$id" | sed "s/^/CONSOLE-$x /"; done
 vireo terminate "$A" "$B" >/dev/null
-vmms() { for p in /proc/[0-9]*; do readlink "$p/exe"; done 2>/dev/null | grep -c vireo-vmm; }
-i=0
-while [ "$(vmms)" -gt 0 ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i + 1)); done
-echo "VMMS-LEFT=$(vmms)"
-sed 's/^/VIREOD-LOG /' /tmp/vireod.log
+end_report 30
 "#;
-
-fn lines<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
-    out.lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(prefix))
-        .collect()
-}
 
 #[test]
 fn debian_guests_use_the_metadata_service() {
-    let host = scratch("imds-host.sh");
-    std::fs::write(&host, HOST).unwrap();
-    let put = format!("{}:/vireo/host.sh", host.display());
-    let r = run_in_lab(
-        "sh /vireo/host.sh",
-        &["--net", "--mem", "3072", "--timeout", "480", "--put", &put],
+    let r = run_vireod_lab(
+        "imds",
+        &debian_image(None),
+        "--capacity-memory-mib 2048 --shutdown-timeout 30",
+        HOST,
+        &["--net", "--mem", "3072", "--timeout", "480"],
     );
     let out = &r.stdout;
-    let saved = scratch("imds-lab.out");
-    std::fs::write(&saved, out).unwrap();
-    eprintln!("lab output: {}", saved.display());
     assert_eq!(r.status, Some(0), "{r:?}");
     assert!(lines(out, "SETUP-FAILED").is_empty(), "{r:?}");
     let (a_id, b_id) = (lines(out, "ID-A "), lines(out, "ID-B "));

@@ -16,35 +16,14 @@
 //! answers it); C's spoofed packets arrive at its TAP and none gets past it (counted by probe
 //! rules the test adds around the data plane's anti-spoofing chain).
 
-use vireo_tests::{run_in_lab, scratch};
+use vireo_tests::vireod_lab::{debian_image, lines, run_vireod_lab};
 
+/// What the test does once vireod serves (vireod_lab's start and shell functions before it).
 const HOST: &str = r#"
-set -u
-export PATH=/vireo/bin:$PATH
-export AWS_SHARED_CREDENTIALS_FILE=/tmp/vd/credentials AWS_CONFIG_FILE=/tmp/vd/config
-export VIREO_ENDPOINT=http://127.0.0.1:8787
-cat >/tmp/debian.json <<'JSON'
-{"name": "vireo-debian-12", "kernel": "/vireo/guest/vmlinux", "initrd": "/vireo/guest/initrd.cpio.gz",
- "cmdline": "console=ttyS0 panic=-1 quiet vireo.exit=wait"}
-JSON
-# Every guest: eth0 up, a DHCP lease from the VPC's dnsmasq (busybox udhcpc; its script sets
-# the address and the default route and prints the lease), then its part.
+# Every guest: eth0 up, a DHCP lease from the VPC's dnsmasq (guest_lease), then its part.
 lease() {
+    guest_lease
     cat <<'SH'
-#!/bin/sh
-mkdir -p /tmp
-cat >/tmp/dhcp.sh <<'S'
-#!/bin/sh
-case $1 in bound | renew)
-    ifconfig "$interface" "$ip" netmask "$subnet" up
-    route add default gw "$router" dev "$interface"
-    echo "LEASE ip=$ip mask=$subnet router=$router host=$hostname" >/tmp/lease
-    ;;
-esac
-S
-chmod +x /tmp/dhcp.sh
-ifconfig eth0 up || echo "NO-ETH0"
-udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 20 -T 1 >/dev/null 2>&1 && cat /tmp/lease || echo "NO-LEASE"
 # try_tcp WHO: one connection to A's port 8080; OK when A's line came back.
 try_tcp() {
     if echo hi | nc -w 3 10.0.1.10 8080 2>/dev/null | grep -q HELLO-FROM-A; then
@@ -83,20 +62,6 @@ if ping -c 10 -W 1 10.0.1.10 2>&1 | grep -q 'bytes from'; then echo "D-PING-A RE
 SH
 } >/tmp/d.sh
 
-ip link set lo up
-vireod init --data-dir /tmp/vd --image /tmp/debian.json >/tmp/init.log 2>&1 || { echo INIT-FAILED; cat /tmp/init.log; exit 1; }
-vireod serve --data-dir /tmp/vd --listen 127.0.0.1:8787 --capacity-memory-mib 2560 \
-    --shutdown-timeout 30 >/tmp/vireod.log 2>&1 &
-VIREOD=$!
-trap 'kill $VIREOD 2>/dev/null' EXIT
-i=0
-until vireo types >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { echo VIREOD-DOWN; cat /tmp/vireod.log; exit 1; }
-    sleep 0.1
-done
-fail() { echo "SETUP-FAILED $*"; sed 's/^/VIREOD-LOG /' /tmp/vireod.log; exit 1; }
-id_of() { grep -o "$1-[0-9a-f]*" | head -1; }
 AMI=$(vireo images --json | id_of ami)
 VPC=$(vireo vpc create 10.0.0.0/16 --name one | id_of vpc) || fail vpc
 SUB=$(vireo subnet create "$VPC" 10.0.1.0/24 | id_of subnet) || fail subnet
@@ -148,17 +113,6 @@ table inet probe {
   }
 }
 NFT
-# console_of ID: the lines the guest printed after its user data started.
-console_of() { vireo console "$1" 2>/dev/null | tr -d '\r'; }
-# wait_for ID TEXT SECS
-wait_for() {
-    local i=0
-    until console_of "$1" | grep -q "$2"; do
-        i=$((i + 1))
-        [ $i -lt $(($3 * 2)) ] || return 1
-        sleep 0.5
-    done
-}
 wait_for "$B" "B-TCP OK" 150 || echo "B-NEVER-CONNECTED"
 wait_for "$C" "C-SPOOF-SENT" 90 || echo "C-NOT-DONE"
 wait_for "$A" "A-PING-B OK" 30 || echo "A-NO-PING"
@@ -173,33 +127,19 @@ for x in A B C D; do eval "id=\$$x"; console_of "$id" | sed "s/^/CONSOLE-$x /"; 
 ip netns exec "$NS1" nft list table netdev probe | grep -o 'packets [0-9]*' | sed 's/^/PROBE-TAP /'
 ip netns exec "$NS1" nft list table inet probe | grep -o 'packets [0-9]*' | sed 's/^/PROBE-ROUTED /'
 vireo terminate "$A" "$B" "$C" "$D" >/dev/null
-vmms() { for p in /proc/[0-9]*; do readlink "$p/exe"; done 2>/dev/null | grep -c vireo-vmm; }
-i=0
-while [ "$(vmms)" -gt 0 ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i + 1)); done
-echo "VMMS-LEFT=$(vmms)"
-sed 's/^/VIREOD-LOG /' /tmp/vireod.log
+end_report 30
 "#;
-
-fn lines<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
-    out.lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(prefix))
-        .collect()
-}
 
 #[test]
 fn debian_guests_get_dhcp_and_security_groups_in_vpcs() {
-    let host = scratch("vpc-host.sh");
-    std::fs::write(&host, HOST).unwrap();
-    let put = format!("{}:/vireo/host.sh", host.display());
-    let r = run_in_lab(
-        "sh /vireo/host.sh",
-        &["--net", "--mem", "3072", "--timeout", "420", "--put", &put],
+    let r = run_vireod_lab(
+        "vpc",
+        &debian_image(None),
+        "--capacity-memory-mib 2560 --shutdown-timeout 30",
+        HOST,
+        &["--net", "--mem", "3072", "--timeout", "420"],
     );
     let out = &r.stdout;
-    // The whole output, for a failure's post-mortem (the assertions show the guests' parts).
-    let saved = scratch("vpc-lab.out");
-    std::fs::write(&saved, out).unwrap();
-    eprintln!("lab output: {}", saved.display());
     assert_eq!(r.status, Some(0), "{r:?}");
     assert!(lines(out, "SETUP-FAILED").is_empty(), "{r:?}");
     let (a, b, c, d) = (

@@ -28,41 +28,16 @@
 //! TCP connections survive both moves (B got every line A sent, in order, and the end marker,
 //! on the one connection of each).
 
-use vireo_tests::{run_in_lab, scratch};
+use vireo_tests::vireod_lab::{debian_image, lines, run_vireod_lab};
 
+/// What the test does once vireod serves (vireod_lab's start and shell functions before it).
+/// Every guest's user data starts with eth0 up and a DHCP lease from the VPC's dnsmasq
+/// (guest_lease).
 const HOST: &str = r#"
-set -u
-export PATH=/vireo/bin:$PATH
-export AWS_SHARED_CREDENTIALS_FILE=/tmp/vd/credentials AWS_CONFIG_FILE=/tmp/vd/config
-export VIREO_ENDPOINT=http://127.0.0.1:8787
-cat >/tmp/debian.json <<'JSON'
-{"name": "vireo-debian-12", "kernel": "/vireo/guest/vmlinux", "initrd": "/vireo/guest/initrd.cpio.gz",
- "cmdline": "console=ttyS0 panic=-1 quiet vireo.exit=wait"}
-JSON
-# Every guest: eth0 up, a DHCP lease from the VPC's dnsmasq (busybox udhcpc; its script sets
-# the address and the default route and prints the lease).
-lease() {
-    cat <<'SH'
-#!/bin/sh
-mkdir -p /tmp
-cat >/tmp/dhcp.sh <<'S'
-#!/bin/sh
-case $1 in bound | renew)
-    ifconfig "$interface" "$ip" netmask "$subnet" up
-    route add default gw "$router" dev "$interface"
-    echo "LEASE ip=$ip mask=$subnet router=$router host=$hostname" >/tmp/lease
-    ;;
-esac
-S
-chmod +x /tmp/dhcp.sh
-ifconfig eth0 up || echo "NO-ETH0"
-udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 20 -T 1 >/dev/null 2>&1 && cat /tmp/lease || echo "NO-LEASE"
-SH
-}
 # A: once B answers, pings B every 0.2 s and, beside that, streams numbered lines 0.2 s apart
 # to B:9000 on one connection, until the host pings A (from the VPC namespace: A's InEchos
 # counter moves). Then the ping's answered sequence numbers as ranges.
-{ lease; cat <<'SH'
+{ guest_lease; cat <<'SH'
 in_echos() {
     awk '/^Icmp:/ { if (!c) { for (i = 1; i <= NF; i++) if ($i == "InEchos") c = i } else print $c }' /proc/net/snmp
 }
@@ -126,7 +101,7 @@ SH
 } >/tmp/a.sh
 # B: one connection on tcp 9000 (nc runs recv.sh on it; no second accept), its lines kept;
 # when it ends, whether they are 0, 1, 2, ... and the end marker came.
-{ lease; cat <<'SH'
+{ guest_lease; cat <<'SH'
 cat >/tmp/recv.sh <<'R'
 #!/bin/sh
 cat >/tmp/recv
@@ -163,20 +138,6 @@ echo "B-TCP2-RC $(cat /tmp/recv2.rc 2>/dev/null || echo none)"
 SH
 } >/tmp/b.sh
 
-ip link set lo up
-vireod init --data-dir /tmp/vd --image /tmp/debian.json >/tmp/init.log 2>&1 || { echo INIT-FAILED; cat /tmp/init.log; exit 1; }
-vireod serve --data-dir /tmp/vd --listen 127.0.0.1:8787 --capacity-memory-mib 2048 \
-    --migration-hosts 1 --shutdown-timeout 30 >/tmp/vireod.log 2>&1 &
-VIREOD=$!
-trap 'kill $VIREOD 2>/dev/null' EXIT
-i=0
-until vireo types >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { echo VIREOD-DOWN; cat /tmp/vireod.log; exit 1; }
-    sleep 0.1
-done
-fail() { echo "SETUP-FAILED $*"; sed 's/^/VIREOD-LOG /' /tmp/vireod.log; exit 1; }
-id_of() { grep -o "$1-[0-9a-f]*" | head -1; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 AMI=$(vireo images --json | id_of ami)
@@ -191,16 +152,6 @@ A=$(run --private-ip 10.0.1.10 --user-data /tmp/a.sh) || fail run-a
 B=$(run --private-ip 10.0.1.11 --user-data /tmp/b.sh) || fail run-b
 [ -n "$A" ] && [ -n "$B" ] || fail "a launch gave no id"
 echo "INSTANCES $A $B"
-console_of() { vireo console "$1" 2>/dev/null | tr -d '\r'; }
-# wait_for ID TEXT SECS
-wait_for() {
-    local i=0
-    until console_of "$1" | grep -q "$2"; do
-        i=$((i + 1))
-        [ $i -lt "$3" ] || return 1
-        sleep 1
-    done
-}
 # where ID: the network namespace of the instance's VMM (its working directory is the
 # instance's), "root" for vireod's own.
 where() {
@@ -217,7 +168,7 @@ tap_ns() {
         ip -n "$ns" route show 10.0.1.11 | grep -q 'dev vt' && echo "$ns"
     done
 }
-wait_for "$A" "A-STARTED" 240 || fail "A never started (no lease, or B never answered)"
+wait_for "$A" "A-STARTED" 240 1 || fail "A never started (no lease, or B never answered)"
 T0=$(now)
 echo "TRAFFIC-STARTED B-ON $(where "$B")"
 # What of B's traffic to A gets through: counted where it leaves for A's TAP (A stays on
@@ -265,23 +216,13 @@ sleep 3
 # Stop A's ping and stream: a ping to A from the VPC's router address.
 ip netns exec "$NS0" ping -c 3 -W 1 10.0.1.10 >/dev/null 2>&1
 echo "STOP-SENT at=+$(since "$T0")"
-wait_for "$A" "A-DONE" 180 || echo "A-NOT-DONE"
-wait_for "$B" "B-TCP-RC" 180 || echo "B-NOT-DONE"
+wait_for "$A" "A-DONE" 180 1 || echo "A-NOT-DONE"
+wait_for "$B" "B-TCP-RC" 180 1 || echo "B-NOT-DONE"
 echo "B-DESCRIBED-IP $(vireo describe "$B" --json | grep -o '"private_ip": *"[0-9.]*"' | sed 's/.*: *"\([0-9.]*\)"/\1/')"
 for x in A B; do eval "id=\$$x"; console_of "$id" | sed "s/^/CONSOLE-$x /"; done
 vireo terminate "$A" "$B" >/dev/null
-vmms() { for p in /proc/[0-9]*; do readlink "$p/exe"; done 2>/dev/null | grep -c vireo-vmm; }
-i=0
-while [ "$(vmms)" -gt 0 ] && [ $i -lt 150 ]; do sleep 0.2; i=$((i + 1)); done
-echo "VMMS-LEFT=$(vmms)"
-sed 's/^/VIREOD-LOG /' /tmp/vireod.log
+end_report 30
 "#;
-
-fn lines<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
-    out.lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(prefix))
-        .collect()
-}
 
 /// `key=value` out of a line of space-separated pairs.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -291,18 +232,14 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 #[test]
 fn a_migrated_instance_keeps_its_address_pings_and_tcp_connection() {
-    let host = scratch("vpc-migrate-host.sh");
-    std::fs::write(&host, HOST).unwrap();
-    let put = format!("{}:/vireo/host.sh", host.display());
-    let r = run_in_lab(
-        "sh /vireo/host.sh",
-        &["--net", "--mem", "3072", "--timeout", "420", "--put", &put],
+    let r = run_vireod_lab(
+        "vpc-migrate",
+        &debian_image(None),
+        "--capacity-memory-mib 2048 --migration-hosts 1 --shutdown-timeout 30",
+        HOST,
+        &["--net", "--mem", "3072", "--timeout", "420"],
     );
     let out = &r.stdout;
-    // The whole output, for a failure's post-mortem (the assertions show the guests' parts).
-    let saved = scratch("vpc-migrate-lab.out");
-    std::fs::write(&saved, out).unwrap();
-    eprintln!("lab output: {}", saved.display());
     assert_eq!(r.status, Some(0), "{r:?}");
     assert!(lines(out, "SETUP-FAILED").is_empty(), "{r:?}");
     let (a, b) = (lines(out, "CONSOLE-A "), lines(out, "CONSOLE-B "));

@@ -15,6 +15,7 @@
 # Both VMMs' guests are checked to be still ticking after the move. Not a test: it reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/tick-guest.sh
 BIN_DIR=${BIN_DIR:-target/x86_64-unknown-linux-gnu/release}
 SIZES=${SIZES:-"256 1024"}
 HOPS=${HOPS:-3}
@@ -25,30 +26,9 @@ done
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/x/etc/vireo"
-cat > "$work/x/etc/vireo/bench.sh" <<'GUEST'
-#!/bin/sh
-mkdir -p /dev/shm && mount -t tmpfs -o size=128m tmpfs /dev/shm
-if grep -q vireo.dirty=1 /proc/cmdline; then
-    (while :; do dd if=/dev/zero of=/dev/shm/d bs=1M count=16 conv=notrunc 2>/dev/null; sleep 0.1; done) &
-fi
-echo BENCH-READY
-i=0
-while :; do i=$((i + 1)); echo "TICK $i"; sleep 0.05; done
-GUEST
-(cd "$work/x" && find . | cpio -o -H newc 2>/dev/null | gzip > "$work/extra.gz")
+tick_guest_initrd "$work" bench BENCH-READY ""
 
-cat > "$work/lab.sh" <<'LAB'
-set -u
-# The lab's loopback starts down; migrations go over it.
-ip link set lo up
-cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz > /tmp/i.gz
-K=/vireo/guest/vmlinux
-# last FILE: the number of FILE's last whole tick line. The console is written a byte at a time,
-# so its last line may be a tick half written ("TICK " or "TICK 1" of "TICK 123"): that line
-# is left out. (It once was not, and wait_tick compared an empty number: "[: : integer
-# expression expected".)
-last() { tail -c 1000 "$1" 2>/dev/null | sed '$d' | grep -o 'TICK [0-9][0-9]*' | tail -1 | cut -d' ' -f2; }
+{ tick_lab_prelude; cat <<'LAB'
 # wait_tick FILE N: until FILE shows tick N (90 s at most)
 wait_tick() { n=0; while :; do w=$(last "$1"); [ -n "$w" ] && [ "$w" -ge "$2" ] && return 0
     sleep 0.05; n=$((n + 1)); [ $n -gt 1800 ] && { echo "NO-TICK $1 $2"; return 1; }; done; }
@@ -153,6 +133,7 @@ for size in $SIZES; do for dirty in 0 1; do
 done; done
 qemu-system-x86_64 --version | head -1
 LAB
+} > "$work/lab.sh"
 
 # One lab boot per guest size (vireo-vmm and QEMU measured in the same boot). Nested KVM under
 # TCG is not flawless: the lab's L1 kernel has been seen to crash inside QEMU's KVM_RUN during

@@ -25,6 +25,7 @@
 # run's report again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/tick-guest.sh
 BIN_DIR=${BIN_DIR:-target/x86_64-unknown-linux-gnu/release}
 MOVES=${MOVES:-60}
 CASES=${CASES:-"1024-1 256-1 1024-0 256-0"}
@@ -49,33 +50,14 @@ mkdir -p "$work/bin"
 cp "$BIN_DIR/vireo-vmm" "$BIN_DIR/vireo-api" "$work/bin/"
 [ -z "${ALT_VMM:-}" ] || cp "$ALT_VMM" "$work/bin/vireo-vmm-alt"
 
-mkdir -p "$work/x/etc/vireo"
-cat > "$work/x/etc/vireo/stress.sh" <<'GUEST'
-#!/bin/sh
-mkdir -p /dev/shm && mount -t tmpfs -o size=128m tmpfs /dev/shm
-if grep -q vireo.dirty=1 /proc/cmdline; then
-    (while :; do dd if=/dev/zero of=/dev/shm/d bs=1M count=16 conv=notrunc 2>/dev/null; sleep 0.1; done) &
-fi
 # Each tick line is padded to ~80 bytes: the console's transmit interrupts are then busy
 # whenever a move stops the machine (a serial interrupt caught in flight is the classic way a
 # migrated guest's console stops).
-pad=................................................................
-i=0
-while :; do i=$((i + 1)); echo "TICK $i $pad"; sleep 0.05; done
-GUEST
-(cd "$work/x" && find . | cpio -o -H newc 2>/dev/null | gzip > "$work/extra.gz")
+tick_guest_initrd "$work" stress "" ................................................................
 
-cat > "$work/lab.sh" <<'LAB'
-set -u
-# The lab's loopback starts down; migrations go over it.
-ip link set lo up
-cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz > /tmp/i.gz
-K=/vireo/guest/vmlinux
+{ tick_lab_prelude; cat <<'LAB'
 # No case starts after this (the lab's timeout less a tenth).
 STOP_AT=$((EPOCHSECONDS + TIMEOUT * 9 / 10 - 60))
-# last FILE: the number of FILE's last whole tick line (the console is written a byte at a
-# time: its last line, perhaps half written, is left out).
-last() { tail -c 1000 "$1" 2>/dev/null | sed '$d' | grep -o 'TICK [0-9][0-9]*' | tail -1 | cut -d' ' -f2; }
 # wait_tick FILE N SECS: until FILE shows tick N; status 1 when SECS pass first.
 wait_tick() {
   local until=$((EPOCHSECONDS + $3)) t
@@ -298,6 +280,7 @@ echo "COUNTS vireo good=$good_v stuck=$bad_v failed=$fail_v qemu good=$good_q st
 echo "LAB-KERNEL-BEGIN"; dmesg | grep -iE 'soft lockup|hung task|rcu|BUG:|panic|kvm|tsc|watchdog' | tail -n 40; echo "LAB-KERNEL-END"
 qemu-system-x86_64 --version 2>/dev/null | head -1
 LAB
+} > "$work/lab.sh"
 
 if [ -n "${REPORT_ONLY:-}" ]; then
   # Only the report, again, from a finished run's out.txt (REPORT_ONLY=its directory).

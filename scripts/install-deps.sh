@@ -9,10 +9,12 @@ want() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # netcat-openbsd: its host tests (ping, nc -s for a spoofed source). openssh-client and
 # openssl: tests/ec2/test_keypairs.py recomputes key fingerprints with ssh-keygen and openssl.
 # mmdebstrap: images/build-debian-ami.sh builds the Debian 12 AMI's root file system with it.
+# chromium, chromium-driver: the web console's browser tests (tests/console, Selenium).
 missing() {
     need=()
     for p in qemu-system-x86 qemu-utils busybox-static cpio xz-utils zstd e2fsprogs binutils libc6-dev \
-             nftables dnsmasq-base iproute2 conntrack iputils-ping netcat-openbsd openssh-client openssl mmdebstrap; do want "$p"; done
+             nftables dnsmasq-base iproute2 conntrack iputils-ping netcat-openbsd openssh-client openssl mmdebstrap \
+             chromium chromium-driver; do want "$p"; done
 }
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust) is missing; install rustup's stable toolchain" >&2; exit 1; }
 
@@ -34,15 +36,16 @@ done
 missing
 [ ${#need[@]} -eq 0 ] || { echo "install-deps: ${need[*]} still missing after apt-get install" >&2; exit 1; }
 
-# The real EC2 clients the tests drive vireod with (boto3, the AWS CLI) and pytest, from PyPI, in
-# a virtual environment under build/ (reinstalled when tests/ec2/requirements.txt changes).
+# The real EC2 clients the tests drive vireod with (boto3, the AWS CLI), pytest, and Selenium for
+# the console's browser tests, from PyPI, in a virtual environment under build/ (reinstalled when
+# tests/ec2/requirements.txt or tests/console/requirements.txt changes).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/build/pyenv"
-REQ="$ROOT/tests/ec2/requirements.txt"
-if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$VENV/.requirements" 2>/dev/null; then
+REQS=("$ROOT/tests/ec2/requirements.txt" "$ROOT/tests/console/requirements.txt")
+if [ ! -x "$VENV/bin/python" ] || ! cat "${REQS[@]}" | cmp -s - "$VENV/.requirements" 2>/dev/null; then
     command -v python3 >/dev/null || { echo "install-deps: python3 is missing" >&2; exit 1; }
-    echo "install-deps: installing boto3, the AWS CLI and pytest into build/pyenv"
+    echo "install-deps: installing boto3, the AWS CLI, pytest and Selenium into build/pyenv"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
-    cp "$REQ" "$VENV/.requirements"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "${REQS[@]/#/-r}"
+    cat "${REQS[@]}" > "$VENV/.requirements"
 fi

@@ -34,12 +34,16 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Failed(String),
+    /// A program run for the user (ssh) ended with this status, having said why itself.
+    #[error("exit status {0}")]
+    Exit(u8),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::Exit(code) => *code,
             _ => 1,
         }
     }
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> Result<()> {
         },
         Command::Types => types(&client, json),
         Command::Keys(args) => crate::keycmd::run(&client, json, args.action),
+        Command::Ssh(args) => crate::sshcmd::run(&client, &args),
         Command::Vpcs => netcmd::vpcs(&client, json),
         Command::Vpc { action } => netcmd::vpc(&client, json, &action),
         Command::Subnets { vpc } => netcmd::subnets(&client, json, vpc.as_deref()),

@@ -14,6 +14,7 @@ mod model;
 mod netcmd;
 mod netmodel;
 mod output;
+mod sshcmd;
 mod top;
 mod xmltree;
 
@@ -108,6 +109,12 @@ pub enum Command {
     Types,
     /// List key pairs, or create, import and delete them
     Keys(keycmd::KeysArgs),
+    /// Log in to an instance, or run a command there, with OpenSSH
+    ///
+    /// The address is the instance's public one if it has one, else its private one; the key
+    /// is --identity or ./KEYNAME.pem; the host key must be one of those cloud-init printed on
+    /// the console. Exits with ssh's status.
+    Ssh(sshcmd::SshArgs),
     /// List VPCs with their subnet counts (DescribeVpcs, DescribeSubnets)
     Vpcs,
     /// Create or delete a VPC
@@ -393,10 +400,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // A child's status (vireo ssh): it has said what went wrong.
+        Err(commands::CliError::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("vireo: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+/// From now on Ctrl-C and Ctrl-\ do not end this process: a child in the foreground (ssh) has
+/// them, and this process outlives it to clean up.
+pub(crate) fn ignore_interrupts() {
+    // SAFETY: SIG_IGN is a valid disposition for these signals; no handler runs.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
 }
 

@@ -49,6 +49,9 @@ pub struct Instance {
     pub availability_zone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
+    /// The key pair it was launched with (RunInstances KeyName).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -68,6 +71,7 @@ impl Instance {
             security_groups: item.items("groupSet").map(|g| g.str("groupId")).collect(),
             availability_zone: opt(item, "placement/availabilityZone"),
             state_reason: opt(item, "stateReason/message").or_else(|| opt(item, "reason")),
+            key_name: opt(item, "keyName"),
             tags: tags(item),
         }
     }

@@ -961,3 +961,154 @@ fn run_in_a_subnet_with_groups_and_a_public_address() {
         text(&out.stdout)
     );
 }
+
+/// `vireo ssh` with a stand-in for OpenSSH: a shell script first on PATH that records its
+/// arguments and the known_hosts file it was given, and exits with status 7.
+#[test]
+fn ssh_runs_openssh_with_the_address_key_and_console_host_keys() {
+    const ID: &str = "i-0a1b2c3d4e5f60718";
+    const STOPPED: &str = "i-0000000000000000b";
+    const NO_KEYS: &str = "i-0000000000000000c";
+    const ED: &str = "AAAAC3NzaC1lZDI1NTE5AAAAINxXDYJY2EEb4dECyyXRcJpf2PoV1t2Tl1eWf6pyitrF";
+    let server = Server::start(|action, p| match action {
+        "DescribeInstances" => {
+            let id = p.list("InstanceId").unwrap()[0];
+            let state = if id == STOPPED { "stopped" } else { "running" };
+            let mut r = Response::new("DescribeInstances", "req");
+            r.list("reservationSet", [()], |r, ()| {
+                r.elem("reservationId", "r-0123456789abcdef0");
+                r.list("instancesSet", [id], |r, id| {
+                    instance(r, id, state, "");
+                    r.elem("privateIpAddress", "10.0.1.5")
+                        .elem("ipAddress", "198.51.100.5")
+                        .elem("keyName", "web");
+                });
+            });
+            Ok(r.finish())
+        }
+        "GetConsoleOutput" => {
+            let id = p.required("InstanceId")?;
+            let console = if id == NO_KEYS {
+                "Linux version 6.1\r\n".to_string()
+            } else {
+                format!(
+                    "Linux version 6.1\r\n-----BEGIN SSH HOST KEY KEYS-----\r\n\
+                     ssh-ed25519 {ED} root@ip-10-0-1-5\r\n-----END SSH HOST KEY KEYS-----\r\n"
+                )
+            };
+            let mut r = Response::new("GetConsoleOutput", "req");
+            r.elem("instanceId", id).elem(
+                "output",
+                base64::engine::general_purpose::STANDARD.encode(console),
+            );
+            Ok(r.finish())
+        }
+        other => Err(Ec2Error::invalid_action(other)),
+    });
+    let dir = std::env::temp_dir().join(format!("vireo-cli-ssh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("ssh");
+    // Shell builtins only: PATH holds nothing else.
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nd=${0%/*}\n: >\"$d/ssh.out\"\nfor a in \"$@\"; do\n    printf '%s\\n' \"$a\" >>\"$d/ssh.out\"\n    \
+         case $a in UserKnownHostsFile=*) while IFS= read -r l; do printf '%s\\n' \"$l\"; done \
+         <\"${a#UserKnownHostsFile=}\" >\"$d/kh.copy\" ;; esac\ndone\nexit 7\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("web.pem"), "a key\n").unwrap();
+    let ssh = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vireo"))
+            .arg("ssh")
+            .args(args)
+            .current_dir(&dir)
+            .env_clear()
+            .env("PATH", &dir)
+            .env("TMPDIR", &dir)
+            .env("VIREO_ENDPOINT", server.endpoint())
+            .env("AWS_ACCESS_KEY_ID", AKID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_REGION", "test-region")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = ssh(&["-o", "ConnectTimeout=5", ID, "uname", "-a"]);
+    // ssh's status is vireo's, and vireo adds no message of its own.
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+    let argv = std::fs::read_to_string(dir.join("ssh.out")).unwrap();
+    let kh = argv
+        .lines()
+        .find_map(|l| l.strip_prefix("UserKnownHostsFile="))
+        .unwrap()
+        .to_string();
+    assert!(kh.starts_with(dir.to_str().unwrap()), "{kh}");
+    let expected = [
+        "-o",
+        "ConnectTimeout=5",
+        "-l",
+        "admin",
+        "-i",
+        "web.pem",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        &format!("HostKeyAlias={ID}"),
+        "-o",
+        &format!("UserKnownHostsFile={kh}"),
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "UpdateHostKeys=no",
+        "198.51.100.5",
+        "--",
+        "uname",
+        "-a",
+    ]
+    .join("\n");
+    assert_eq!(argv, format!("{expected}\n"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("kh.copy")).unwrap(),
+        format!("{ID} ssh-ed25519 {ED}\n")
+    );
+    assert!(
+        !std::path::Path::new(&kh).exists(),
+        "the known_hosts file is removed after ssh"
+    );
+    // --private, --user, --no-console-keys, and an --identity that does not exist.
+    let out = ssh(&["--private", "--user", "root", "--no-console-keys", ID]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let argv = std::fs::read_to_string(dir.join("ssh.out")).unwrap();
+    assert_eq!(
+        argv,
+        "-l\nroot\n-i\nweb.pem\n-o\nIdentitiesOnly=yes\n10.0.1.5\n"
+    );
+    let out = ssh(&["-i", "missing.pem", ID]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), "vireo: missing.pem: no such file\n");
+    // No keys on the console yet, or a stopped instance: ssh is not run.
+    std::fs::remove_file(dir.join("ssh.out")).unwrap();
+    let out = ssh(&[NO_KEYS]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with(&format!(
+            "vireo: the console of {NO_KEYS} shows no SSH host keys yet"
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = ssh(&[STOPPED]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!("vireo: {STOPPED} is stopped, not running\n")
+    );
+    assert!(!dir.join("ssh.out").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,9 +1,10 @@
 """The web console in a real browser: headless Chromium (Debian's chromium and chromium-driver)
 driven by Selenium, against a vireod started for the module on a free loopback port.
 
-vireod runs with --no-network (the console needs no data plane) and launches no instance: the
-tests use resources that need no running guest (VPCs, key pairs, images). Everything started is
-ended by PID and every directory made is removed, also when a test fails. Screenshots of each
+vireod runs with --no-network (the console needs no data plane). Most tests use resources that
+need no running guest (VPCs, key pairs, images); test_instances.py launches the small test guest
+(`make images`), which runs on this host's KVM. Everything started (vireod, its VMMs, the
+browser) is ended by PID and every directory made is removed, also when a test fails. Screenshots of each
 page go to build/console-screenshots/ (for docs/console.md).
 """
 
@@ -12,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -65,7 +67,7 @@ class Vireod:
         self.log = open(os.path.join(self.tmp, "vireod.log"), "ab")
         self.proc = subprocess.Popen(
             [VIREOD, "serve", "--data-dir", self.data, "--listen", f"127.0.0.1:{self.port}",
-             "--vmm", VMM, "--no-network"],
+             "--vmm", VMM, "--no-network", "--shutdown-timeout", "2"],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -88,6 +90,23 @@ class Vireod:
             aws_access_key_id=self.key_id, aws_secret_access_key=self.secret,
             config=botocore.config.Config(retries={"max_attempts": 1}))
 
+    def vmm_pids(self):
+        """PIDs of this vireod's VMMs that are still alive (from its state database)."""
+        db = sqlite3.connect(os.path.join(self.data, "state.db"))
+        try:
+            rows = db.execute("SELECT pid FROM instances WHERE pid IS NOT NULL").fetchall()
+        finally:
+            db.close()
+        pids = []
+        for (pid,) in rows:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if self.data.encode() in f.read():
+                        pids.append(pid)
+            except OSError:
+                pass
+        return pids
+
     def close(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -97,6 +116,14 @@ class Vireod:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
         self.log.close()
+        for pid in self.vmm_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 10
+        while self.vmm_pids() and time.time() < deadline:
+            time.sleep(0.05)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

@@ -31,6 +31,7 @@ def sign_in(b, v, secret=None):
 def signed_in(b, v):
     sign_in(b, v)
     wait(b, EC.visibility_of_element_located((By.ID, "nav")))
+    wait(b, EC.presence_of_element_located((By.CSS_SELECTOR, 'body[data-ready="instances"]')))
     wait(b, EC.presence_of_element_located((By.ID, "instances")))
 
 
@@ -42,7 +43,9 @@ def shot(b, shots, name):
 
 
 def page(b, v, name, marker):
+    """Goes to the page `name` and waits until it is drawn (app.js sets body[data-ready])."""
     b.get(v.url + "/console/#/" + name)
+    wait(b, EC.presence_of_element_located((By.CSS_SELECTOR, f'body[data-ready="{name}"]')))
     return wait(b, EC.presence_of_element_located(marker))
 
 

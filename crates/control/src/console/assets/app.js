@@ -5,7 +5,8 @@
 // innerHTML. Every change sends the session's CSRF token in X-CSRF-Token.
 'use strict';
 
-const S = { csrf: null, session: null, timers: [], selected: new Set() };
+// gen: counts page draws, so that a page left while it was still loading starts no timer.
+const S = { csrf: null, session: null, timers: [], selected: new Set(), gen: 0 };
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -62,7 +63,7 @@ function el(tag, attrs, ...children) {
 function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
 function main() { return document.getElementById('main'); }
 function stopTimers() { for (const t of S.timers) clearInterval(t); S.timers = []; }
-function every(ms, fn) { S.timers.push(setInterval(fn, ms)); }
+function every(gen, ms, fn) { if (gen === S.gen) S.timers.push(setInterval(fn, ms)); }
 function errorText(e) { return e instanceof ApiError ? e.code + ': ' + e.message : String(e); }
 function showError(node, e) { node.textContent = errorText(e); }
 
@@ -120,8 +121,9 @@ function showSignIn(message) {
       const s = await api('POST', 'signin', { access_key_id: key.value.trim(), secret_access_key: secret.value });
       secret.value = '';
       signedIn(s);
+      // Setting the hash routes (hashchange); routing here too would draw the page twice.
       if (!location.hash || location.hash === '#/' || location.hash === '#/signin') location.hash = '#/instances';
-      route();
+      else route();
     } catch (e) {
       showError(err, e);
     }
@@ -167,6 +169,7 @@ async function runAction(action, ids, status) {
 }
 
 async function pageInstances() {
+  const gen = S.gen;
   const status = el('p', { id: 'status', class: 'notice' });
   const stateSel = el('select', { id: 'filter-state' }, el('option', { value: '' }, 'any state'),
     ['pending', 'running', 'stopping', 'stopped', 'shutting-down', 'terminated'].map(s => el('option', { value: s }, s)));
@@ -234,10 +237,11 @@ async function pageInstances() {
     document.getElementById('updated').textContent = 'Updated ' + new Date().toLocaleTimeString() + ' (every 2 s)';
   }
   await refresh();
-  every(2000, refresh);
+  every(gen, 2000, refresh);
 }
 
 async function pageInstance(id) {
+  const gen = S.gen;
   const status = el('p', { id: 'status' });
   const attrs = el('dl', { class: 'attrs', id: 'attributes' });
   const tagsBody = el('tbody', { id: 'tag-rows' });
@@ -289,7 +293,7 @@ async function pageInstance(id) {
     }
   }
   await refresh();
-  every(2000, refresh);
+  every(gen, 2000, refresh);
 }
 
 // ---- launch -----------------------------------------------------------------------------
@@ -451,9 +455,12 @@ const PAGES = {
   'key-pairs': pageKeyPairs, vpcs: pageVpcs, 'security-groups': pageGroups,
 };
 
+// Draws the page the hash names. When it is drawn, body[data-ready] names it (tests wait for it).
 async function route() {
   stopTimers();
-  if (!S.session) { showSignIn(); return; }
+  const gen = ++S.gen;
+  document.body.removeAttribute('data-ready');
+  if (!S.session) { showSignIn(); document.body.setAttribute('data-ready', 'signin'); return; }
   const parts = location.hash.replace(/^#\/?/, '').split('/');
   const page = parts[0] || 'instances';
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === page);
@@ -461,8 +468,9 @@ async function route() {
     if (page === 'instance' && parts[1]) await pageInstance(decodeURIComponent(parts[1]));
     else await (PAGES[page] || pageInstances)();
   } catch (e) {
-    if (S.session) clear(main()).append(el('p', { class: 'error', id: 'page-error' }, errorText(e)));
+    if (S.session && gen === S.gen) clear(main()).append(el('p', { class: 'error', id: 'page-error' }, errorText(e)));
   }
+  if (gen === S.gen) document.body.setAttribute('data-ready', S.session ? (parts[0] || 'instances') : 'signin');
 }
 
 async function start() {

@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use vireo_tests::{guest, run_in_lab, Ran};
+use vireo_tests::{guest, guest_script_initrd, run_in_lab, Ran};
 
 static LAB: Mutex<()> = Mutex::new(());
 
@@ -33,16 +33,28 @@ fn field<'a>(ready: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {ready:?}"))
 }
 
+/// Run in the guest (`vireo.run=xsave`): the kernel's XSAVE verdict and which CPUs have it.
+const XSAVE_SCRIPT: &str = "#!/bin/sh
+echo \"XSAVE-PROBLEMS=$(dmesg | grep -c 'XSAVE consistency problem')\"
+echo \"XSAVE-CPUS=$(grep -cw xsave /proc/cpuinfo) AVX-CPUS=$(grep -cw avx /proc/cpuinfo)\"
+";
+
 #[test]
 fn stock_kernel_boots_to_the_ready_line_with_1_and_2_vcpus() {
     let _lab = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let extra = guest_script_initrd("xsave", XSAVE_SCRIPT);
+    let boot = "--initrd /tmp/i.gz --memory 512";
+    let cmdline = "console=ttyS0 panic=-1 quiet vireo.run=xsave";
     let script = format!(
-        "for n in 1 2; do vireo-vmm --kernel /vireo/guest/vmlinux {BOOT} --vcpus $n \
-           --cmdline 'console=ttyS0 panic=-1 quiet'; echo VMM-EXIT=$?; done; \
-         vireo-vmm --kernel /vireo/guest/bzImage {BOOT} --vcpus 2 \
-           --cmdline 'console=ttyS0 panic=-1 quiet'; echo VMM-EXIT=$?"
+        "cat /vireo/guest/initrd.cpio.gz /tmp/extra.gz > /tmp/i.gz; \
+         grep -qw xsave /proc/cpuinfo && echo L1-XSAVE; grep -qw avx /proc/cpuinfo && echo L1-AVX; \
+         for n in 1 2; do vireo-vmm --kernel /vireo/guest/vmlinux {boot} --vcpus $n \
+           --cmdline '{cmdline}'; echo VMM-EXIT=$?; done; \
+         vireo-vmm --kernel /vireo/guest/bzImage {boot} --vcpus 2 \
+           --cmdline '{cmdline}'; echo VMM-EXIT=$?"
     );
-    let r = run_in_lab(&script, &[]);
+    let put = format!("{}:/tmp/extra.gz", extra.display());
+    let r = run_in_lab(&script, &["--put", &put]);
     let runs = runs(&r);
     assert_eq!(runs.len(), 3, "three VMs ran: {r:?}");
     for ((ready, status), want_vcpus) in runs.iter().zip(["1", "2", "2"]) {
@@ -57,6 +69,31 @@ fn stock_kernel_boots_to_the_ready_line_with_1_and_2_vcpus() {
             "guest sees about 512 MiB: {ready}"
         );
         assert!(field(ready, "kernel").ends_with("-cloud-amd64"), "{ready}");
+    }
+    // XSAVE: the guest kernel finds CPUID leaf 0xD consistent and keeps XSAVE (and AVX) on
+    // every vCPU where the lab's CPU has them.
+    let lines = |p: &str| -> Vec<String> {
+        r.stdout
+            .lines()
+            .filter(|l| l.starts_with(p))
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect()
+    };
+    assert_eq!(
+        lines("XSAVE-PROBLEMS="),
+        vec!["XSAVE-PROBLEMS=0"; 3],
+        "{r:?}"
+    );
+    let cpus = lines("XSAVE-CPUS=");
+    assert_eq!(cpus.len(), 3, "{r:?}");
+    let (l1_xsave, l1_avx) = (lines("L1-XSAVE").len() == 1, lines("L1-AVX").len() == 1);
+    for (line, n) in cpus.iter().zip([1, 2, 2]) {
+        let want = format!(
+            "XSAVE-CPUS={} AVX-CPUS={}",
+            if l1_xsave { n } else { 0 },
+            if l1_avx && l1_xsave { n } else { 0 }
+        );
+        assert_eq!(*line, want, "{r:?}");
     }
 }
 

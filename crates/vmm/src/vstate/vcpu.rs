@@ -253,8 +253,24 @@ impl Vcpu {
             move |error| VcpuError { vcpu, what, error }
         };
         let fd = self.fd();
-        fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, self.id, opts))
-            .map_err(err("CPUID"))?;
+        let vcpu_cpuid = cpuid::vcpu_cpuid(supported_cpuid, self.id, opts);
+        fd.set_cpuid2(&vcpu_cpuid).map_err(err("CPUID"))?;
+        if let Some(xcr0) = cpuid::boot_xcr0(vcpu_cpuid.as_slice()) {
+            // KVM's XCR0 for the vCPU set to the one the guest kernel will choose, so that
+            // CPUID 0xD.0 EBX and the XCR0 KVM loads agree with the guest even where its
+            // XSETBV never reaches KVM (an emulated host; see `boot_xcr0`).
+            let mut xcrs = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            xcrs.xcrs[0].xcr = 0;
+            xcrs.xcrs[0].value = xcr0;
+            if let Err(e) = fd.set_xcrs(&xcrs) {
+                // The guest sets XCR0 itself; only an emulated host that hides its XSETBV
+                // from KVM needs this.
+                tracing::debug!("vCPU {}: KVM refused XCR0 {xcr0:#x}: {e}", self.id);
+            }
+        }
         let msrs = msr::boot_msrs();
         let set = fd.set_msrs(&msrs).map_err(err("MSRs"))?;
         if set != msrs.as_slice().len() {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::model::{HostPlace, Mac, VpcState};
 use crate::names::{Scope, EDGE_ADDR, METADATA_ADDR, UPLINK, UPLINK_ADDR, VXLAN, VXLAN_PORT};
 use crate::plan::{plan, DnsmasqPlan, Plan, MTU, VXLAN_MTU};
-use crate::sys::{exec_in, in_netns, ip, netns_exists, run, sysctl, NetError};
+use crate::sys::{exec_in, in_netns, ip, links_exist, netns_exists, run, run_in, sysctl, NetError};
 
 #[derive(Debug, Deserialize)]
 struct AddrInfo {
@@ -724,14 +724,73 @@ fn conntrack_entries_of(saved: &str, ip: Ipv4Addr) -> Vec<String> {
 }
 
 /// Loads `ruleset` into network namespace `netns` with one `nft -f`: all of it or, on any
-/// error, none of it (the ruleset in force stays as it was).
+/// error, none of it (the ruleset in force stays as it was). One process: `nft` is spawned
+/// from a thread inside the namespace.
 pub fn load_ruleset(netns: &str, ruleset: &str) -> Result<(), NetError> {
-    exec_in(netns, "nft", &["-f", "-"], Some(ruleset)).map(|_| ())
+    run_in(netns, "nft", &["-f", "-"], Some(ruleset)).map(|_| ())
 }
 
 /// The ruleset in force in `netns` (`nft list ruleset`), for inspection and tests.
 pub fn list_ruleset(netns: &str) -> Result<String, NetError> {
-    exec_in(netns, "nft", &["list", "ruleset"], None)
+    run_in(netns, "nft", &["list", "ruleset"], None)
+}
+
+/// What [`apply_since`] did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The plan it carried out (give it back as the next call's `previous`).
+    pub plan: Plan,
+    /// Only the ruleset was loaded: nothing but the security groups (rules, interfaces'
+    /// groups, referenced groups' members) differed from `previous`.
+    pub rules_only: bool,
+}
+
+/// [`apply`], or less when it can: if `previous` (the plan of the last successful apply of
+/// this VPC on this host) differs from `state`'s plan in the ruleset alone (a rule authorized
+/// or revoked, an interface's groups changed, a group deleted), only the ruleset is loaded:
+/// one `nft -f`, no `ip` command, no dnsmasq restart, so that a security group change is in
+/// force moments after it is asked for. If the namespace or one of its TAPs has gone
+/// meanwhile (checked without a process), or the load fails, the full [`apply`] runs, which
+/// corrects what differs; so does a state whose plan is the same as `previous` (nothing to
+/// load: it is asked for to check the system, e.g. before a VMM starts).
+pub fn apply_since(
+    scope: &Scope,
+    previous: Option<&Plan>,
+    state: &VpcState,
+) -> Result<Applied, NetError> {
+    if let Some(prev) = previous {
+        let next = plan(scope, state)?;
+        if prev.nft != next.nft
+            && same_but_ruleset(prev, &next)
+            && netns_exists(&next.netns)
+            && links_exist(
+                &next.netns,
+                &next
+                    .taps
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            && load_ruleset(&next.netns, &next.nft).is_ok()
+        {
+            return Ok(Applied {
+                plan: next,
+                rules_only: true,
+            });
+        }
+    }
+    Ok(Applied {
+        plan: apply(scope, state)?,
+        rules_only: false,
+    })
+}
+
+/// Whether two plans make the same links, addresses, routes, VXLAN, uplink and dnsmasq (they
+/// may differ in their rulesets).
+fn same_but_ruleset(a: &Plan, b: &Plan) -> bool {
+    let mut a = a.clone();
+    a.nft.clone_from(&b.nft);
+    a == *b
 }
 
 fn file_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> NetError {

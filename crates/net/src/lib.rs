@@ -4,7 +4,8 @@
 //! with 1:1 NAT, and hosts joined by one VXLAN device per VPC.
 //!
 //! vireod describes what it wants ([`VpcState`], from its database) and calls [`apply`]
-//! (idempotent: on every change and at start-up), [`remove_vpc`] (DeleteVpc, or a namespace
+//! (idempotent: on every change and at start-up; [`apply_since`] loads only the ruleset when
+//! nothing but the security groups changed since the last apply), [`remove_vpc`] (DeleteVpc, or a namespace
 //! [`list_vpcs`] finds that the database no longer has), [`open_tap`] (before it starts a
 //! VMM: the fd goes to `vireo-vmm --net tap-fd=N`), [`switch_interface`] (a live
 //! migration's switch-over: one interface's route, at once) and [`carry_conntrack`] (its
@@ -18,8 +19,8 @@ pub mod plan;
 mod sys;
 
 pub use apply::{
-    apply, carry_conntrack, dnsmasq_pid, in_vpc, leases_path, list_ruleset, list_vpcs,
-    load_ruleset, remove_edge, remove_vpc, switch_interface,
+    apply, apply_since, carry_conntrack, dnsmasq_pid, in_vpc, leases_path, list_ruleset, list_vpcs,
+    load_ruleset, remove_edge, remove_vpc, switch_interface, Applied,
 };
 pub use model::{
     host_name, Cidr, DnsSettings, HostPlace, Interface, Mac, ParseError, Peer, PortRange, Protocol,

@@ -123,6 +123,34 @@ pub(crate) fn exec_in(
     run("ip", &a, input)
 }
 
+/// Runs `program args…` inside network namespace `netns` without `ip netns exec`: the child
+/// is spawned from a thread that has joined the namespace (a child inherits its parent
+/// thread's network namespace), which saves the `ip` process and its mount namespace. For
+/// tools that only talk netlink (`nft`); `ip netns exec` stays for those that read /sys or
+/// /etc/netns.
+pub(crate) fn run_in(
+    netns: &str,
+    program: &str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, NetError> {
+    in_netns(netns, || run(program, args, input))?
+}
+
+/// Whether every link of `names` exists in network namespace `netns` (asked from a thread in
+/// the namespace, without a process).
+pub(crate) fn links_exist(netns: &str, names: &[&str]) -> bool {
+    in_netns(netns, || {
+        names.iter().all(|n| {
+            CString::new(*n).is_ok_and(|c| {
+                // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
+                unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+            })
+        })
+    })
+    .unwrap_or(false)
+}
+
 /// The path of a named network namespace (`ip netns add` makes it).
 pub fn netns_path(netns: &str) -> PathBuf {
     Path::new("/run/netns").join(netns)

@@ -268,6 +268,90 @@ fn security_groups_are_enforced_stateful_and_atomic() {
     assert_clean(&mut lab);
 }
 
+/// `apply_since` after a change of security groups alone (a revoke, an authorize, an
+/// interface's groups) loads the ruleset and nothing else: the rule is in force when it
+/// returns (the first connection after it is refused or accepted), dnsmasq keeps running and
+/// no link is touched. Any other change, or a ruleset that cannot be loaded because a TAP it
+/// names has gone, gets the full apply.
+#[test]
+fn a_change_of_rules_alone_loads_only_the_ruleset() {
+    let mut lab = Lab::new();
+    let all_out = || vec![cidr_rule(Protocol::All, "0.0.0.0/0")];
+    let s = sg_state(vec![port22_from_c1(), port80_from_clients()], all_out());
+    let first = vireo_net::apply_since(&lab.scope, None, &s).unwrap();
+    assert!(!first.rules_only, "the first apply is a full one");
+    lab.apply(&s);
+    let [nsrv, n1, n2, _n3] = started(&mut lab, &s, ["eni-srv", "eni-c1", "eni-c2", "eni-c3"]);
+    let server = ip("10.0.1.10");
+    serve(&nsrv, server, 22, "ssh");
+    serve(&nsrv, server, 80, "http");
+    assert!(reaches(&n1, server, 22));
+    let ns = first.plan.netns.clone();
+    let dir = first.plan.dnsmasq.as_ref().unwrap().dir.clone();
+    let pid = vireo_net::dnsmasq_pid(&dir).unwrap();
+    let links = must(&["ip", "-n", &ns, "-d", "-o", "link", "show"]);
+    let routes = must(&["ip", "-n", &ns, "route", "show"]);
+    let mut previous = first.plan;
+    let mut step = |state: &VpcState, what: &str| {
+        let t0 = Instant::now();
+        let done = vireo_net::apply_since(&lab.scope, Some(&previous), state).unwrap();
+        println!(
+            "{what}: apply_since took {:.1} ms (rules only: {})",
+            t0.elapsed().as_secs_f64() * 1e3,
+            done.rules_only
+        );
+        previous = done.plan;
+        done.rules_only
+    };
+    // A revoke: the next connection, right after the call, is refused.
+    let revoked = sg_state(vec![port80_from_clients()], all_out());
+    assert!(step(&revoked, "revoke"));
+    assert!(
+        !reaches(&n1, server, 22),
+        "22 refused once the revoke returned"
+    );
+    // An authorize: the next connection gets through.
+    assert!(step(&s, "authorize"));
+    assert!(
+        reaches(&n1, server, 22),
+        "22 open once the authorize returned"
+    );
+    // An egress revoke, and an interface's groups changed (c2 leaves sg-client).
+    let no_egress = sg_state(vec![port80_from_clients()], vec![]);
+    assert!(step(&no_egress, "egress revoke"));
+    assert!(!reaches(&n2, server, 80), "c2's egress is gone");
+    let mut moved = s.clone();
+    moved.interfaces[2].groups = vec!["sg-other".into()];
+    assert!(step(&moved, "groups changed"));
+    assert!(!reaches(&n2, server, 80), "c2 is no member of sg-client");
+    assert!(step(&s, "groups back"));
+    assert!(reaches(&n2, server, 80));
+    // Nothing but the ruleset was touched.
+    assert_eq!(vireo_net::dnsmasq_pid(&dir), Some(pid), "dnsmasq kept");
+    assert_eq!(
+        must(&["ip", "-n", &ns, "-d", "-o", "link", "show"]),
+        links,
+        "links untouched"
+    );
+    assert_eq!(must(&["ip", "-n", &ns, "route", "show"]), routes);
+    // Another change (DNS host names off) is a full apply, and so is the same state again (a
+    // check of the system) and a rules-only change whose ruleset names a TAP that has gone
+    // meanwhile: the full apply makes it again.
+    let mut other = s.clone();
+    other.dns.hostnames = false;
+    assert!(!step(&other, "DNS host names off"));
+    assert!(!step(&other, "the same state"));
+    let c3 = vireo_net::tap_name("eni-c3");
+    must(&["ip", "-n", &ns, "link", "del", "dev", &c3]);
+    let mut back = other.clone();
+    back.security_groups[0].ingress = vec![port80_from_clients()];
+    assert!(!step(&back, "revoke with a TAP gone"));
+    must(&["ip", "-n", &ns, "link", "show", "dev", &c3]);
+    assert!(!reaches(&n1, server, 22));
+    assert!(reaches(&n2, server, 80));
+    assert_clean(&mut lab);
+}
+
 #[test]
 fn spoofed_source_ip_and_mac_are_dropped() {
     let mut lab = Lab::new();

@@ -418,7 +418,7 @@ pub(super) async fn modify_attribute(
     match m {
         Modification::InstanceType(t) => svc.modify_instance_type(&id, &t).await?,
         // The primary interface's groups, in force at once on a running instance.
-        Modification::Groups(groups) => svc.modify_instance_groups(&id, &groups)?,
+        Modification::Groups(groups) => svc.modify_instance_groups(&id, &groups).await?,
         Modification::SourceDestCheck(on) => svc.set_source_dest_check(&id, on)?,
         Modification::UserData(data) => svc.modify_user_data(&id, &data).await?,
         Modification::Attribute(change) => svc.modify_instance_attribute(&id, change).await?,

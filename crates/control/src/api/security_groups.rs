@@ -221,10 +221,10 @@ pub(super) fn create(svc: &Service, p: &Params, r: &mut Response) -> Result<(), 
     Ok(())
 }
 
-pub(super) fn delete(svc: &Service, p: &Params, r: &mut Response) -> Result<(), Ec2Error> {
+pub(super) async fn delete(svc: &Service, p: &Params, r: &mut Response) -> Result<(), Ec2Error> {
     allow(p, &["GroupId", "GroupName", "DryRun"])?;
     dry_run(p)?;
-    svc.delete_security_group(&selector(p)?)?;
+    svc.delete_security_group(&selector(p)?).await?;
     r.bool_elem("return", true);
     Ok(())
 }
@@ -287,8 +287,9 @@ pub(super) fn ids_or_permissions<T, C>(
     }
 }
 
-/// AuthorizeSecurityGroupIngress / AuthorizeSecurityGroupEgress.
-pub(super) fn authorize(
+/// AuthorizeSecurityGroupIngress / AuthorizeSecurityGroupEgress: answers once the rules are in
+/// force.
+pub(super) async fn authorize(
     svc: &Service,
     p: &Params,
     r: &mut Response,
@@ -300,14 +301,14 @@ pub(super) fn authorize(
         return Err(Ec2Error::missing_parameter("IpPermissions"));
     }
     let tags = tag_specifications(p, "security-group-rule")?;
-    let rules = svc.authorize(&sel, egress, &perms, &tags)?;
+    let rules = svc.authorize(&sel, egress, &perms, &tags).await?;
     r.bool_elem("return", true);
     r.list("securityGroupRuleSet", &rules, |r, x| rule_xml(r, svc, x));
     Ok(())
 }
 
-/// RevokeSecurityGroupIngress / RevokeSecurityGroupEgress.
-pub(super) fn revoke(
+/// RevokeSecurityGroupIngress / RevokeSecurityGroupEgress: answers once the revoke is in force.
+pub(super) async fn revoke(
     svc: &Service,
     p: &Params,
     r: &mut Response,
@@ -322,7 +323,7 @@ pub(super) fn revoke(
         RuleChange::RuleIds,
         RuleChange::Permissions,
     )?;
-    let gone = svc.revoke(&sel, egress, &change)?;
+    let gone = svc.revoke(&sel, egress, &change).await?;
     r.bool_elem("return", true);
     r.list("revokedSecurityGroupRuleSet", &gone, |r, x| {
         r.elem("securityGroupRuleId", &x.rule_id)

@@ -66,7 +66,11 @@ fn rule_update(m: &Params) -> Result<RuleUpdate, Ec2Error> {
 }
 
 /// ModifySecurityGroupRules.
-pub(super) fn modify_rules(svc: &Service, p: &Params, r: &mut Response) -> Result<(), Ec2Error> {
+pub(super) async fn modify_rules(
+    svc: &Service,
+    p: &Params,
+    r: &mut Response,
+) -> Result<(), Ec2Error> {
     allow(p, &["GroupId", "SecurityGroupRule", "DryRun"])?;
     dry_run(p)?;
     let group = one_id(p, "GroupId", IdKind::SecurityGroup)?;
@@ -78,7 +82,7 @@ pub(super) fn modify_rules(svc: &Service, p: &Params, r: &mut Response) -> Resul
     if updates.is_empty() {
         return Err(Ec2Error::missing_parameter("SecurityGroupRule"));
     }
-    svc.modify_security_group_rules(&group, &updates)?;
+    svc.modify_security_group_rules(&group, &updates).await?;
     r.bool_elem("return", true);
     Ok(())
 }

@@ -7,7 +7,14 @@
 //! newer state of a VPC replaces an older one not yet applied (each apply is total, so only the
 //! latest matters). One worker also means two applies of one VPC never interleave. Where the
 //! service needs the result (a VMM is about to start and its TAP must exist), it waits with
-//! [`NetworkPlane::flush`] for the VPC's latest job.
+//! [`NetworkPlane::flush`] for the VPC's latest job; a security group change waits (bounded,
+//! [`NetworkPlane::settle`]) until it is in force before the API answers.
+//!
+//! The worker remembers the plan it last carried out for each VPC on each host: a job whose
+//! plan differs from it in the nftables ruleset alone (a rule, an interface's groups, a
+//! group's members: every security group change) loads the ruleset and does nothing else
+//! (`vireo_net::apply_since`: one `nft -f`, no `ip` command, no dnsmasq restart, no uplink
+//! check), so such a change is in force in milliseconds, not after a dozen processes.
 //!
 //! A VPC lives on every host one of its interfaces is on: a VPC namespace there, peers joined
 //! by VXLAN (underlay addresses from crates/control/src/hosts.rs). A host the VPC has left is
@@ -17,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use vireo_net::{
     Cidr, DnsSettings, HostPlace, Interface, Mac, PortRange, PublicIp, Rule, Scope, SecurityGroup,
@@ -208,6 +216,7 @@ impl LinuxPlane {
             scope: plane.scope.clone(),
             hosts: plane.hosts.clone(),
             shared: plane.shared.clone(),
+            applied: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("vireo-net".into())
@@ -241,6 +250,53 @@ impl LinuxPlane {
     }
 }
 
+impl LinuxPlane {
+    /// Waits until the newest job of `vpc_id` queued so far is done (for at most `bound`), and
+    /// returns its outcome.
+    fn wait_done(&self, vpc_id: &str, bound: Option<Duration>) -> Result<(), PlaneError> {
+        let deadline = bound.map(|b| Instant::now() + b);
+        let mut q = self.shared.lock();
+        let Some(want) = q.queued.get(vpc_id).copied() else {
+            return Ok(());
+        };
+        loop {
+            if let Some((n, result)) = q.done.get(vpc_id) {
+                if *n >= want {
+                    return result.clone().map_err(|message| PlaneError {
+                        message,
+                        source: None,
+                    });
+                }
+            }
+            q = match deadline {
+                None => self
+                    .shared
+                    .changed
+                    .wait(q)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(PlaneError {
+                            message: format!(
+                                "{vpc_id}: not applied within {:?} (the data plane is still \
+                                 busy; the change goes into force when it gets to it)",
+                                bound.unwrap_or_default()
+                            ),
+                            source: None,
+                        });
+                    }
+                    self.shared
+                        .changed
+                        .wait_timeout(q, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
+
 impl Drop for LinuxPlane {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
@@ -260,25 +316,11 @@ impl NetworkPlane for LinuxPlane {
     }
 
     fn flush(&self, vpc_id: &str) -> Result<(), PlaneError> {
-        let mut q = self.shared.lock();
-        let Some(want) = q.queued.get(vpc_id).copied() else {
-            return Ok(());
-        };
-        loop {
-            if let Some((n, result)) = q.done.get(vpc_id) {
-                if *n >= want {
-                    return result.clone().map_err(|message| PlaneError {
-                        message,
-                        source: None,
-                    });
-                }
-            }
-            q = self
-                .shared
-                .changed
-                .wait(q)
-                .unwrap_or_else(|p| p.into_inner());
-        }
+        self.wait_done(vpc_id, None)
+    }
+
+    fn settle(&self, vpc_id: &str, bound: Duration) -> Result<(), PlaneError> {
+        self.wait_done(vpc_id, Some(bound))
     }
 
     fn open_tap(
@@ -406,10 +448,14 @@ struct Worker {
     scope: Scope,
     hosts: Hosts,
     shared: Arc<Shared>,
+    /// The plan last carried out for each VPC on each host, as long as the system is known to
+    /// match it (dropped when an apply fails or the VPC leaves the host): the next apply that
+    /// differs from it in the ruleset alone loads only that.
+    applied: HashMap<(String, u32), vireo_net::Plan>,
 }
 
 impl Worker {
-    fn run(self) {
+    fn run(mut self) {
         loop {
             let (vpc, n, job) = {
                 let mut q = self.shared.lock();
@@ -431,7 +477,8 @@ impl Worker {
                 }
             };
             let result = {
-                let _busy = self.shared.busy.lock().unwrap_or_else(|p| p.into_inner());
+                let shared = self.shared.clone();
+                let _busy = shared.busy.lock().unwrap_or_else(|p| p.into_inner());
                 // A switch-over may have happened while this job waited: take the moves as
                 // they are now.
                 let moving = self.shared.lock().moving.clone();
@@ -442,6 +489,7 @@ impl Worker {
             };
             if let Err(e) = &result {
                 tracing::warn!("{vpc}: network data plane: {e}");
+                self.applied.retain(|(v, _), _| *v != vpc);
             }
             let mut q = self.shared.lock();
             q.done.insert(vpc, (n, result));
@@ -449,10 +497,26 @@ impl Worker {
         }
     }
 
-    fn apply(&self, d: &VpcNetwork, moving: &HashMap<String, Move>) -> Result<(), String> {
+    fn apply(&mut self, d: &VpcNetwork, moving: &HashMap<String, Move>) -> Result<(), String> {
         let states = states(&self.hosts, d, moving);
         for state in states.values() {
-            vireo_net::apply(&self.scope, state).map_err(|e| e.to_string())?;
+            let t0 = Instant::now();
+            let key = (d.vpc_id.clone(), state.host.index);
+            let previous = self.applied.remove(&key);
+            let done = vireo_net::apply_since(&self.scope, previous.as_ref(), state)
+                .map_err(|e| e.to_string())?;
+            if done.rules_only {
+                // Nothing but the ruleset changed: the namespace, its listener and the uplink
+                // are as the last apply left them.
+                tracing::info!(
+                    "{}: security groups in force on host {} in {} ms (ruleset only)",
+                    d.vpc_id,
+                    state.host.index,
+                    t0.elapsed().as_millis()
+                );
+                self.applied.insert(key, done.plan);
+                continue;
+            }
             // The namespace is in place: the metadata service listens in it. Its failure
             // leaves the VPC working without metadata, so it is logged, not returned.
             if let Some(imds) = self.shared.imds.get() {
@@ -466,6 +530,13 @@ impl Worker {
                     self.ensure_uplink(u).map_err(|e| e.to_string())?;
                 }
             }
+            tracing::debug!(
+                "{}: applied on host {} in {} ms",
+                d.vpc_id,
+                state.host.index,
+                t0.elapsed().as_millis()
+            );
+            self.applied.insert(key, done.plan);
         }
         self.remove(&d.vpc_id, &states.keys().copied().collect())
     }
@@ -589,7 +660,9 @@ impl Worker {
     }
 
     /// Removes the VPC from every host but `keep`, and the edge of any host left without VPCs.
-    fn remove(&self, vpc_id: &str, keep: &BTreeSet<u32>) -> Result<(), String> {
+    fn remove(&mut self, vpc_id: &str, keep: &BTreeSet<u32>) -> Result<(), String> {
+        self.applied
+            .retain(|(v, h), _| v != vpc_id || keep.contains(h));
         let existing = vireo_net::list_vpcs(&self.scope).map_err(|e| e.to_string())?;
         let mut emptied = BTreeSet::new();
         for (vpc, host) in &existing {
@@ -884,6 +957,38 @@ mod tests {
         assert_eq!(
             eni_a(&states(&hosts, &done, &none)),
             [(0, 2, None), (2, 2, None)]
+        );
+    }
+
+    /// `settle` waits for the VPC's newest job at most its bound, then says so; once the job
+    /// has run, it returns the job's outcome (here a state the data plane refuses before it
+    /// touches the system: no root needed).
+    #[test]
+    fn settle_is_bounded_and_returns_the_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = crate::hosts::plan(dir.path(), 0).unwrap();
+        let plane = LinuxPlane::new(dir.path(), hosts, None).unwrap();
+        assert!(
+            plane.settle("vpc-1", Duration::ZERO).is_ok(),
+            "nothing asked"
+        );
+        let (_, mut d) = moving_vpc();
+        d.vpc_id = "VPC_1".into();
+        {
+            // The worker is busy (a migration's switch-over holds it).
+            let _busy = plane.shared.busy.lock().unwrap();
+            plane.apply(&d).unwrap();
+            let t0 = Instant::now();
+            let e = plane
+                .settle("VPC_1", Duration::from_millis(200))
+                .unwrap_err();
+            assert!(t0.elapsed() >= Duration::from_millis(200));
+            assert!(e.message.contains("not applied within 200ms"), "{e}");
+        }
+        let e = plane.settle("VPC_1", Duration::from_secs(30)).unwrap_err();
+        assert!(
+            e.message.contains("VPC_1") && !e.message.contains("within"),
+            "{e}"
         );
     }
 

@@ -23,6 +23,11 @@ use crate::error::ApiResult;
 use crate::model::Instance;
 use crate::netmodel::{Protocol, RouteTarget, RuleSource};
 
+/// How long a security group change waits for the data plane before its API call answers
+/// with an error (the data plane's worker may first finish another VPC's apply: dozens of
+/// commands, seconds on a loaded host; a change of rules alone is one `nft -f`).
+pub const IN_FORCE_BOUND: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What the data plane is asked to make of one VPC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VpcNetwork {
@@ -132,6 +137,12 @@ pub trait NetworkPlane: Send + Sync {
     /// plane that works in the background; before a VMM starts on the VPC's TAP).
     fn flush(&self, _vpc_id: &str) -> Result<(), PlaneError> {
         Ok(())
+    }
+    /// [`NetworkPlane::flush`] for at most `bound`: an API call that changes what is enforced
+    /// (a security group rule, an interface's groups) answers once the change is in force, or
+    /// with an error that says it is not (yet).
+    fn settle(&self, vpc_id: &str, _bound: std::time::Duration) -> Result<(), PlaneError> {
+        self.flush(vpc_id)
     }
     /// The attached TAP of interface `eni_id` of `vpc_id` on `host`, for its VMM
     /// (`--net tap-fd=N`); `None` from a plane that plumbs nothing (the VMM gets no NIC).
@@ -349,6 +360,27 @@ impl Service {
                 tracing::warn!("{id}: {e}");
             }
         }
+    }
+
+    /// [`Service::network_changed`], then waits until the data plane has put the change in
+    /// force (at most [`IN_FORCE_BOUND`]): for the calls that change what security groups
+    /// enforce, whose answer means "in force" (a revoke's next connection is refused). The
+    /// change is committed either way; an error says that it is not in force, and why.
+    pub(super) async fn network_in_force<S: AsRef<str>>(&self, vpc_ids: &[S]) -> ApiResult<()> {
+        self.network_changed(vpc_ids);
+        let plane = self.inner.plane.clone();
+        let ids: Vec<String> = vpc_ids.iter().map(|v| v.as_ref().to_string()).collect();
+        super::blocking(move || {
+            for id in &ids {
+                plane.settle(id, IN_FORCE_BOUND).map_err(|e| {
+                    crate::error::ApiError::internal(format!(
+                        "the change is saved but not in force in {id}: {e}"
+                    ))
+                })?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// At start: makes every VPC's data plane what the database says and removes what it no

@@ -405,9 +405,13 @@ impl Service {
         Ok((page, net, next))
     }
 
-    /// ModifyInstanceAttribute GroupId.N: the groups of the instance's primary interface
-    /// (applied to a running instance at once by the data plane).
-    pub fn modify_instance_groups(&self, instance_id: &str, groups: &[String]) -> ApiResult<()> {
+    /// ModifyInstanceAttribute GroupId.N: the groups of the instance's primary interface;
+    /// answers once the data plane enforces them (on a running instance).
+    pub async fn modify_instance_groups(
+        &self,
+        instance_id: &str,
+        groups: &[String],
+    ) -> ApiResult<()> {
         let inst = self.instance(instance_id)?;
         if inst.state == InstanceState::Terminated {
             return Err(ApiError::incorrect_state(
@@ -436,8 +440,7 @@ impl Service {
             netdb::set_interface_groups(db.conn(), &eni.eni_id, &groups)?;
             eni.vpc_id
         };
-        self.network_changed(&[vpc]);
-        Ok(())
+        self.network_in_force(&[vpc]).await
     }
 
     /// ModifyInstanceAttribute SourceDestCheck, on the instance's interfaces.

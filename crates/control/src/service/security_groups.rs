@@ -192,7 +192,8 @@ impl Service {
             .ok_or_else(|| group_not_found(&group_id))
     }
 
-    pub fn delete_security_group(&self, sel: &GroupSelector) -> ApiResult<()> {
+    /// DeleteSecurityGroup; answers once the data plane no longer has the group.
+    pub async fn delete_security_group(&self, sel: &GroupSelector) -> ApiResult<()> {
         let vpc = {
             let mut db = self.db();
             let net = db.net_state()?;
@@ -224,8 +225,7 @@ impl Service {
             tx.commit().map_err(db::DbError::from)?;
             g.vpc_id
         };
-        self.network_changed(&[vpc]);
-        Ok(())
+        self.network_in_force(&[vpc]).await
     }
 
     /// DescribeSecurityGroups: the page of groups, with all their rules.
@@ -384,8 +384,9 @@ impl Service {
         Ok(rules)
     }
 
-    /// Authorize{Ingress,Egress}: adds the rules, all or none; returns them with their ids.
-    pub fn authorize(
+    /// Authorize{Ingress,Egress}: adds the rules, all or none; returns them with their ids once
+    /// they are in force.
+    pub async fn authorize(
         &self,
         sel: &GroupSelector,
         egress: bool,
@@ -417,7 +418,7 @@ impl Service {
             tx.commit().map_err(db::DbError::from)?;
             (rules, group.vpc_id.clone())
         };
-        self.network_changed(&[vpc]);
+        self.network_in_force(&[vpc]).await?;
         let stored = self.net()?.rules;
         Ok(rules
             .iter()
@@ -425,8 +426,9 @@ impl Service {
             .collect())
     }
 
-    /// Revoke{Ingress,Egress}: removes the rules, all or none; returns those removed.
-    pub fn revoke(
+    /// Revoke{Ingress,Egress}: removes the rules, all or none; returns those removed once their
+    /// removal is in force (new connections they allowed are refused).
+    pub async fn revoke(
         &self,
         sel: &GroupSelector,
         egress: bool,
@@ -485,7 +487,7 @@ impl Service {
             tx.commit().map_err(db::DbError::from)?;
             (gone, group.vpc_id.clone())
         };
-        self.network_changed(&[vpc]);
+        self.network_in_force(&[vpc]).await?;
         Ok(gone)
     }
 
@@ -506,5 +508,115 @@ impl Service {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::service::network::{NetworkPlane, PlaneError, VpcNetwork};
+    use crate::service::{Capacity, Config};
+
+    /// A data plane that works in the background, as vireod's does: `apply` only queues the
+    /// state; it is in force once `settle` has run (or `settle` fails, if told to).
+    #[derive(Default)]
+    struct Deferred {
+        queued: Mutex<Option<VpcNetwork>>,
+        in_force: Mutex<Option<VpcNetwork>>,
+        fail: AtomicBool,
+    }
+
+    impl NetworkPlane for Deferred {
+        fn apply(&self, desired: &VpcNetwork) -> Result<(), PlaneError> {
+            *self.queued.lock().unwrap() = Some(desired.clone());
+            Ok(())
+        }
+        fn remove(&self, _vpc_id: &str) -> Result<(), PlaneError> {
+            Ok(())
+        }
+        fn settle(&self, _vpc_id: &str, _bound: std::time::Duration) -> Result<(), PlaneError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(PlaneError {
+                    message: "`nft -f -` failed: no".into(),
+                    source: None,
+                });
+            }
+            if let Some(d) = self.queued.lock().unwrap().take() {
+                *self.in_force.lock().unwrap() = Some(d);
+            }
+            Ok(())
+        }
+    }
+
+    fn service(plane: Arc<Deferred>) -> (tempfile::TempDir, Service) {
+        let data = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            data_dir: data.path().to_path_buf(),
+            vmm_bin: Default::default(),
+            capacity: Capacity {
+                vcpus: 0,
+                memory_mib: 0,
+            },
+            shutdown_timeout: std::time::Duration::ZERO,
+            region: "vireo-test-1".into(),
+            hosts: Vec::new(),
+            import_dirs: Vec::new(),
+            public_cidr: None,
+        };
+        crate::db::Db::open(&cfg.db_path())
+            .unwrap()
+            .set_setting("owner_id", "123456789012")
+            .unwrap();
+        let svc = Service::open_with_plane(cfg, plane).unwrap();
+        (data, svc)
+    }
+
+    /// The ingress rules of `group` in the state the plane has in force.
+    fn in_force(plane: &Deferred, group: &str) -> Option<Vec<u16>> {
+        let d = plane.in_force.lock().unwrap().clone()?;
+        let g = d.groups.iter().find(|g| g.group_id == group)?;
+        Some(g.ingress.iter().map(|r| r.from_port as u16).collect())
+    }
+
+    /// Authorize, revoke and delete answer once the data plane has the change in force; when
+    /// the data plane fails, the call says so (the change is saved).
+    #[tokio::test]
+    async fn group_changes_answer_once_in_force() {
+        let plane = Arc::new(Deferred::default());
+        let (_dir, svc) = service(plane.clone());
+        let g = svc
+            .create_security_group("web", "web servers", None, &[])
+            .unwrap();
+        let sel = GroupSelector::Id(g.group_id.clone());
+        let ssh = || PermissionSpec {
+            protocol: "tcp".into(),
+            from_port: Some(22),
+            to_port: Some(22),
+            cidrs: vec![("10.0.0.0/8".into(), String::new())],
+            ..Default::default()
+        };
+        svc.authorize(&sel, false, &[ssh()], &[]).await.unwrap();
+        assert_eq!(in_force(&plane, &g.group_id), Some(vec![22]));
+        svc.revoke(&sel, false, &RuleChange::Permissions(vec![ssh()]))
+            .await
+            .unwrap();
+        assert_eq!(in_force(&plane, &g.group_id), Some(vec![]));
+        plane.fail.store(true, Ordering::SeqCst);
+        let e = svc.authorize(&sel, false, &[ssh()], &[]).await.unwrap_err();
+        assert_eq!(e.code, "InternalError");
+        assert!(
+            e.message.contains("saved but not in force") && e.message.contains("nft -f -"),
+            "{}",
+            e.message
+        );
+        plane.fail.store(false, Ordering::SeqCst);
+        svc.revoke(&sel, false, &RuleChange::Permissions(vec![ssh()]))
+            .await
+            .unwrap();
+        svc.delete_security_group(&sel).await.unwrap();
+        assert_eq!(in_force(&plane, &g.group_id), None, "the group is gone");
     }
 }

@@ -135,8 +135,8 @@ impl Service {
     }
 
     /// ModifySecurityGroupRules: each named rule of `group_id` becomes what its update says
-    /// (protocol, ports, one source, description), all or none.
-    pub fn modify_security_group_rules(
+    /// (protocol, ports, one source, description), all or none; answers once in force.
+    pub async fn modify_security_group_rules(
         &self,
         group_id: &str,
         updates: &[RuleUpdate],
@@ -155,8 +155,7 @@ impl Service {
             tx.commit().map_err(db::DbError::from)?;
             group.vpc_id.clone()
         };
-        self.network_changed(&[vpc]);
-        Ok(())
+        self.network_in_force(&[vpc]).await
     }
 
     /// UpdateSecurityGroupRuleDescriptions{Ingress,Egress}: new descriptions for existing rules,

@@ -33,7 +33,8 @@ smoke: build images
 run: smoke
 	@scripts/vireod-demo.sh $(BIN_DIR) $(GUEST_DIR)
 
-# Rust tests (unit, host KVM, lab), then vireod end to end with boto3 and the AWS CLI.
+# Rust tests (unit, host KVM, lab), then vireod end to end with boto3 and the AWS CLI, then the
+# web console in headless Chromium (tests/console; screenshots in build/console-screenshots/).
 # Lab runs repeated because the emulated host broke (tests/src/lib.rs run_in_lab) are listed
 # at the end.
 test: build images
@@ -41,9 +42,11 @@ test: build images
 	VIREO_VMM_BIN=$(CURDIR)/$(VMM) cargo test --workspace --no-fail-fast; rust=$$?; \
 	VIREOD_BIN=$(CURDIR)/$(BIN_DIR)/vireod VIREO_VMM_BIN=$(CURDIR)/$(VMM) \
 	  build/pyenv/bin/python -m pytest -q -p no:cacheprovider tests/ec2; py=$$?; \
+	VIREOD_BIN=$(CURDIR)/$(BIN_DIR)/vireod VIREO_VMM_BIN=$(CURDIR)/$(VMM) \
+	  build/pyenv/bin/python -m pytest -q -p no:cacheprovider tests/console; console=$$?; \
 	if [ -s build/lab/retries.log ]; then \
 	  echo "lab runs repeated because the lab's L1 kernel broke or froze:"; cat build/lab/retries.log; fi; \
-	[ $$rust -eq 0 ] && [ $$py -eq 0 ]
+	[ $$rust -eq 0 ] && [ $$py -eq 0 ] && [ $$console -eq 0 ]
 
 bench-boot: build images
 	@benches/boot.sh

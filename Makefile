@@ -9,7 +9,7 @@ BIN_DIR     := target/$(TARGET)/release
 VMM         := $(BIN_DIR)/vireo-vmm
 GUEST_DIR   := build/guest
 
-.PHONY: run test deps build images smoke bench-boot bench-api bench-io bench-net bench-migrate stress-migrate test-migrate-many fuzz lint fmt clippy clean
+.PHONY: run test deps build images smoke bench-boot bench-console bench-api bench-io bench-net bench-migrate stress-migrate test-migrate-many fuzz lint fmt clippy clean
 
 deps:
 	@scripts/install-deps.sh
@@ -50,6 +50,11 @@ test: build images
 
 bench-boot: build images
 	@benches/boot.sh
+
+# The console's instance list with 1,000 instances in headless Chromium (navigation to table
+# drawn) beside boto3's DescribeInstances of the same 1,000; see docs/console.md.
+bench-console: build images
+	VIREOD_BIN=$(CURDIR)/$(BIN_DIR)/vireod VIREO_VMM_BIN=$(CURDIR)/$(VMM) build/pyenv/bin/python tests/console/bench_list.py
 
 # vireod's control-plane latency with boto3: RunInstances-to-running over 50 launches (beside
 # vireo-vmm started directly) and DescribeInstances over 1,000 and 10,000 records.

@@ -62,6 +62,9 @@ class Vireod:
         creds.read(os.path.join(self.data, "credentials"))
         self.key_id = creds["vireo"]["aws_access_key_id"]
         self.secret = creds["vireo"]["aws_secret_access_key"]
+        self.start()
+
+    def start(self):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(self.tmp, "vireod.log"), "ab")
@@ -107,6 +110,13 @@ class Vireod:
                 pass
         return pids
 
+    def stop(self):
+        """Ends vireod only (SIGTERM; its VMMs keep running)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        self.log.close()
+
     def close(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -115,7 +125,8 @@ class Vireod:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         for pid in self.vmm_pids():
             try:
                 os.kill(pid, signal.SIGKILL)

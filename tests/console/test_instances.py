@@ -66,6 +66,18 @@ def test_launch_watch_console_stop_terminate(vireod, ec2, browser, shots):
     wait(browser, lambda b: state_in_row(b, iid) == "running")
     assert browser.execute_script("return window.__sameDocument === true")
     shot(browser, shots, "11-instance-running")
+    # The filters: another state hides it, its own state and type show it.
+    Select(browser.find_element(By.ID, "filter-state")).select_by_value("stopped")
+    wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, f'tr[data-instance-id="{iid}"]'))
+    Select(browser.find_element(By.ID, "filter-state")).select_by_value("running")
+    Select(browser.find_element(By.ID, "filter-type")).select_by_value("t3.nano")
+    wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-instance-id="{iid}"]')))
+    browser.find_element(By.ID, "filter-tag-key").send_keys("no-such-tag")
+    browser.find_element(By.ID, "filter-apply").click()
+    wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, f'tr[data-instance-id="{iid}"]'))
+    browser.find_element(By.ID, "filter-tag-key").clear()
+    browser.find_element(By.ID, "filter-apply").click()
+    wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-instance-id="{iid}"]')))
 
     # Its detail page, with the console output following the guest.
     browser.find_element(By.CSS_SELECTOR, f'tr[data-instance-id="{iid}"] a').click()

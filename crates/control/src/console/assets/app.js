@@ -455,10 +455,13 @@ const PAGES = {
   'key-pairs': pageKeyPairs, vpcs: pageVpcs, 'security-groups': pageGroups,
 };
 
-// Draws the page the hash names. When it is drawn, body[data-ready] names it (tests wait for it).
+// Draws the page the hash names. When it is drawn, body[data-ready] names it (tests wait for
+// it) and body[data-draw-ms] says how long it took from the route's start, and
+// body[data-ready-at] from the document's navigation start (the console benchmark reads both).
 async function route() {
   stopTimers();
   const gen = ++S.gen;
+  const started = performance.now();
   document.body.removeAttribute('data-ready');
   if (!S.session) { showSignIn(); document.body.setAttribute('data-ready', 'signin'); return; }
   const parts = location.hash.replace(/^#\/?/, '').split('/');
@@ -470,7 +473,12 @@ async function route() {
   } catch (e) {
     if (S.session && gen === S.gen) clear(main()).append(el('p', { class: 'error', id: 'page-error' }, errorText(e)));
   }
-  if (gen === S.gen) document.body.setAttribute('data-ready', S.session ? (parts[0] || 'instances') : 'signin');
+  if (gen === S.gen) {
+    const now = performance.now();
+    document.body.setAttribute('data-draw-ms', (now - started).toFixed(1));
+    document.body.setAttribute('data-ready-at', now.toFixed(1));
+    document.body.setAttribute('data-ready', S.session ? (parts[0] || 'instances') : 'signin');
+  }
 }
 
 async function start() {

@@ -1,7 +1,8 @@
 """An instance's life in the console, in headless Chromium: launched from the form (the small
 test guest of `make images`, which runs on this host's KVM), seen reaching running in the list
 without a reload, its detail page following its console output to the guest's ready line (user
-data that is markup shown as text), then stopped and terminated with confirmations.
+data that is markup shown as text), its tags edited in place (CreateTags' rules refusing a
+reserved key), then stopped and terminated with confirmations.
 """
 
 import os
@@ -31,6 +32,11 @@ def needs_kvm_and_guest():
 
 def state_in_row(b, iid):
     return b.find_element(By.CSS_SELECTOR, f'tr[data-instance-id="{iid}"] td.state-cell').text
+
+
+def tags_of(ec2, iid):
+    tags = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [iid]}])["Tags"]
+    return {t["Key"]: t["Value"] for t in tags}
 
 
 def detail_state(b):
@@ -87,7 +93,29 @@ def test_launch_watch_console_stop_terminate(vireod, ec2, browser, shots):
     assert USER_DATA in out.text, "the guest's output, user data included, is text"
     assert browser.find_elements(By.ID, "injected") == []
     assert "t3.nano (2 vCPUs, 512 MiB)" in browser.find_element(By.ID, "attributes").text
+    # Tags edited in place: add one whose value is markup, change it, remove it.
+    browser.find_element(By.ID, "new-tag-key").send_keys("Name")
+    browser.find_element(By.ID, "new-tag-value").send_keys("<i id=italic>web</i>")
+    browser.find_element(By.ID, "tag-add").click()
+    row = '#tag-editor tr[data-tag-key="Name"]'
+    value = wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, row + " input.tag-value")))
+    assert value.get_attribute("value") == "<i id=italic>web</i>"
+    assert browser.find_elements(By.ID, "italic") == []
+    assert tags_of(ec2, iid) == {"Name": "<i id=italic>web</i>"}
+    wait(browser, lambda b: "<i id=italic>web</i>" in b.find_element(By.ID, "attributes").text)
+    value.clear()
+    value.send_keys("web-1")
+    browser.find_element(By.CSS_SELECTOR, row + " button.tag-save").click()
+    wait(browser, lambda b: tags_of(ec2, iid) == {"Name": "web-1"})
+    browser.find_element(By.ID, "new-tag-key").send_keys("aws:reserved")
+    browser.find_element(By.ID, "tag-add").click()
+    wait(browser, lambda b: "InvalidParameterValue" in b.find_element(By.ID, "status").text)
+    assert tags_of(ec2, iid) == {"Name": "web-1"}
+    browser.execute_script("window.scrollTo(0, 0)")
     shot(browser, shots, "12-instance-detail")
+    browser.find_element(By.CSS_SELECTOR, row + " button.tag-remove").click()
+    wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, row))
+    assert tags_of(ec2, iid) == {}
     browser.execute_script("arguments[0].scrollIntoView()", out)
     shot(browser, shots, "13-instance-console-output")
 

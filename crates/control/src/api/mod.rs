@@ -83,6 +83,12 @@ pub async fn serve_with(
     .await
 }
 
+/// EC2's tag rules (key and value lengths, at most 50, no `aws:` prefix), for the web console's
+/// tag editing: the same rules CreateTags applies.
+pub(crate) fn validate_tags(tags: &[crate::model::Tag]) -> Result<(), Ec2Error> {
+    params::validate_tags(tags)
+}
+
 impl From<ApiError> for Ec2Error {
     fn from(e: ApiError) -> Self {
         let status = e.http_status();

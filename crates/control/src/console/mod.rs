@@ -97,6 +97,8 @@ where
             "/console/api/instances/{id}/console",
             get(views::console_output),
         )
+        .route("/console/api/tags", post(views::set_tags))
+        .route("/console/api/tags/delete", post(views::delete_tags))
         .route("/console/api/images", get(views::list_images))
         .route(
             "/console/api/instance-types",

@@ -494,3 +494,86 @@ async fn the_api_answers_from_the_service_layer() {
         r.body
     );
 }
+
+#[tokio::test]
+async fn tags_are_set_and_removed_with_create_tags_rules() {
+    let s = server(ConsoleConfig::default()).await;
+    let vpc = s.svc.create_vpc("10.30.0.0/16", &[]).unwrap();
+    let (cookie, csrf) = sign_in(s.addr).await;
+    let o = origin(s.addr);
+    let post = |path: &'static str, body: String| {
+        let (cookie, csrf, o) = (cookie.clone(), csrf.clone(), o.clone());
+        async move {
+            request(
+                s.addr,
+                "POST",
+                path,
+                &[("Cookie", &cookie), ("Origin", &o), ("X-CSRF-Token", &csrf)],
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let id = vpc.vpc_id.clone();
+    let r = post(
+        "/console/api/tags",
+        serde_json::json!({"resource_id": id, "tags": [{"key": "env", "value": "<b>prod</b>"}, {"key": "team", "value": "a"}]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["tags"][0]["value"], "<b>prod</b>");
+    let tags_now = |s: &Server| {
+        let (v, _) = s
+            .svc
+            .describe_vpcs(&crate::service::DescribeQuery {
+                ids: vec![id.clone()],
+                ..Default::default()
+            })
+            .unwrap();
+        let mut t: Vec<(String, String)> = v[0]
+            .tags
+            .iter()
+            .map(|t| (t.key.clone(), t.value.clone()))
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(
+        tags_now(&s),
+        vec![
+            ("env".into(), "<b>prod</b>".into()),
+            ("team".into(), "a".into())
+        ]
+    );
+    // CreateTags' rules: a reserved key is refused and nothing changes.
+    let r = post(
+        "/console/api/tags",
+        serde_json::json!({"resource_id": id, "tags": [{"key": "aws:x", "value": "1"}]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "InvalidParameterValue");
+    let r = post(
+        "/console/api/tags",
+        serde_json::json!({"resource_id": "vpc-0123456789abcdef0", "tags": [{"key": "k", "value": "1"}]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    // Removing names its keys; none named is refused (DeleteTags would remove them all).
+    let r = post(
+        "/console/api/tags/delete",
+        serde_json::json!({"resource_id": id, "keys": []}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = post(
+        "/console/api/tags/delete",
+        serde_json::json!({"resource_id": id, "keys": ["env"]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(tags_now(&s), vec![("team".into(), "a".into())]);
+}

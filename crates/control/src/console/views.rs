@@ -16,7 +16,7 @@ use crate::db::network::NetState;
 use crate::filter::Filter;
 use crate::model::{Image, Instance, KeyPair, KeyType, Tag};
 use crate::netmodel::RuleSource;
-use crate::service::{DescribeQuery, InterfaceSpec, RunRequest, StateChange};
+use crate::service::{DescribeQuery, InterfaceSpec, RunRequest, StateChange, TagToDelete};
 
 type Answer<T> = Result<Json<T>, ConsoleError>;
 
@@ -389,6 +389,97 @@ pub(super) async fn launch(
         reservation_id: instances.first().map(|i| i.reservation_id.clone()),
         instance_ids: instances.into_iter().map(|i| i.instance_id).collect(),
     }))
+}
+
+/// POST /console/api/tags: adds tags to a resource or changes their values (CreateTags, with
+/// its rules).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTagsRequest {
+    pub resource_id: String,
+    pub tags: Vec<TagView>,
+}
+
+/// POST /console/api/tags/delete: removes the tags of these keys from a resource (DeleteTags).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTagsRequest {
+    pub resource_id: String,
+    pub keys: Vec<String>,
+}
+
+/// A resource's tags after a change.
+#[derive(Debug, Serialize)]
+pub struct TagsAnswer {
+    pub resource_id: String,
+    pub tags: Vec<TagView>,
+}
+
+fn tags_of(c: &Console, resource_id: &str) -> Result<TagsAnswer, ConsoleError> {
+    let filter = Filter {
+        name: "resource-id".into(),
+        values: vec![resource_id.to_string()],
+    };
+    let mut list: Vec<TagView> = c
+        .svc
+        .describe_tags(&[filter])?
+        .into_iter()
+        .filter(|t| t.resource_id == resource_id)
+        .map(|t| TagView {
+            key: t.tag.key,
+            value: t.tag.value,
+        })
+        .collect();
+    list.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(TagsAnswer {
+        resource_id: resource_id.to_string(),
+        tags: list,
+    })
+}
+
+pub(super) async fn set_tags(
+    State(c): State<Console>,
+    _a: Authed,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer<TagsAnswer> {
+    let req: SetTagsRequest = json_body(&headers, &body)?;
+    if req.tags.is_empty() {
+        return Err(ConsoleError::bad_request("give at least one tag"));
+    }
+    let new: Vec<Tag> = req
+        .tags
+        .into_iter()
+        .map(|t| Tag {
+            key: t.key,
+            value: t.value,
+        })
+        .collect();
+    crate::api::validate_tags(&new)?;
+    c.svc
+        .create_tags(std::slice::from_ref(&req.resource_id), &new)?;
+    Ok(Json(tags_of(&c, &req.resource_id)?))
+}
+
+pub(super) async fn delete_tags(
+    State(c): State<Console>,
+    _a: Authed,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer<TagsAnswer> {
+    let req: DeleteTagsRequest = json_body(&headers, &body)?;
+    // DeleteTags without tags removes them all; the console names the keys it removes.
+    if req.keys.is_empty() {
+        return Err(ConsoleError::bad_request("give at least one tag key"));
+    }
+    let keys: Vec<TagToDelete> = req
+        .keys
+        .into_iter()
+        .map(|key| TagToDelete { key, value: None })
+        .collect();
+    c.svc
+        .delete_tags(std::slice::from_ref(&req.resource_id), &keys)?;
+    Ok(Json(tags_of(&c, &req.resource_id)?))
 }
 
 #[derive(Debug, Serialize)]

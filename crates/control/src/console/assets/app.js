@@ -240,11 +240,36 @@ async function pageInstances() {
   every(gen, 2000, refresh);
 }
 
+// A resource's tags, edited in place: each value with Save and Remove, and a row to add one.
+function tagEditor(resourceId, tags, redraw, status) {
+  async function call(path, body) {
+    try {
+      const r = await api('POST', path, body);
+      redraw(r.tags);
+      status.className = 'notice';
+      status.textContent = 'Tags of ' + resourceId + ' saved.';
+    } catch (e) { status.className = 'error'; showError(status, e); }
+  }
+  const rows = tags.map(t => {
+    const value = el('input', { value: t.value, class: 'tag-value', 'aria-label': 'value of ' + t.key });
+    return el('tr', { 'data-tag-key': t.key }, el('td', { class: 'tag-key' }, t.key), el('td', {}, value),
+      el('td', {},
+        el('button', { type: 'button', class: 'tag-save', onclick: () => call('tags', { resource_id: resourceId, tags: [{ key: t.key, value: value.value }] }) }, 'Save'),
+        ' ',
+        el('button', { type: 'button', class: 'tag-remove', onclick: () => call('tags/delete', { resource_id: resourceId, keys: [t.key] }) }, 'Remove')));
+  });
+  const newKey = el('input', { id: 'new-tag-key', placeholder: 'key', 'aria-label': 'new tag key' });
+  const newValue = el('input', { id: 'new-tag-value', placeholder: 'value', 'aria-label': 'new tag value' });
+  rows.push(el('tr', {}, el('td', {}, newKey), el('td', {}, newValue), el('td', {},
+    el('button', { type: 'button', id: 'tag-add', onclick: () => call('tags', { resource_id: resourceId, tags: [{ key: newKey.value, value: newValue.value }] }) }, 'Add'))));
+  return table('tags-edit', ['Key', 'Value', ''], rows);
+}
+
 async function pageInstance(id) {
   const gen = S.gen;
   const status = el('p', { id: 'status' });
   const attrs = el('dl', { class: 'attrs', id: 'attributes' });
-  const tagsBody = el('tbody', { id: 'tag-rows' });
+  const tagBox = el('div', { id: 'tag-editor' });
   const out = el('pre', { class: 'console', id: 'console-output' });
   const buttons = ACTIONS.map(([a, label]) => el('button', {
     type: 'button', id: 'action-' + a, class: a === 'terminate' ? 'danger' : '',
@@ -254,9 +279,12 @@ async function pageInstance(id) {
     el('p', {}, el('a', { href: '#/instances' }, '← Instances')),
     el('h1', {}, 'Instance ', el('span', { id: 'instance-id' }, id)),
     el('div', { class: 'toolbar' }, buttons), status, attrs,
-    el('h2', {}, 'Tags'), table('', ['Key', 'Value'], [tagsBody]),
+    el('h2', {}, 'Tags'), tagBox,
     el('h2', {}, 'Console output'), el('p', { class: 'muted', id: 'console-stamp' }), out);
 
+  // Drawn at first and after each change, not by the 2 s refresh (that would undo typing).
+  let tagsDrawn = false;
+  const drawTags = list => clear(tagBox).append(tagEditor(id, list, drawTags, status));
   function row(k, v) { return [el('dt', {}, k), el('dd', {}, v === null || v === undefined ? '' : v)]; }
   async function refresh() {
     let d;
@@ -281,7 +309,7 @@ async function pageInstance(id) {
       ...row('Shutdown behaviour', d.shutdown_behavior),
       ...row('Metadata', 'tokens ' + d.http_tokens + ', endpoint ' + d.http_endpoint + ', hop limit ' + d.http_put_response_hop_limit),
       ...row('User data', d.user_data_bytes + ' bytes'));
-    clear(tagsBody).append(...d.tags.map(t => el('tr', {}, el('td', {}, t.key), el('td', {}, t.value))));
+    if (!tagsDrawn) { drawTags(d.tags); tagsDrawn = true; }
     try {
       const c = await api('GET', 'instances/' + encodeURIComponent(id) + '/console');
       const follow = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
